@@ -1,0 +1,107 @@
+# gptforge: every recipe goes through `uv run`. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+UV := python3 -m uv
+RUN := $(UV) run --locked
+PYTEST_ARGS ?=
+
+# Demo / pipeline knobs
+RUN_DIR ?= runs/demo
+PRESET ?= tiny
+ARCH ?= gpt
+DATA ?=
+STEPS ?=
+CKPT ?= $(RUN_DIR)/pretrain
+OUT ?=
+PROMPT ?= The
+MAX_NEW_TOKENS ?= 64
+TOKENIZER ?= $(RUN_DIR)/tokenizer
+HOST ?= 127.0.0.1
+PORT ?=
+
+.PHONY: help bootstrap sync demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
+	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec \
+	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+
+bootstrap: ## Install uv if it is missing (python3 -m pip install uv)
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+sync: bootstrap ## Create .venv from uv.lock (uv sync --locked)
+	@$(UV) sync --locked --quiet
+
+demo: sync ## The whole pipeline on the embedded default corpus (PRESET= DATA= STEPS= RUN_DIR=)
+	$(RUN) gptforge demo --run-dir $(RUN_DIR) --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(STEPS),--steps $(STEPS))
+
+test: sync ## Run the default test suite (no slow/gpu/load tests)
+	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+
+test-slow: sync ## Run the slow tests
+	$(RUN) pytest -n 2 -m slow $(PYTEST_ARGS)
+
+test-gpu: sync ## Run the GPU tests (needs CUDA)
+	$(RUN) pytest -m gpu $(PYTEST_ARGS)
+
+test-load: sync ## Run the load/concurrency tests
+	$(RUN) pytest -m load $(PYTEST_ARGS)
+
+lint: sync ## ruff check + format check
+	$(RUN) ruff check .
+
+format: sync ## Apply ruff fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+typecheck: sync ## mypy over the packages
+	$(RUN) mypy packages/*/src services/*/src
+
+proto: sync ## Regenerate the protobuf/gRPC code from proto/ (pinned grpcio-tools)
+	$(RUN) python tools/gen_proto.py
+
+proto-check: proto ## Fail if the committed generated code is stale
+	git diff --exit-code -- packages/api/src
+
+bench: sync ## Run every benchmark and write bench/results.md
+	$(RUN) python bench/run_all.py
+
+bench-tokenizer: sync ## Tokenizer training/encode/service benchmark vs HF tokenizers and tiktoken
+	$(RUN) python bench/bench_tokenizer.py
+
+bench-train: sync ## Forward+backward+AdamW tokens/s vs transformers (tiny, gpt2)
+	$(RUN) python bench/bench_train.py
+
+bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
+	$(RUN) python bench/bench_train_quality.py
+
+bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
+	$(RUN) python bench/bench_generate.py
+
+bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
+	$(RUN) python bench/bench_mmrec.py
+
+train: sync ## Pre-train (ARCH= PRESET= DATA= OUT= STEPS=)
+	$(RUN) gptforge train --arch $(ARCH) --preset $(PRESET) --data $(DATA) --out $(or $(OUT),runs/train) $(if $(STEPS),--max-steps $(STEPS))
+
+finetune: sync ## Instruction fine-tune (CKPT= DATA=FILE.jsonl OUT=)
+	$(RUN) gptforge finetune --from $(CKPT) $(if $(DATA),--data $(DATA)) --out $(or $(OUT),runs/finetune)
+
+generate: sync ## Generate text (CKPT= PROMPT= MAX_NEW_TOKENS=)
+	$(RUN) gptforge generate --ckpt $(CKPT) --prompt "$(PROMPT)" --max-new-tokens $(MAX_NEW_TOKENS)
+
+convert-hf: sync ## Export a run to a Hugging Face directory (CKPT= OUT=)
+	$(RUN) gptforge convert to-hf --ckpt $(CKPT) --out $(or $(OUT),runs/hf)
+
+convert-gguf: sync ## Export a run to GGUF (CKPT= OUT=model.gguf)
+	$(RUN) gptforge convert to-gguf --ckpt $(CKPT) --out $(or $(OUT),runs/model.gguf)
+
+convert-arch: sync ## Transfer weights into MM-Rec (CKPT= OUT= PRESET=)
+	$(RUN) gptforge convert arch --source $(CKPT) --target mmrec --preset $(or $(filter mmrec%,$(PRESET)),mmrec-tiny) --out $(or $(OUT),runs/mmrec-converted)
+
+serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
+	$(RUN) gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)
+
+serve-generation: sync ## Serve generation over gRPC (CKPT= HOST= PORT=)
+	$(RUN) gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)

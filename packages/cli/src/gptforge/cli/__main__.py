@@ -1,0 +1,3 @@
+from gptforge.cli.main import main
+
+main()
