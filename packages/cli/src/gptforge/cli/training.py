@@ -1,9 +1,213 @@
-"""CLI verbs for the training area (filled in by its issue)."""
+"""CLI verbs of the training area: ``data prepare``, ``train``, ``finetune``, ``chat``.
+
+The ``train`` and ``finetune`` flags are generated from the fields of
+:class:`gptforge.training.TrainConfig` / :class:`~gptforge.training.FinetuneConfig` (``_`` spelled
+``-``), with each flag's help taken from the dataclass docstring, so the CLI cannot drift from
+the config. Flags left out keep the dataclass default, or on ``--resume`` the resumed run's value.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any, Optional
+
 import typer
+
+from gptforge.training.cli_args import _base_type
+from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
+
+# Flag spellings the issue fixes that differ from the field name.
+ALIASES = {"from_run": ["--from", "--from-run"]}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Args:`` sections of ``cls`` and its bases."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.getdoc(klass) or ""
+        if "Args:" not in doc:
+            continue
+        current = None
+        for line in doc.split("Args:", 1)[1].splitlines():
+            match = re.match(r"^\s{4}(\w+): (.*)$", line)
+            if match:
+                current = match.group(1)
+                out[current] = match.group(2).strip()
+            elif current and line.startswith(" " * 8):
+                out[current] += " " + line.strip()
+            elif line.strip() and not line.startswith(" "):
+                break
+    return out
+
+
+def _config_params(cls: type) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(cls)
+    docs = field_help(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        base = _base_type(hints[f.name])
+        names = ALIASES.get(f.name, ["--" + f.name.replace("_", "-")])
+        if base is bool:
+            names = [f"{names[0]}/--no-{names[0][2:]}"]
+        default = f.default
+        help_text = f"{docs.get(f.name, '')} [default: {default}]"
+        option = typer.Option(None, *names, help=help_text, show_default=False)
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base]  # noqa: UP045
+            )
+        )
+    return params
+
+
+def _with_config_flags(cls: type, fn: Callable[..., None], extra: list[inspect.Parameter]) -> Callable[..., None]:
+    """``fn(**kwargs)`` whose signature (what typer reads) is the dataclass fields + ``extra``."""
+
+    def command(**kwargs: Any) -> None:
+        fn(**kwargs)
+
+    command.__signature__ = inspect.Signature([*extra, *_config_params(cls)])  # type: ignore[attr-defined]
+    command.__doc__ = fn.__doc__
+    return command
+
+
+def _resume_param() -> inspect.Parameter:
+    return inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(None, "--resume", help="Continue this run directory bit-exactly."),
+        annotation=Optional[str],  # noqa: UP045
+    )
+
+
+def _fail(exc: BaseException) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
+    from gptforge.training.data import DataError
+    from gptforge.training.loop import TrainingDiverged
+    from gptforge.training.runner import run_job
+
+    resume = kwargs.pop("resume", None)
+    try:
+        result = run_job(kind, kwargs, resume)
+    except (TrainingDiverged, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        _fail(exc)
+    loop = getattr(result, "loop", result)
+    typer.echo(
+        f"done: step {loop.step}, {loop.tokens:,} tokens, train loss {loop.train_loss}, "
+        f"val loss {loop.val_loss}, {loop.seconds:.1f}s; run directory {loop.run_dir}"
+    )
+
+
+def train_command(**kwargs: Any) -> None:
+    """Pre-train a model on prepared token shards (``gptforge data prepare``).
+
+    Writes a run directory: a model directory at the top (config.json, model.safetensors,
+    tokenizer/), checkpoints/, metrics.jsonl and plots/. Example:
+    gptforge train --arch gpt --preset tiny --data runs/data --out runs/train --max-steps 600
+    """
+    _run("pretrain", TrainConfig, kwargs)
+
+
+def finetune_command(**kwargs: Any) -> None:
+    """Instruction fine-tune a run directory (response-only loss, special tokens added).
+
+    Without --data it uses the generated task set with checkable answers and reports held-out
+    exact match before and after. Example:
+    gptforge finetune --from runs/train --out runs/sft
+    """
+    _run("finetune", FinetuneConfig, kwargs)
+
+
+def prepare_command(
+    input: str = typer.Option(..., "--input", help="Corpus source: file, directory, glob, .jsonl, parquet, saved dataset, or 'default'."),  # noqa: A002
+    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer directory or grpc://host:port of a tokenizer service."),
+    out: str = typer.Option(..., "--out", help="Output data directory."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of tokens held out for validation."),
+    field: str = typer.Option("text", "--field", help="Text field of .jsonl / parquet records."),
+    num_proc: Optional[int] = typer.Option(None, "--num-proc", help="Processes for large inputs (default: CPUs, at most 8)."),  # noqa: UP045
+    block_tokens: int = typer.Option(1024, "--block-tokens", help="Granularity of the train/validation split in tokens."),
+    shard_tokens: int = typer.Option(1 << 27, "--shard-tokens", help="Most tokens per shard file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Tokenize a corpus into uint16/uint32 shards plus meta.json (tokenizer fingerprint, counts).
+
+    Example: gptforge data prepare --input default --tokenizer runs/tok --out runs/data
+    """
+    from gptforge.training.prepare import prepare_data
+
+    try:
+        meta = prepare_data(
+            input,
+            tokenizer,
+            out,
+            val_fraction=val_fraction,
+            field=field,
+            num_proc=num_proc,
+            block_tokens=block_tokens,
+            shard_tokens=shard_tokens,
+            progress=progress,
+        )
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:
+        _fail(exc)
+    splits = meta["splits"]
+    typer.echo(
+        f"{meta['documents']} documents -> {splits['train']['tokens']:,} train + "
+        f"{splits['val']['tokens']:,} val tokens ({meta['dtype']}) in {out}"
+    )
+
+
+def chat_command(
+    ckpt: str = typer.Option(..., "--ckpt", help="Run directory written by `gptforge finetune`."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer this instruction and exit (default: interactive)."),  # noqa: UP045
+    input: str = typer.Option("", "--input", help="Optional input of the instruction."),  # noqa: A002
+    template: Optional[str] = typer.Option(None, "--template", help="inst or alpaca (default: the run's)."),  # noqa: UP045
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 answers greedily."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Answer instructions with a fine-tuned model using its template.
+
+    Interactive: type an instruction; put an input after ' || ' (e.g. 'Repeat the words. || blue
+    moon'); an empty line or Ctrl-D quits.
+    """
+    from gptforge.training.chat import ChatModel
+
+    try:
+        bot = ChatModel(ckpt, device=device, template=template)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+
+    def answer(instruction: str, extra: str) -> str:
+        return bot.respond(instruction, extra, max_new_tokens=max_new_tokens, temperature=temperature)
+
+    if prompt is not None:
+        typer.echo(answer(prompt, input))
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            typer.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            break
+        instruction, _, extra = line.strip().partition(" || ")
+        typer.echo(answer(instruction, extra))
 
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this area's commands to the root app and the shared groups."""
+    """Add ``data prepare``, ``train``, ``finetune`` and ``chat`` to the root app."""
+    data = typer.Typer(help="Prepare training data.", no_args_is_help=True)
+    data.command("prepare")(prepare_command)
+    root.add_typer(data, name="data")
+    root.command("train")(_with_config_flags(TrainConfig, train_command, [_resume_param()]))
+    root.command("finetune")(_with_config_flags(FinetuneConfig, finetune_command, [_resume_param()]))
+    root.command("chat")(chat_command)

@@ -1,1 +1,59 @@
-"""conversion."""
+"""gptforge.conversion: Hugging Face, OpenAI GPT-2, Meta LLaMA and GGUF conversion, and inspection.
+
+>>> from gptforge.conversion import export_hf, import_hf
+>>> export_hf("runs/demo/pretrain", "runs/hf")  # doctest: +SKIP
+"""
+
+from gptforge.conversion.errors import ConversionError
+from gptforge.conversion.hf import export_hf, import_hf, read_hf_config
+from gptforge.conversion.hf_gpt2 import gpt_config_to_hf, hf_gpt2_config, hf_gpt2_to_ours, ours_to_hf_gpt2
+from gptforge.conversion.hf_llama import hf_llama_config, hf_llama_to_ours, llama_config_to_hf, ours_to_hf_llama
+from gptforge.conversion.meta_llama import (
+    export_meta,
+    import_meta,
+    load_meta_checkpoint,
+    meta_llama_config,
+    meta_llama_to_ours,
+    ours_to_meta_llama,
+)
+from gptforge.conversion.openai_gpt2 import import_openai, openai_gpt2_config
+from gptforge.conversion.tf_checkpoint import TFCheckpoint, read_tf_checkpoint
+from gptforge.conversion.weights import (
+    WeightSource,
+    iter_state_dict,
+    load_state_dict,
+    read_tensor_infos,
+    torch_load_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError",
+    "TFCheckpoint",
+    "WeightSource",
+    "export_hf",
+    "export_meta",
+    "gpt_config_to_hf",
+    "hf_gpt2_config",
+    "hf_gpt2_to_ours",
+    "hf_llama_config",
+    "hf_llama_to_ours",
+    "import_hf",
+    "import_meta",
+    "import_openai",
+    "iter_state_dict",
+    "llama_config_to_hf",
+    "load_meta_checkpoint",
+    "load_state_dict",
+    "meta_llama_config",
+    "meta_llama_to_ours",
+    "openai_gpt2_config",
+    "ours_to_hf_gpt2",
+    "ours_to_hf_llama",
+    "ours_to_meta_llama",
+    "read_hf_config",
+    "read_tensor_infos",
+    "read_tf_checkpoint",
+    "torch_load_weights",
+]

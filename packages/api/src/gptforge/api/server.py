@@ -1,0 +1,395 @@
+"""Shared ``grpc.aio`` server plumbing for the gptforge services.
+
+Both services build their server here so they behave the same way:
+
+- health checking (``grpc.health.v1.Health``, per service and overall ``""``) and reflection;
+- explicit max message sizes, ``SO_REUSEPORT`` off (a busy port fails instead of being shared);
+- optional TLS (PEM cert + key) and an optional shared-token auth interceptor
+  (``authorization: Bearer <token>`` metadata; health checks stay open for probes);
+- graceful shutdown: health turns NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
+  ``grace_seconds`` to finish (:meth:`RunningServer.stop`, :func:`serve_until_signal`);
+- :class:`BackgroundServer` runs a server on its own event loop thread (tests, demo, benchmarks);
+- :func:`grpc_errors` maps handler exceptions to status codes (see :mod:`gptforge.api.errors`).
+
+>>> async def main():
+...     running = await start_server(ServerConfig(port=0), register, ["pkg.v1.MyService"])
+...     await serve_until_signal(running)  # SIGTERM/SIGINT -> graceful stop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from gptforge.api.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServiceError,
+    UnavailableError,
+    grpc_errors,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+__all__ = [
+    "AUTH_METADATA_KEY",
+    "BackgroundServer",
+    "InvalidArgumentError",
+    "ResourceExhaustedError",
+    "RunningServer",
+    "ServerConfig",
+    "ServiceError",
+    "TokenAuthInterceptor",
+    "UnavailableError",
+    "grpc_errors",
+    "serve_until_signal",
+    "start_server",
+]
+
+log = logging.getLogger("gptforge.api")
+
+AUTH_METADATA_KEY = "authorization"
+MiB = 1024 * 1024
+# Health checks must answer without a token so load balancers and probes can use them.
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network and safety settings shared by every gptforge gRPC server.
+
+    Args:
+        host: interface to bind; loopback by default. Use ``0.0.0.0`` only with TLS and a token.
+        port: TCP port; 0 picks a free one (read it from :attr:`RunningServer.port`).
+        max_receive_message_bytes: largest request message accepted (RESOURCE_EXHAUSTED above).
+        max_send_message_bytes: largest response message sent.
+        tls_cert: PEM certificate chain file; needs ``tls_key``.
+        tls_key: PEM private key file; needs ``tls_cert``.
+        auth_token: when set, every call except health checks must carry
+            ``authorization: Bearer <auth_token>`` metadata, else UNAUTHENTICATED.
+        grace_seconds: how long in-flight calls may run after shutdown starts.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_receive_message_bytes: int = 16 * MiB
+    max_send_message_bytes: int = 64 * MiB
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_token: str | None = None
+    grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port!r} is not a TCP port; use 0..65535 (0 = any free)")
+        for name in ("max_receive_message_bytes", "max_send_message_bytes"):
+            value = getattr(self, name)
+            if not 1024 <= value <= 2**31 - 1:
+                raise ValueError(f"{name}={value!r} must be in 1024..{2**31 - 1} bytes")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                f"tls_cert={self.tls_cert!r} and tls_key={self.tls_key!r}: give both PEM files "
+                "for TLS, or neither for a plaintext server"
+            )
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError(
+                "auth_token is empty; pass a non-empty shared token or None for no auth"
+            )
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds={self.grace_seconds!r} must be >= 0")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server uses TLS."""
+        return self.tls_cert is not None
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """The channel arguments applied to the server."""
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the TLS {what} {str(path)!r}: {exc}; pass a PEM file"
+        ) from exc
+
+
+def _bind_address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):  # a bare IPv6 address
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` metadata (UNAUTHENTICATED).
+
+    Args:
+        token: the shared secret; compared in constant time.
+        open_methods: full method names that need no token (health checks by default).
+    """
+
+    def __init__(self, token: str, open_methods: frozenset[str] = HEALTH_METHODS) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._open = open_methods
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        for key, value in details.invocation_metadata or ():
+            if key == AUTH_METADATA_KEY:
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method in self._open:
+            return handler
+        if self._authorized(handler_call_details):
+            return handler
+        return _denying_handler(handler, handler_call_details.method)
+
+
+def _denying_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that aborts with UNAUTHENTICATED."""
+    message = (
+        f"{method} needs a valid token: send metadata "
+        f"'{AUTH_METADATA_KEY}: Bearer <token>' (client option auth_token / --auth-token)"
+    )
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **codecs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **codecs)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **codecs)
+
+
+@dataclass
+class RunningServer:
+    """A started server with its health servicer; stop it with :meth:`stop`."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    config: ServerConfig
+    port: int
+    service_names: tuple[str, ...]
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to pass to a client."""
+        return _bind_address(self.config.host, self.port)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Set every service's health (and the overall ``""`` status) to SERVING or NOT_SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish.
+
+        Args:
+            grace: seconds in-flight calls may still run (default ``config.grace_seconds``);
+                calls still running after it are cancelled.
+        """
+        if self.stopped.is_set():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("shutting down %s (grace %.1fs)", self.address, grace)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        """Wait until the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    config: ServerConfig,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    *,
+    serving: bool = True,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> RunningServer:
+    """Build, bind and start a ``grpc.aio`` server with health, reflection, limits, TLS and auth.
+
+    Args:
+        config: network and safety settings.
+        register: adds the servicers, e.g. ``lambda s: add_FooServicer_to_server(impl, s)``.
+        service_names: full names of the registered services (``pkg.v1.FooService``), for
+            health and reflection.
+        serving: initial health status; pass False and call ``set_serving(True)`` after warm-up.
+        interceptors: extra server interceptors (run after the auth check).
+    """
+    all_interceptors: list[grpc.aio.ServerInterceptor] = []
+    if config.auth_token is not None:
+        all_interceptors.append(TokenAuthInterceptor(config.auth_token))
+    all_interceptors.extend(interceptors)
+    server = grpc.aio.server(interceptors=all_interceptors, options=config.grpc_options())
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection(
+        (
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = _bind_address(config.host, config.port)
+    try:
+        if config.tls:
+            assert config.tls_cert is not None and config.tls_key is not None
+            credentials = grpc.ssl_server_credentials(
+                [(_read_pem(config.tls_key, "key"), _read_pem(config.tls_cert, "certificate"))]
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(
+            f"cannot bind {address!r}: {exc}; the port may be in use or the host not local. "
+            "Pick another port (0 = any free one) or host"
+        ) from exc
+    if port == 0:
+        raise OSError(f"cannot bind {address!r}; pick another port (0 = any free one) or host")
+    await server.start()
+    running = RunningServer(server, health_servicer, config, port, names)
+    await running.set_serving(serving)
+    log.info(
+        "serving %s on %s (tls=%s, auth=%s)",
+        names,
+        running.address,
+        config.tls,
+        config.auth_token is not None,
+    )
+    return running
+
+
+async def serve_until_signal(
+    running: RunningServer,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Serve until one of ``signals`` arrives, then stop gracefully (main thread only)."""
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, received.set)
+    try:
+        done = asyncio.ensure_future(running.wait_for_termination())
+        waiter = asyncio.ensure_future(received.wait())
+        await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if received.is_set():
+            await running.stop()
+        done.cancel()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+class BackgroundServer:
+    """Runs a server on a private event loop in a daemon thread (tests, demo, benchmarks).
+
+    Args:
+        factory: coroutine function that starts the server, e.g.
+            ``lambda: tokenizer_service.start(tokenizer, ServerConfig())``.
+
+    >>> with BackgroundServer(factory) as bg:  # doctest: +SKIP
+    ...     client = TokenizerClient(bg.address)
+    """
+
+    def __init__(self, factory: Callable[[], Awaitable[RunningServer]]) -> None:
+        self._factory = factory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="gptforge-grpc-server"
+        )
+        self.running: RunningServer | None = None
+
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
+        """Start the loop thread and the server; returns once the port is bound."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._factory(), self._loop)
+        try:
+            self.running = future.result(timeout)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the running server."""
+        if self.running is None:
+            raise RuntimeError("BackgroundServer is not started; call start() first")
+        return self.running.address
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if self.running is None:
+            raise RuntimeError("BackgroundServer is not started; call start() first")
+        return self.running.port
+
+    def call(self, coro: Awaitable[Any], timeout: float | None = 30.0) -> Any:
+        """Run a coroutine on the server's loop (e.g. ``bg.call(bg.running.set_serving(False))``)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Stop the server gracefully and end the loop thread."""
+        if self.running is not None:
+            self.call(self.running.stop(grace), timeout)
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self if self.running is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=1.0)

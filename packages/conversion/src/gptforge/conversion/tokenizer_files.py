@@ -1,0 +1,73 @@
+"""Tokenizer files across formats: our tokenizer directories, HF model directories, OpenAI's files.
+
+Our tokenizer directory already holds what ``transformers.AutoTokenizer`` loads
+(``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``), so exporting copies
+it; importing rebuilds our :class:`~gptforge.tokenizer.Tokenizer` from ``tokenizer.json`` or
+from GPT-2's ``vocab.json`` + ``merges.txt`` / ``encoder.json`` + ``vocab.bpe`` and saves it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gptforge.conversion.errors import ConversionError
+
+__all__ = ["HF_TOKENIZER_FILES", "copy_tokenizer_to_hf", "find_tokenizer_dir", "load_tokenizer_from"]
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+EXTRA_TOKENIZER_FILES = ("gptforge.json", "vocab.json", "merges.txt")
+GPT2_FILE_PAIRS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+
+
+def find_tokenizer_dir(model_dir: str | os.PathLike[str]) -> Path | None:
+    """The tokenizer directory of a model/run directory (``tokenizer/`` or the directory itself)."""
+    d = Path(model_dir)
+    for cand in (d / "tokenizer", d):
+        if (cand / "tokenizer.json").is_file():
+            return cand
+    return None
+
+
+def copy_tokenizer_to_hf(tokenizer_dir: str | os.PathLike[str], out_dir: Path) -> None:
+    """Copy our tokenizer files next to a HF model so ``AutoTokenizer`` loads them."""
+    src = Path(tokenizer_dir)
+    missing = [f for f in HF_TOKENIZER_FILES if not (src / f).is_file()]
+    if missing:
+        raise ConversionError(
+            f"tokenizer directory {str(src)!r} lacks {missing}; save it again with "
+            "Tokenizer.save(DIR) (gptforge tokenizer train writes all of them)"
+        )
+    for name in HF_TOKENIZER_FILES + EXTRA_TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out_dir / name)
+
+
+def load_tokenizer_from(directory: str | os.PathLike[str]) -> Any:
+    """Build our ``Tokenizer`` from a tokenizer/model directory in any supported layout.
+
+    Looks for, in order: our ``tokenizer/`` subdirectory, a ``tokenizer.json``, GPT-2's
+    ``vocab.json`` + ``merges.txt``, OpenAI's ``encoder.json`` + ``vocab.bpe``.
+
+    Raises:
+        ConversionError: none of those files exist (the message lists what is there).
+    """
+    from gptforge.tokenizer import Tokenizer
+
+    d = Path(directory)
+    found = find_tokenizer_dir(d)
+    if found is not None:
+        return Tokenizer.from_dir(found) if (found / "gptforge.json").is_file() else Tokenizer.from_file(
+            found / "tokenizer.json"
+        )
+    for a, b in GPT2_FILE_PAIRS:
+        if (d / a).is_file() and (d / b).is_file():
+            return Tokenizer.gpt2(d)
+    present = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    raise ConversionError(
+        f"no tokenizer files in {str(d)!r}: expected tokenizer/ or tokenizer.json, or "
+        f"{' + '.join(GPT2_FILE_PAIRS[0])}, or {' + '.join(GPT2_FILE_PAIRS[1])}; found {present[:12]}. "
+        "Pass --no-tokenizer to convert the weights alone"
+    )

@@ -1,0 +1,166 @@
+"""Model directories: ``config.json`` + ``model.safetensors`` (+ ``tokenizer/``).
+
+This is what ``train`` writes at the top of a run directory and what sampling, conversion and
+the services read. Every file is written to a temporary name in the same directory and moved
+into place with ``os.replace``, so a reader never sees a half-written model.
+
+``model.safetensors`` holds the model's ``state_dict`` as allocated: embedding and LM-head rows
+are ``config.padded_vocab_size`` long (slice ``[:config.vocab_size]`` when exporting), and a tied
+LM head is stored once, under the token embedding's name (HF convention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then move the temp file onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with each shared tensor once, under the first name it appears with."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_model_dir(
+    model: nn.Module, directory: str | Path, tokenizer_dir: str | Path | None = None
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and optionally a copy of ``tokenizer/``.
+
+    Args:
+        model: any registered model (it has ``model.config``).
+        directory: created if missing; existing files of the same names are replaced.
+        tokenizer_dir: a tokenizer directory to copy into ``directory / "tokenizer"``.
+
+    Returns:
+        The model directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = config_to_dict(model.config)
+    tensors = _unique_state_dict(model)
+    meta = {"format": "pt", "arch": str(config["arch"])}
+    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
+    _atomic_write(
+        directory / CONFIG_FILE,
+        lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+    )
+    if tokenizer_dir is not None:
+        _copy_tokenizer(Path(tokenizer_dir), directory / TOKENIZER_DIR)
+    return directory
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        raise FileNotFoundError(f"tokenizer_dir {str(src)!r} is not a directory")
+    if dst.exists() and src.resolve() == dst.resolve():
+        return
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(directory: str | Path) -> Any:
+    """The config stored in a model directory."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE} "
+            "(written by save_model_dir / `gptforge train`)"
+        )
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def load_model_dir(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Rebuild the model saved by :func:`save_model_dir`, in eval mode.
+
+    Args:
+        directory: the model directory.
+        device: where to put the weights.
+        dtype: cast floating weights to this dtype (default: the dtype they were saved in).
+
+    >>> model = load_model_dir("runs/demo/pretrain")  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{str(weights)!r} not found next to {CONFIG_FILE}")
+    with safe_open(str(weights), framework="pt", device=str(device)) as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    with torch.device(device):
+        model = build_model(config)
+    expected = model.state_dict()
+    aliases = _aliases(model)
+    missing = sorted(set(expected) - set(state) - aliases)
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{str(weights)!r} does not match {type(model).__name__}({config!r}): "
+            f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}"
+        )
+    for k, t in state.items():
+        if t.shape != expected[k].shape:
+            raise ValueError(
+                f"{str(weights)!r}: tensor {k!r} has shape {tuple(t.shape)}, the config "
+                f"expects {tuple(expected[k].shape)}"
+            )
+    saved_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    model.to(dtype=dtype or saved_dtype or torch.float32)
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def _aliases(model: nn.Module) -> set[str]:
+    """Names of parameters/buffers that share storage with an earlier name (tied weights)."""
+    seen: set[tuple[int, int]] = set()
+    out: set[str] = set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            out.add(name)
+        seen.add(key)
+    return out

@@ -1,0 +1,152 @@
+"""Static key/value cache (gpt-fast style) and the causal attention both families share.
+
+The cache is preallocated once by ``model.setup_caches(max_batch_size, max_seq_len)``. Its
+buffers are non-persistent, so they never appear in a ``state_dict`` or a saved model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CacheOverflowError(ValueError):
+    """A position past ``max_seq_len`` (or a batch past ``max_batch_size``) hit a KV cache."""
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one attention layer.
+
+    Args:
+        max_batch_size: largest batch the cache serves (smaller batches use the first rows).
+        max_seq_len: positions 0 .. max_seq_len - 1 can be stored.
+        n_kv_head: key/value heads.
+        head_dim: width of one head.
+        dtype: storage dtype (match the model's activations).
+        device: where the buffers live (default: the current default device).
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        n_kv_head: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (max_batch_size, n_kv_head, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), False)
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = max_seq_len
+
+    def check(self, input_pos: Tensor, batch_size: int) -> None:
+        """Raise :class:`CacheOverflowError` if ``input_pos`` or the batch does not fit.
+
+        Reads ``input_pos`` on the host, so it is skipped while ``torch.compile`` traces.
+        """
+        if batch_size > self.max_batch_size:
+            raise CacheOverflowError(
+                f"batch size {batch_size} exceeds the KV cache's max_batch_size="
+                f"{self.max_batch_size}; call setup_caches(max_batch_size={batch_size}, ...)"
+            )
+        if input_pos.numel() == 0:
+            return
+        lo, hi = int(input_pos.min()), int(input_pos.max())
+        if lo < 0 or hi >= self.max_seq_len:
+            raise CacheOverflowError(
+                f"input_pos spans [{lo}, {hi}] but the KV cache holds positions "
+                f"0..{self.max_seq_len - 1} (max_seq_len={self.max_seq_len}); call "
+                "setup_caches with a larger max_seq_len (at most the model's block_size) "
+                "or stop generating earlier"
+            )
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k``/``v`` at ``input_pos`` and return the cache rows of this batch.
+
+        Args:
+            input_pos: (T,) absolute positions of the new tokens.
+            k: (B, n_kv_head, T, head_dim) new keys.
+            v: (B, n_kv_head, T, head_dim) new values.
+
+        Returns:
+            Keys and values, each (B, n_kv_head, max_seq_len, head_dim).
+        """
+        B = k.size(0)
+        k_out = self.k_cache[:B]  # (B, nkv, S, hs)
+        v_out = self.v_cache[:B]  # (B, nkv, S, hs)
+        k_out[:, :, input_pos] = k.to(k_out.dtype)
+        v_out[:, :, input_pos] = v.to(v_out.dtype)
+        return k_out, v_out
+
+    def reset(self) -> None:
+        """Zero the stored keys and values."""
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def causal_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    input_pos: Tensor | None,
+    dropout_p: float = 0.0,
+    impl: str = "sdpa",
+) -> Tensor:
+    """Causal (grouped-query) attention, through SDPA or an explicit masked softmax.
+
+    Args:
+        q: (B, nh, T, hs) queries at positions ``input_pos`` (or 0..T-1 when None).
+        k: (B, nkv, S, hs) keys; nh must be a multiple of nkv.
+        v: (B, nkv, S, hs) values.
+        input_pos: (T,) query positions for cached decoding; None means S == T and positions
+            0..T-1 (plain causal attention).
+        dropout_p: attention dropout (pass 0.0 in eval).
+        impl: ``"sdpa"`` or ``"math"``; both compute the same function.
+
+    Returns:
+        (B, nh, T, hs) attention output.
+    """
+    if input_pos is not None and input_pos.device.type == "cpu" and not _compiling():
+        # Eager CPU decoding: attend over the filled prefix only instead of the whole static
+        # cache (reading the position is free on the host; on GPU it would be a sync).
+        k = k[:, :, : int(input_pos.max()) + 1]  # (B, nkv, S', hs)
+        v = v[:, :, : k.size(2)]  # (B, nkv, S', hs)
+    T, S = q.size(2), k.size(2)
+    if input_pos is None:
+        mask = None
+    else:
+        # Query at position p sees keys 0..p. Empty cache slots (> p) are masked out.
+        mask = torch.arange(S, device=q.device)[None, :] <= input_pos[:, None]  # (T, S)
+    groups = q.size(1) // k.size(1)
+    if impl == "sdpa":
+        if groups > 1 and mask is None and q.device.type == "cpu":
+            # CPU flash attention has no GQA path; expanding K/V is faster than the math fallback.
+            k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+            groups = 1
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None,
+            enable_gqa=groups > 1,
+        )  # fmt: skip
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+        v = v.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # (T, S)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    att = att.masked_fill(~mask, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)
+    return att @ v  # (B, nh, T, hs)

@@ -1,0 +1,154 @@
+"""gpt-fast style generation on the model's KV cache: ``prefill``, ``decode_one_token``, ``generate``.
+
+These functions only use the model interface of ``docs/contracts.md``
+(``forward(idx, input_pos=...)``, ``setup_caches``), so they work for every architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gptforge.sampling.processing import NEG_INF, apply_repetition_penalty, sample
+
+
+def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
+    """Run the prompt through the model, filling its caches; return last-position logits.
+
+    Args:
+        model: a model with caches set up (``model.setup_caches``).
+        idx: ``(B, T)`` prompt token ids.
+        input_pos: ``(T,)`` positions shared by all rows, or ``(B, T)`` per-row positions.
+
+    Returns:
+        ``(B, V)`` logits for the token after the prompt.
+    """
+    logits, _ = model(idx, input_pos=input_pos)  # (B, T, V)
+    return logits[:, -1]
+
+
+def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    """Feed one token per row at ``input_pos``; return the next-token logits ``(B, V)``.
+
+    Args:
+        tokens: ``(B, 1)`` the previously sampled tokens.
+        input_pos: ``(1,)`` shared position or ``(B, 1)`` per-row positions.
+    """
+    logits, _ = model(tokens, input_pos=input_pos)  # (B, 1, V)
+    return logits[:, -1]
+
+
+def suppress_tokens(logits: Tensor, rows: Sequence[int], token_ids: Sequence[int]) -> Tensor:
+    """Set ``logits[r, t] = -inf`` for every row in ``rows`` and token in ``token_ids``."""
+    if not rows or not token_ids:
+        return logits
+    logits = logits.clone()
+    r = torch.tensor(list(rows), device=logits.device).view(-1, 1)  # (R, 1)
+    t = torch.tensor(list(token_ids), device=logits.device).view(1, -1)  # (1, S)
+    logits[r, t] = NEG_INF
+    return logits
+
+
+def _generators(
+    batch: int, seed: int | None, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> list[torch.Generator | None]:
+    if generator is not None:
+        gens = [generator] * batch if isinstance(generator, torch.Generator) else list(generator)
+        if len(gens) != batch:
+            raise ValueError(f"generator: got {len(gens)} generators for a batch of {batch} rows")
+        return list(gens)
+    if seed is None:
+        return [None] * batch
+    # Row b uses seed + b, so a single prompt with seed s matches row 0 of any batch with seed s.
+    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    min_new_tokens: int = 0,
+    eos_id: int | None = None,
+    stop_token_ids: Sequence[int] = (),
+    seed: int | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    pad_id: int | None = None,
+) -> Tensor:
+    """Generate up to ``max_new_tokens`` after equal-length prompts, on the model's KV cache.
+
+    Rows that hit ``eos_id`` or a stop id are padded with ``pad_id`` (default: ``eos_id`` or 0)
+    while the others continue; the loop ends when every row stopped.
+
+    Args:
+        model: any gptforge model (``forward(idx, input_pos=...)``, ``setup_caches``).
+        prompt_ids: ``(T,)``, ``(B, T)`` or a list of ints.
+        max_new_tokens: how many tokens at most.
+        temperature: 0 = greedy.
+        top_k, top_p, repetition_penalty, min_new_tokens: see :class:`SamplingParams`.
+        eos_id: end-of-sequence id (``tokenizer.eot_token``), or None.
+        stop_token_ids: more ids that end a row.
+        seed: row b draws from ``torch.Generator().manual_seed(seed + b)``.
+        generator: explicit generator(s) instead of ``seed``.
+        pad_id: filler after a row stopped.
+
+    Returns:
+        prompt and new tokens, ``(T + n,)`` or ``(B, T + n)`` like the input, ``n <= max_new_tokens``.
+
+    >>> # out = generate(model, tok.encode("Hello"), 20, temperature=0.0)
+    """
+    param = next(model.parameters())
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=param.device)
+    squeeze = prompt.dim() == 1
+    prompt = prompt.view(1, -1) if squeeze else prompt  # (B, T)
+    batch, t_prompt = prompt.shape
+    if t_prompt == 0:
+        raise ValueError("prompt_ids is empty; give at least one token (e.g. the EOS/BOS id)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+    block = getattr(model.config, "block_size", None)
+    if block is not None and t_prompt + max_new_tokens > block:
+        raise ValueError(
+            f"prompt ({t_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"context of {block} tokens; shorten the prompt or ask for fewer tokens"
+        )
+    stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    gens = _generators(batch, seed, generator)
+    vocab = model.config.vocab_size
+
+    model.setup_caches(batch, t_prompt + max_new_tokens)
+    logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=prompt.device)  # (B, V)
+        seen.scatter_(1, prompt, True)
+    penalty = torch.full((batch,), repetition_penalty, device=prompt.device)
+    stop_t = torch.tensor(stops, dtype=torch.long, device=prompt.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=prompt.device)  # (B,)
+    out: list[Tensor] = []
+    for i in range(max_new_tokens):
+        if seen is not None:
+            logits = apply_repetition_penalty(logits.float(), seen, penalty)
+        if i < min_new_tokens:
+            logits = suppress_tokens(logits, range(batch), stops)
+        tok = sample(logits, temperature, top_k, top_p, gens)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        out.append(tok)
+        if seen is not None:
+            seen.scatter_(1, tok.view(-1, 1), True)
+        if len(stops):
+            done |= torch.isin(tok, stop_t)
+        if i == max_new_tokens - 1 or bool(done.all()):
+            break
+        pos = torch.tensor([t_prompt + i], device=prompt.device)
+        logits = decode_one_token(model, tok.view(batch, 1), pos)  # (B, V)
+    result = torch.cat([prompt, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
+    return result[0] if squeeze else result

@@ -1,0 +1,38 @@
+"""``python -m gptforge.training {train,finetune} ...``: the entry point for ``torchrun``.
+
+>>> # torchrun --nproc_per_node 2 -m gptforge.training train --preset tiny --data D --out R
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptforge.training.cli_args import add_dataclass_args, given
+from gptforge.training.config import FinetuneConfig, TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run the job, return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m gptforge.training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cls in (("train", TrainConfig), ("finetune", FinetuneConfig)):
+        p = sub.add_parser(name, help=f"{name} (flags are {cls.__name__} fields)")
+        add_dataclass_args(p, cls)
+        p.add_argument("--resume", default=None, help="continue this run directory")
+    args = parser.parse_args(argv)
+    from gptforge.training.loop import TrainingDiverged
+    from gptforge.training.runner import run_job
+
+    cls = TrainConfig if args.command == "train" else FinetuneConfig
+    kind = "pretrain" if args.command == "train" else "finetune"
+    try:
+        run_job(kind, given(args, cls), args.resume)
+    except (TrainingDiverged, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

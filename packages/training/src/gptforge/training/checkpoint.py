@@ -1,0 +1,255 @@
+"""Checkpoints: atomic step directories, keep-last-K plus best-by-validation, corrupt fallback.
+
+Layout of ``RUN_DIR/checkpoints/step_000100/``:
+
+- ``model.safetensors``: the weights (tied weights stored once, ``safetensors.torch.save_model``);
+- ``state.pt``: a tensors-and-primitives-only dict (optimiser, RNG, data sampler, step, tokens),
+  written with ``torch.save`` and read back with ``torch.load(..., weights_only=True)`` so
+  loading never unpickles code;
+- ``manifest.json``: step, tokens, validation loss, training config, tokenizer reference and the
+  size and sha256 of each file (a truncated or corrupt file is detected before it is used).
+
+A checkpoint is written into a hidden temporary directory and renamed into place, so a process
+killed mid-write leaves the previous checkpoints intact and no half-written one visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+CHECKPOINTS = "checkpoints"
+PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint (all corrupt or none present)."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps completed when it was written."""
+        return int(self.manifest["step"])
+
+    @property
+    def val_loss(self) -> float | None:
+        """Validation loss at that step, if it was evaluated."""
+        value = self.manifest.get("val_loss")
+        return None if value is None else float(value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step can touch, as tensors (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
+    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Save, list, prune and load the checkpoints of one run directory.
+
+    Args:
+        run_dir: The run directory; checkpoints go under ``run_dir/checkpoints``.
+        keep_last: Most recent checkpoints kept; the best-by-validation one is kept as well.
+        warn: Where corrupt-checkpoint warnings go (default: stderr).
+
+    >>> mgr = CheckpointManager("runs/x", keep_last=2)  # doctest: +SKIP
+    >>> mgr.save(step=100, model=model, state={"optimizer": opt.state_dict()})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        keep_last: int = 2,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last!r}")
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / CHECKPOINTS
+        self.keep_last = keep_last
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr))
+
+    def save(
+        self,
+        *,
+        step: int,
+        model: torch.nn.Module,
+        state: dict[str, Any],
+        manifest: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write checkpoint ``step_{step:06d}`` atomically and prune old ones.
+
+        Args:
+            step: Optimiser steps completed.
+            model: The (unwrapped) model whose weights are saved.
+            state: Tensors/primitives only: optimiser state, RNG, sampler, counters.
+            manifest: Extra JSON-able fields (``val_loss``, ``tokens``, ``config``, ...).
+
+        Returns:
+            The checkpoint directory.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{PREFIX}{step:06d}"
+        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            files = {}
+            for fname in ("model.safetensors", "state.pt"):
+                _fsync_file(tmp / fname)
+                files[fname] = {
+                    "size": (tmp / fname).stat().st_size,
+                    "sha256": _sha256(tmp / fname),
+                }
+            full = {"step": step, "time": time.time(), **(manifest or {}), "files": files}
+            (tmp / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
+            _fsync_file(tmp / "manifest.json")
+            final = self.dir / name
+            if final.exists():  # re-saving a step (resumed run): swap the old one out first
+                trash = self.dir / f".old-{name}-{os.getpid()}"
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.prune()
+        return final
+
+    def list(self) -> list[CheckpointInfo]:
+        """Checkpoints with a readable manifest, oldest first (file contents not verified)."""
+        infos = []
+        if not self.dir.is_dir():
+            return infos
+        for path in sorted(self.dir.glob(f"{PREFIX}*")):
+            try:
+                manifest = json.loads((path / "manifest.json").read_text())
+                infos.append(CheckpointInfo(path, manifest))
+            except (OSError, json.JSONDecodeError) as exc:
+                self.warn(f"checkpoint {path.name!r} has no readable manifest.json ({exc}); skipped")
+        return sorted(infos, key=lambda info: info.step)
+
+    def best(self) -> CheckpointInfo | None:
+        """The checkpoint with the lowest validation loss (None if none was evaluated)."""
+        scored = [info for info in self.list() if info.val_loss is not None]
+        return min(scored, key=lambda info: (info.val_loss, -info.step)) if scored else None
+
+    def prune(self) -> None:
+        """Delete all but the last ``keep_last`` checkpoints and the best one."""
+        infos = self.list()
+        keep = {info.path for info in infos[-self.keep_last :]}
+        best = self.best()
+        if best is not None:
+            keep.add(best.path)
+        for info in infos:
+            if info.path not in keep:
+                shutil.rmtree(info.path, ignore_errors=True)
+
+    def verify(self, info: CheckpointInfo) -> None:
+        """Raise :class:`CheckpointError` naming the file if sizes or hashes do not match."""
+        for fname, expect in info.manifest.get("files", {}).items():
+            path = info.path / fname
+            if not path.exists():
+                raise CheckpointError(f"{path} is missing")
+            size = path.stat().st_size
+            if size != expect["size"]:
+                raise CheckpointError(
+                    f"{path} is truncated or altered: {size} bytes, expected {expect['size']}"
+                )
+            if _sha256(path) != expect["sha256"]:
+                raise CheckpointError(f"{path} fails its sha256 check (corrupt)")
+
+    def load(
+        self,
+        model: torch.nn.Module,
+        *,
+        info: CheckpointInfo | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> tuple[CheckpointInfo, dict[str, Any]]:
+        """Load the newest usable checkpoint (or ``info``) into ``model``; return its state.
+
+        A corrupt or truncated checkpoint is reported by name and the previous one is tried.
+
+        Raises:
+            CheckpointError: No checkpoint could be loaded.
+        """
+        candidates = [info] if info is not None else list(reversed(self.list()))
+        if not candidates:
+            raise CheckpointError(
+                f"no checkpoints in {self.dir}; start a fresh run without --resume"
+            )
+        errors = []
+        for cand in candidates:
+            try:
+                self.verify(cand)
+                state = torch.load(
+                    cand.path / "state.pt", map_location=map_location, weights_only=True
+                )
+                load_model(model, str(cand.path / "model.safetensors"), device=str(map_location))
+            except Exception as exc:  # noqa: BLE001 - any failure means "try the previous one"
+                errors.append(f"{cand.path.name}: {exc}")
+                self.warn(
+                    f"checkpoint {cand.path.name!r} is corrupt or unreadable ({exc}); "
+                    "falling back to the previous checkpoint"
+                )
+                continue
+            return cand, state
+        raise CheckpointError(
+            f"no usable checkpoint in {self.dir}: " + "; ".join(errors)
+        )

@@ -1,0 +1,221 @@
+"""Training settings as plain dataclasses (importable without torch).
+
+Three dataclasses, one per job: :class:`LoopConfig` holds what every optimisation loop needs
+(batch, schedule, optimiser, logging, checkpointing), :class:`TrainConfig` adds what pre-training
+needs (architecture, preset, data) and :class:`FinetuneConfig` what instruction fine-tuning needs.
+CLI flags are these field names with ``_`` spelled ``-`` (``--grad-accum``, ``--min-lr``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TEMPLATES = ("inst", "alpaca")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}; pass --{name.replace('_', '-')}")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"{name}={value!r} is not one of {list(allowed)}; "
+            f"pass --{name.replace('_', '-')} {allowed[0]}"
+        )
+
+
+@dataclass
+class LoopConfig:
+    """Settings shared by pre-training and fine-tuning.
+
+    Args:
+        out: Run directory (a model directory at the top, ``checkpoints/``, ``metrics.jsonl``,
+            ``plots/``).
+        max_steps: Optimiser steps to run (a resumed run continues up to this step).
+        batch_size: Sequences per micro-batch per process.
+        grad_accum: Micro-batches accumulated per optimiser step; the global batch is
+            ``batch_size * grad_accum * world_size`` sequences.
+        lr: Peak learning rate, reached after ``warmup_steps``.
+        min_lr: Learning rate at the end of the decay.
+        warmup_steps: Linear warmup steps from 0 to ``lr``.
+        lr_schedule: ``cosine`` or ``linear`` decay from ``lr`` to ``min_lr`` over the run,
+            or ``constant``.
+        weight_decay: Decoupled AdamW weight decay on matrices (never biases, norms, embeddings).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: Clip the global gradient norm to this value (0 disables clipping).
+        eval_interval: Evaluate on validation data every this many steps (0: only at the end).
+        eval_batches: Validation batches per evaluation.
+        sample_interval: Print a sample generation every this many steps (0: never).
+        sample_prompt: Prompt of the sample generations.
+        sample_tokens: New tokens per sample generation.
+        checkpoint_interval: Save a checkpoint every this many steps (and always at the end).
+        keep_last: Number of recent checkpoints kept (the best-by-validation is kept as well).
+        log_interval: Write a train row to ``metrics.jsonl`` every this many steps.
+        dtype: ``auto`` (bf16 autocast on a GPU that supports it, else float32), ``float32``,
+            ``bfloat16`` or ``float16`` autocast.
+        compile: Wrap the model in ``torch.compile``.
+        seed: Seed of weights, data order and dropout.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: Show a tqdm progress bar.
+    """
+
+    out: str = "runs/train"
+    max_steps: int = 600
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 50
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 8
+    sample_interval: int = 0
+    sample_prompt: str = "The"
+    sample_tokens: int = 48
+    checkpoint_interval: int = 100
+    keep_last: int = 2
+    log_interval: int = 10
+    dtype: str = "auto"
+    compile: bool = False
+    seed: int = 1337
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "log_interval"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("lr", self.lr)
+        for name in (
+            "min_lr",
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "eval_interval",
+            "eval_batches",
+            "sample_interval",
+            "sample_tokens",
+            "checkpoint_interval",
+        ):
+            _check_positive(name, getattr(self, name), allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ValueError(
+                f"min_lr={self.min_lr!r} is above lr={self.lr!r}; pass --min-lr <= --lr"
+            )
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("dtype", self.dtype, DTYPES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopConfig:
+        """Build from :meth:`to_dict` output; unknown keys are refused by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} fields {unknown!r}; allowed: {sorted(names)}"
+            )
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON atomically."""
+        from gptforge.training.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Pre-training settings (adds the model and the data to :class:`LoopConfig`).
+
+    Args:
+        arch: Architecture family: ``gpt``, ``llama`` or ``mmrec``.
+        preset: Model preset name for ``gptforge.modeling.get_config`` (e.g. ``debug``, ``tiny``).
+        data: Prepared data directory (``gptforge data prepare``) holding ``meta.json``.
+        tokenizer: Tokenizer directory; default: the copy inside the data directory.
+        context_length: Training context (default: the preset's ``block_size``).
+        stride: Distance between training windows in tokens (default: ``context_length``).
+        tie_weights: Override the preset's input/output embedding tying (``None``: preset).
+        dropout: Override the preset's dropout (``None``: preset).
+    """
+
+    arch: str = "gpt"
+    preset: str = "tiny"
+    data: str = ""
+    tokenizer: str | None = None
+    context_length: int | None = None
+    stride: int | None = None
+    tie_weights: bool | None = None
+    dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("arch", self.arch, ("gpt", "llama", "mmrec"))
+        if self.context_length is not None:
+            _check_positive("context_length", self.context_length)
+        if self.stride is not None:
+            _check_positive("stride", self.stride)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
+    """Instruction fine-tuning settings (lower learning rate, response-only loss).
+
+    Args:
+        from_run: Run or model directory to start from.
+        data: Alpaca-style ``.jsonl`` (``instruction``, ``input``, ``output``); default: the
+            generated task set of :mod:`gptforge.training.tasks`.
+        template: ``inst`` (``<INST>..</INST><RESP>..</RESP>``) or ``alpaca`` prompt style.
+        val_fraction: Held-out fraction of the records for loss and exact-match evaluation.
+        num_examples: Size of the generated task set when ``data`` is not given.
+        eval_examples: Held-out records scored for exact match before and after training.
+        max_length: Longest rendered record in tokens (longer ones are refused by index).
+    """
+
+    out: str = "runs/finetune"
+    from_run: str = ""
+    data: str | None = None
+    template: str = "inst"
+    val_fraction: float = 0.1
+    num_examples: int = 2000
+    eval_examples: int = 100
+    max_length: int = 96
+    max_steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    eval_interval: int = 100
+    checkpoint_interval: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("template", self.template, TEMPLATES)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for name in ("num_examples", "eval_examples", "max_length"):
+            _check_positive(name, getattr(self, name))

@@ -1,0 +1,143 @@
+"""Instruction fine-tuning: ``gptforge finetune --from RUN_DIR --out RUN_DIR2``."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptforge.training.config import FinetuneConfig
+from gptforge.training.distributed import init_distributed, shutdown
+from gptforge.training.instruct import (
+    SPECIAL_TOKENS,
+    InstructionDataset,
+    encode_record,
+    exact_match,
+    read_records,
+)
+from gptforge.training.io import atomic_write_text
+from gptforge.training.loop import Callback, LoopResult, resolve_device, train_loop
+from gptforge.training.pretrain import check_fresh_run_dir, save_run_config
+from gptforge.training.tasks import generate_tasks
+
+CHAT_FILE = "chat.json"
+
+
+@dataclass
+class FinetuneResult:
+    """The loop result plus held-out exact-match accuracy before and after fine-tuning."""
+
+    loop: LoopResult
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+
+
+def split_records(
+    records: Sequence[dict[str, str]], val_fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Deterministic shuffle, then ``(train, held_out)`` with ``val_fraction`` held out."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(val_fraction * len(records))))
+    if n_val >= len(records):
+        raise ValueError(
+            f"{len(records)} records leave nothing to train on with val_fraction={val_fraction}"
+        )
+    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> FinetuneResult:
+    """Fine-tune the model of ``cfg.from_run`` on instruction records into ``cfg.out``.
+
+    Adds ``<INST> </INST> <RESP> </RESP>`` to the tokenizer, grows the embedding and LM head
+    (new rows = mean of old rows, ties kept), trains with the loss on response tokens only, and
+    scores held-out exact match before and after. The output is a run directory like
+    ``gptforge train`` writes, plus ``chat.json`` (template and accuracies) for ``gptforge chat``.
+
+    >>> finetune(FinetuneConfig(from_run="runs/demo/pretrain", out="runs/demo/sft"))  # doctest: +SKIP
+    """
+    from gptforge.modeling.io import load_model_dir, save_model_dir
+    from gptforge.tokenizer import Tokenizer
+
+    info = init_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, info)
+        src, run_dir = Path(cfg.from_run), Path(cfg.out)
+        tokenizer = Tokenizer.from_dir(src / "tokenizer")
+        tokenizer.add_special_tokens(SPECIAL_TOKENS)
+        model = load_model_dir(src, device=device, dtype=torch.float32)
+        if tokenizer.n_vocab > model.config.vocab_size:
+            model.resize_token_embeddings(tokenizer.n_vocab)
+        model.train()
+        block = int(model.config.block_size)
+        records = read_records(cfg.data) if cfg.data else generate_tasks(cfg.num_examples, seed=cfg.seed)
+        train_records, held_out = split_records(records, cfg.val_fraction, cfg.seed)
+        limit = min(cfg.max_length, block + 1)
+        encoded = {}
+        for name, part in (("train", train_records), ("val", held_out)):
+            examples = [encode_record(r, cfg.template, tokenizer) for r in part]
+            for i, (p, r) in enumerate(examples):
+                if len(p) + len(r) > limit:
+                    raise ValueError(
+                        f"{name} record {i} renders to {len(p) + len(r)} tokens, over the limit "
+                        f"{limit} (min of --max-length {cfg.max_length} and context {block} + 1); "
+                        "shorten it or raise --max-length"
+                    )
+            encoded[name] = InstructionDataset(examples, pad_id=tokenizer.eot_token)
+        scored = held_out[: cfg.eval_examples]
+        tok_dir = run_dir / "tokenizer"
+        if info.is_main:
+            if not resume:
+                check_fresh_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_run_config(run_dir, "finetune", cfg)
+            tokenizer.save(tok_dir)
+        before = None
+        if not resume and info.is_main:
+            before = exact_match(model, tokenizer, scored, cfg.template)
+            print(f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}")
+
+        def save_top(m: torch.nn.Module) -> None:
+            save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
+
+        def sample(m: torch.nn.Module) -> str:
+            got = exact_match(m, tokenizer, scored[:1], cfg.template)
+            return f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
+
+        loop = train_loop(
+            cfg,
+            model,
+            encoded["train"],
+            encoded["val"],
+            info=info,
+            device=device,
+            resume=resume,
+            save_top_level=save_top,
+            manifest={
+                "kind": "finetune",
+                "config": cfg.to_dict(),
+                "tokenizer_fingerprint": tokenizer.fingerprint,
+            },
+            sample=sample,
+            callbacks=callbacks,
+        )
+        after = exact_match(model, tokenizer, scored, cfg.template)
+        if info.is_main:
+            print(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}")
+            chat = {"template": cfg.template, "before": before, "after": after}
+            if before is None and (run_dir / CHAT_FILE).exists():
+                chat["before"] = json.loads((run_dir / CHAT_FILE).read_text()).get("before")
+            atomic_write_text(run_dir / CHAT_FILE, json.dumps(chat, indent=2) + "\n")
+        return FinetuneResult(loop, before, after)
+    finally:
+        shutdown(info)

@@ -1,0 +1,165 @@
+"""Instruction templates, the response-only-loss dataset and exact-match scoring.
+
+Two templates render an Alpaca-style record (``instruction``, ``input``, ``output``):
+
+- ``inst``: ``<INST>{instruction}\\n{input}</INST><RESP>{output}</RESP>``;
+- ``alpaca``: the Alpaca prompt ("Below is an instruction ... ### Response:\\n") followed by
+  ``{output}<|endoftext|>``.
+
+Special tokens are inserted as ids, and user text is always encoded as plain text, so text
+that merely looks like ``<INST>`` in a record cannot inject a control token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EOT = "<|endoftext|>"
+INST, INST_END, RESP, RESP_END = "<INST>", "</INST>", "<RESP>", "</RESP>"
+SPECIAL_TOKENS = [INST, INST_END, RESP, RESP_END]
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_HEADER_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request."
+)
+
+
+def render_text(record: dict[str, str], template: str) -> tuple[str, str]:
+    """``(prompt, response)`` as text (for display; training uses :func:`encode_record`)."""
+    instruction, extra, output = record["instruction"], record.get("input", ""), record.get("output", "")
+    if template == "inst":
+        body = f"{instruction}\n{extra}" if extra else instruction
+        return f"{INST}{body}{INST_END}{RESP}", f"{output}{RESP_END}"
+    if template == "alpaca":
+        header = ALPACA_HEADER_INPUT if extra else ALPACA_HEADER
+        prompt = f"{header}\n\n### Instruction:\n{instruction}\n\n"
+        if extra:
+            prompt += f"### Input:\n{extra}\n\n"
+        return prompt + "### Response:\n", f"{output}{EOT}"
+    raise ValueError(f"unknown template {template!r}; allowed: ['inst', 'alpaca']")
+
+
+def _plain(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer.encode(text, disallowed_special=()) if text else []
+
+
+def encode_record(
+    record: dict[str, str], template: str, tokenizer: Any
+) -> tuple[list[int], list[int]]:
+    """Token ids ``(prompt_ids, response_ids)``; the response ends with the stop token."""
+    instruction, extra, output = record["instruction"], record.get("input", ""), record.get("output", "")
+    special = tokenizer.special_tokens
+    if template == "inst":
+        missing = [t for t in SPECIAL_TOKENS if t not in special]
+        if missing:
+            raise ValueError(
+                f"tokenizer lacks the special tokens {missing}; call "
+                "tokenizer.add_special_tokens(SPECIAL_TOKENS) first"
+            )
+        body = f"{instruction}\n{extra}" if extra else instruction
+        prompt = [special[INST], *_plain(tokenizer, body), special[INST_END], special[RESP]]
+        return prompt, [*_plain(tokenizer, output), special[RESP_END]]
+    prompt_text, _ = render_text(record, template)
+    return _plain(tokenizer, prompt_text), [*_plain(tokenizer, output), tokenizer.eot_token]
+
+
+def stop_ids(template: str, tokenizer: Any) -> list[int]:
+    """Ids that end a response under ``template``."""
+    ids = [tokenizer.eot_token]
+    if template == "inst" and RESP_END in tokenizer.special_tokens:
+        ids.append(tokenizer.special_tokens[RESP_END])
+    return ids
+
+
+def read_records(path: str | Path) -> list[dict[str, str]]:
+    """Alpaca-style records of a ``.jsonl`` (or a ``.json`` list) file, checked field by field."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        rows = json.loads(text)
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno} is not valid JSON ({exc})") from exc
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
+            raise ValueError(
+                f"record {i} of {path} needs string fields 'instruction' and 'output' "
+                f"(and optionally 'input'); got {row!r:.200}"
+            )
+    if not rows:
+        raise ValueError(f"{path} holds no records")
+    return rows
+
+
+class InstructionDataset:
+    """Rendered records as next-token examples with the loss on response tokens only.
+
+    ``batch`` right-pads with the end-of-text id; padded and prompt positions get target
+    ``-100`` (ignored by the loss).
+    """
+
+    def __init__(self, examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> None:
+        self.examples = list(examples)
+        self.pad_id = pad_id
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets ``(B, longest - 1)``."""
+        seqs = [self.examples[i] for i in indices]
+        width = max(len(p) + len(r) for p, r in seqs) - 1
+        x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, T)
+        y = torch.full((len(seqs), width), -100, dtype=torch.long)  # (B, T)
+        for row, (prompt, response) in enumerate(seqs):
+            full = torch.tensor(prompt + response, dtype=torch.long)
+            n = len(full) - 1
+            x[row, :n] = full[:-1]
+            y[row, len(prompt) - 1 : n] = full[len(prompt) :]
+        return x, y
+
+
+def exact_match(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, str]],
+    template: str,
+    *,
+    max_new_tokens: int = 32,
+) -> dict[str, Any]:
+    """Greedy-decode each record's prompt and compare the answer with ``output`` (stripped).
+
+    Returns:
+        ``{"accuracy": float, "correct": int, "total": int, "per_task": {task: accuracy}}``.
+    """
+    from gptforge.training.textgen import generate_ids
+
+    prompts = [encode_record(r, template, tokenizer)[0] for r in records]
+    outs = generate_ids(
+        model, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids(template, tokenizer)
+    )
+    hits: dict[str, list[bool]] = {}
+    correct = 0
+    for record, ids in zip(records, outs, strict=True):
+        ok = tokenizer.decode(ids).strip() == record["output"].strip()
+        correct += ok
+        hits.setdefault(record.get("task", "all"), []).append(ok)
+    return {
+        "accuracy": correct / max(1, len(records)),
+        "correct": correct,
+        "total": len(records),
+        "per_task": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
+    }

@@ -1,0 +1,356 @@
+"""The optimisation loop shared by pre-training and fine-tuning.
+
+One call of :func:`train_loop` runs (or resumes) a job to ``cfg.max_steps``: micro-batches with
+gradient accumulation, the warmup + decay schedule, clipping, evaluation on a fixed validation
+subset, sample generations, ``metrics.jsonl``, plots, checkpoints, the top-level model directory
+and, under ``torchrun``, DDP. It is deliberately model- and data-agnostic: it takes a module whose
+``forward(x, targets)`` returns ``(logits, loss)`` and :class:`~gptforge.training.data.BatchSource`
+objects.
+
+Exact resume: everything that decides step ``k+1`` (weights, AdamW moments, RNG streams, data
+position, counters) is in checkpoint ``k``; the schedule is a function of the step, and sample
+generations use their own generator so they never disturb the training RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gptforge.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from gptforge.training.config import LoopConfig
+from gptforge.training.data import BatchSource, EpochSampler, eval_indices
+from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier
+from gptforge.training.metrics import MetricsLogger, write_plots
+from gptforge.training.optim import make_optimizer
+from gptforge.training.schedule import lr_at
+
+Callback = Callable[[int, nn.Module, dict[str, Any]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the last good checkpoint was kept."""
+
+
+@dataclass
+class LoopResult:
+    """What a finished (or resumed-and-finished) run reached."""
+
+    run_dir: Path
+    step: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None
+    seconds: float
+    overhead_fraction: float
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """``auto`` picks CUDA when available; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for but CUDA is not available; pass --device cpu")
+    if name == "cuda" and info.enabled:
+        name = f"cuda:{info.local_rank}"
+    return torch.device(name)
+
+
+def autocast_context(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU for ``auto``; explicit ``bfloat16``/``float16`` anywhere."""
+    if dtype == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if use_bf16 else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    source: BatchSource,
+    *,
+    batch_size: int,
+    batches: int,
+    device: torch.device,
+    ctx: Callable[[], contextlib.AbstractContextManager],
+) -> float:
+    """Token-weighted mean loss over a fixed, evenly spread subset of ``source``."""
+    was_training = model.training
+    model.eval()
+    indices = eval_indices(len(source), batch_size * max(1, batches))
+    total, count = 0.0, 0
+    for start in range(0, len(indices), batch_size):
+        x, y = source.batch(indices[start : start + batch_size])
+        x, y = x.to(device), y.to(device)
+        with ctx():
+            _, loss = model(x, y)
+        weight = int((y != -100).sum())
+        total += float(loss) * weight
+        count += weight
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def _grad_norm(model: nn.Module, clip: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    return float(norm)
+
+
+def _oom_message(cfg: LoopConfig, exc: BaseException) -> str:
+    return (
+        f"out of memory with batch_size={cfg.batch_size} ({exc}); lower --batch-size (and raise "
+        f"--grad-accum to keep the global batch) or lower --context-length"
+    )
+
+
+def train_loop(
+    cfg: LoopConfig,
+    model: nn.Module,
+    train: BatchSource,
+    val: BatchSource | None,
+    *,
+    info: DistInfo,
+    device: torch.device,
+    resume: bool,
+    save_top_level: Callable[[nn.Module], None],
+    manifest: dict[str, Any] | None = None,
+    sample: Callable[[nn.Module], str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    write: Callable[[str], None] | None = None,
+) -> LoopResult:
+    """Run (or resume) the optimisation to ``cfg.max_steps`` and return what it reached.
+
+    Args:
+        cfg: Loop settings.
+        model: The model, already on ``device`` and seeded; ``forward(x, y) -> (logits, loss)``.
+        train: Training examples.
+        val: Validation examples (``None``: no evaluation).
+        info: Distributed placement (rank 0 writes everything).
+        device: Where batches go.
+        resume: Continue from the newest usable checkpoint in ``cfg.out``.
+        save_top_level: Writes the top-level model directory of the run (rank 0).
+        manifest: Extra JSON fields stored in every checkpoint manifest.
+        sample: Returns a sample generation for the log (``cfg.sample_interval``).
+        callbacks: ``cb(step, model, row)`` after each step (tests, custom stopping).
+        write: Where messages go (default: ``tqdm.write``).
+
+    Raises:
+        TrainingDiverged: The loss or gradient norm became NaN/Inf.
+    """
+    from tqdm.auto import tqdm
+
+    write = write or tqdm.write
+    run_dir = Path(cfg.out)
+    ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
+    optimizer = make_optimizer(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(cfg.beta1, cfg.beta2),
+        device_type=device.type,
+    )
+    world, rank = info.world_size, info.rank
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    sampler = EpochSampler(len(train), cfg.seed)
+    step, tokens, last_ckpt_step = 0, 0, -1
+    if resume:
+        found, state = ckpt.load(model, map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        step, tokens, last_ckpt_step = int(state["step"]), int(state["tokens"]), int(state["step"])
+        write(f"resumed from {found.path} at step {step}")
+    else:
+        torch.manual_seed(cfg.seed + rank)
+    metrics = MetricsLogger(run_dir / "metrics.jsonl", resume_step=step if resume else None) if info.is_main else None
+
+    raw_model = model
+    train_model: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    ctx = lambda: autocast_context(cfg.dtype, device)  # noqa: E731
+
+    def save(at_step: int, val_loss: float | None) -> Path | None:
+        nonlocal last_ckpt_step
+        path = None
+        if info.is_main:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "sampler": sampler.state_dict(),
+                "step": at_step,
+                "tokens": tokens,
+            }
+            extra = {**(manifest or {}), "tokens": tokens, "val_loss": val_loss}
+            path = ckpt.save(step=at_step, model=raw_model, state=state, manifest=extra)
+            save_top_level(raw_model)
+        barrier(info)
+        last_ckpt_step = at_step
+        return path
+
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not (cfg.progress and info.is_main),
+        dynamic_ncols=True,
+    )
+    t_start = time.perf_counter()
+    t_overhead = 0.0
+    t_excluded = 0.0  # evaluation and sampling: useful work, not loop overhead
+    last_loss: float | None = None
+    val_loss: float | None = None
+    evaluated_at = -1
+    window_tokens, window_start = 0, time.perf_counter()
+    train_model.train()
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(
+                step,
+                lr=cfg.lr,
+                min_lr=cfg.min_lr,
+                warmup_steps=cfg.warmup_steps,
+                max_steps=cfg.max_steps,
+                schedule=cfg.lr_schedule,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            indices = sampler.take(per_step)
+            t_overhead += time.perf_counter() - t0
+            loss_sum = torch.zeros((), device=device)
+            step_tokens = 0
+            for micro in range(cfg.grad_accum):
+                t0 = time.perf_counter()
+                begin = (micro * world + rank) * cfg.batch_size
+                x, y = train.batch(indices[begin : begin + cfg.batch_size])
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                t_overhead += time.perf_counter() - t0
+                step_tokens += x.numel() * world
+                sync = (
+                    train_model.no_sync()  # type: ignore[operator]
+                    if info.enabled and micro < cfg.grad_accum - 1
+                    else contextlib.nullcontext()
+                )
+                try:
+                    with sync, ctx():
+                        _, loss = train_model(x, y)
+                    (loss / cfg.grad_accum).backward()
+                except torch.OutOfMemoryError as exc:
+                    raise RuntimeError(_oom_message(cfg, exc)) from exc
+                loss_sum += loss.detach()
+            loss_value = float(all_reduce_mean(loss_sum / cfg.grad_accum, info))
+            grad_norm = _grad_norm(raw_model, cfg.grad_clip)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                weights_ok = all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+                if weights_ok and step > last_ckpt_step:
+                    save(step, None)  # the weights before this step are still good
+                good = ckpt.list()[-1].path if ckpt.list() else None
+                message = (
+                    f"loss became {loss_value!r} (gradient norm {grad_norm!r}) at step {step + 1} "
+                    f"with lr={lr:.3g}; training stopped. Last good checkpoint: {good}. "
+                    f"Lower --lr (now {cfg.lr}), keep --grad-clip at about 1.0 (now "
+                    f"{cfg.grad_clip}), raise --warmup-steps (now {cfg.warmup_steps}) or use "
+                    "--dtype float32, then resume with --resume."
+                )
+                if metrics is not None:
+                    metrics.log("event", step, tokens=tokens, event="diverged", message=message)
+                raise TrainingDiverged(message)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += step_tokens
+            window_tokens += step_tokens
+            last_loss = loss_value
+
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                elapsed = max(1e-9, time.perf_counter() - window_start)
+                tok_s = window_tokens / elapsed
+                row["tok_per_s"] = tok_s
+                if metrics is not None:
+                    metrics.log(
+                        "train",
+                        step,
+                        tokens=tokens,
+                        loss=loss_value,
+                        ppl=math.exp(min(loss_value, 30.0)),
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        tok_per_s=tok_s,
+                    )
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+                window_tokens, window_start = 0, time.perf_counter()
+            bar.update(1)
+            t_overhead += time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            if val is not None and len(val) and (
+                (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps
+            ):
+                val_loss = evaluate(
+                    raw_model,
+                    val,
+                    batch_size=cfg.batch_size,
+                    batches=cfg.eval_batches,
+                    device=device,
+                    ctx=ctx,
+                )
+                evaluated_at = step
+                row["val_loss"] = val_loss
+                if metrics is not None:
+                    metrics.log(
+                        "eval",
+                        step,
+                        tokens=tokens,
+                        val_loss=val_loss,
+                        val_ppl=math.exp(min(val_loss, 30.0)),
+                        train_loss=loss_value,
+                    )
+                write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
+            if sample is not None and info.is_main and cfg.sample_interval and step % cfg.sample_interval == 0:
+                write(f"step {step} sample: {sample(raw_model)!r}")
+            t_excluded += time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            if (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.max_steps:
+                save(step, val_loss if evaluated_at == step else None)
+            t_overhead += time.perf_counter() - t0
+            for callback in callbacks:
+                callback(step, raw_model, row)
+    finally:
+        bar.close()
+    if last_ckpt_step < step:  # e.g. resumed at max_steps already
+        save(step, val_loss if evaluated_at == step else None)
+    seconds = time.perf_counter() - t_start
+    overhead = t_overhead / max(1e-9, seconds - t_excluded)
+    if metrics is not None:
+        metrics.log(
+            "event",
+            step,
+            tokens=tokens,
+            event="finished",
+            seconds=seconds,
+            overhead_fraction=overhead,
+        )
+        write_plots(run_dir / "metrics.jsonl", run_dir / "plots")
+    return LoopResult(run_dir, step, tokens, last_loss, val_loss, seconds, overhead)

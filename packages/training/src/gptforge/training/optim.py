@@ -1,0 +1,48 @@
+"""AdamW with decoupled weight decay on matrices only (never biases, norms or embeddings)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split parameters into a decayed group (Linear-style matrices) and a non-decayed group.
+
+    Biases, normalisation weights (1-D) and embedding tables (``nn.Embedding``, including an LM
+    head tied to one) are not decayed. Shared (tied) parameters appear once.
+    """
+    embedding_params = {
+        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)
+    }
+    decay, no_decay, seen = [], [], set()
+    for _, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        if param.dim() >= 2 and id(param) not in embedding_params:
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device_type: str = "cpu",
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the fused kernel on CUDA (deterministic ``foreach`` on CPU)."""
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=betas,
+        eps=1e-8,
+        fused=device_type == "cuda",
+    )

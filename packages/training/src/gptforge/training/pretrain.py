@@ -1,0 +1,167 @@
+"""Pre-training on prepared token shards: ``gptforge train`` and ``python -m gptforge.training``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptforge.training.config import TrainConfig
+from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
+from gptforge.training.distributed import init_distributed, shutdown
+from gptforge.training.loop import Callback, LoopResult, resolve_device, train_loop
+from gptforge.training.textgen import sample_text
+
+TRAIN_CONFIG = "train_config.json"
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``train_config.json`` of a run (``{"kind": ..., "config": {...}}``)."""
+    path = Path(run_dir) / TRAIN_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} is not a run directory (no {TRAIN_CONFIG}); --resume takes the "
+            "--out directory of an earlier `gptforge train` or `gptforge finetune`"
+        )
+    return json.loads(path.read_text())
+
+
+def save_run_config(run_dir: Path, kind: str, config: Any) -> None:
+    """Write ``train_config.json`` atomically (what ``--resume`` reads back)."""
+    from gptforge.training.io import atomic_write_text
+
+    payload = {"kind": kind, "config": config.to_dict()}
+    atomic_write_text(run_dir / TRAIN_CONFIG, json.dumps(payload, indent=2) + "\n")
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """Refuse to start a fresh run over an earlier one's checkpoints."""
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*")):
+        raise FileExistsError(
+            f"{str(run_dir)!r} already holds checkpoints; continue it with --resume "
+            f"{run_dir} or choose a new --out"
+        )
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> Any:
+    """The model config of ``cfg.preset`` with the tokenizer's vocabulary and the overrides."""
+    from gptforge.modeling import get_config
+
+    overrides: dict[str, Any] = {"vocab_size": vocab_size}
+    if cfg.context_length is not None:
+        overrides["block_size"] = cfg.context_length
+    if cfg.tie_weights is not None:
+        overrides["tie_embeddings"] = cfg.tie_weights
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    mcfg = get_config(cfg.preset, **overrides)
+    if mcfg.arch != cfg.arch:
+        raise ValueError(
+            f"preset {cfg.preset!r} belongs to arch {mcfg.arch!r}, not --arch {cfg.arch!r}; "
+            f"pass --arch {mcfg.arch} or a {cfg.arch} preset"
+        )
+    return mcfg
+
+
+def pretrain(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> LoopResult:
+    """Pre-train ``cfg.arch``/``cfg.preset`` on ``cfg.data`` into the run directory ``cfg.out``.
+
+    The run directory is a model directory at the top (``config.json``, ``model.safetensors``,
+    ``tokenizer/``: the latest weights) plus ``checkpoints/``, ``metrics.jsonl``, ``plots/`` and
+    ``train_config.json``.
+
+    Args:
+        cfg: Training settings.
+        resume: Continue from the newest usable checkpoint in ``cfg.out`` (bit-exact on CPU).
+        callbacks: ``cb(step, model, row)`` after every step.
+
+    Raises:
+        DataError: The data was prepared with another tokenizer or holds out-of-vocabulary ids.
+
+    >>> pretrain(TrainConfig(preset="debug", data="runs/data", out="runs/x", max_steps=20))  # doctest: +SKIP
+    """
+    from gptforge.modeling import build_model
+    from gptforge.modeling.io import save_model_dir
+    from gptforge.tokenizer import Tokenizer
+
+    info = init_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, info)
+        run_dir = Path(cfg.out)
+        meta = read_meta(cfg.data)
+        tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data) / "tokenizer"
+        if not tok_dir.is_dir():
+            raise DataError(
+                f"no tokenizer directory at {str(tok_dir)!r}; pass --tokenizer DIR (the one the "
+                "data was prepared with)"
+            )
+        tokenizer = Tokenizer.from_dir(tok_dir)
+        if meta["tokenizer_fingerprint"] != tokenizer.fingerprint:
+            raise DataError(
+                f"data {cfg.data!r} was prepared with tokenizer fingerprint "
+                f"{meta['tokenizer_fingerprint'][:16]}..., but the tokenizer {str(tok_dir)!r} "
+                f"has {tokenizer.fingerprint[:16]}...; prepare the data again with this "
+                "tokenizer (gptforge data prepare) or pass the matching --tokenizer"
+            )
+        mcfg = model_config(cfg, tokenizer.n_vocab)
+        context = int(mcfg.block_size)
+        train_shards = TokenShards(cfg.data, "train")
+        val_shards = TokenShards(cfg.data, "val")
+        for shards in (train_shards, val_shards):
+            shards.check_vocab(mcfg.vocab_size)
+        train_data = TokenWindows(train_shards, context, cfg.stride)
+        val_data = TokenWindows(val_shards, context, context) if val_shards.num_tokens else None
+        if len(train_data) == 0:
+            raise DataError(
+                f"{train_shards.num_tokens} training tokens cannot fill one window of "
+                f"{context + 1} tokens; use more data or a smaller --context-length"
+            )
+        if info.is_main:
+            if not resume:
+                check_fresh_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_run_config(run_dir, "pretrain", cfg)
+        torch.manual_seed(cfg.seed)
+        with torch.device(device):
+            model = build_model(mcfg)
+        if info.is_main:
+            n = model.num_params()
+            print(f"model {cfg.arch}/{cfg.preset}: {n / 1e6:.2f}M parameters, context {context}, "
+                  f"{len(train_data)} training windows, device {device}")
+
+        def save_top(m: torch.nn.Module) -> None:
+            save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
+
+        def sample(m: torch.nn.Module) -> str:
+            return sample_text(m, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+
+        manifest = {
+            "kind": "pretrain",
+            "config": cfg.to_dict(),
+            "model_config": json.loads(json.dumps(vars(mcfg))),
+            "tokenizer_fingerprint": tokenizer.fingerprint,
+            "tokenizer_dir": str(tok_dir),
+        }
+        return train_loop(
+            cfg,
+            model,
+            train_data,
+            val_data,
+            info=info,
+            device=device,
+            resume=resume,
+            save_top_level=save_top,
+            manifest=manifest,
+            sample=sample,
+            callbacks=callbacks,
+        )
+    finally:
+        shutdown(info)

@@ -1,0 +1,150 @@
+"""A tokenizer reached over the v1 gRPC contract (``grpc://host:port``).
+
+Training nodes can tokenize through the shared tokenizer service instead of holding a copy of
+the tokenizer: :class:`RemoteTokenizer` offers the subset of the ``Tokenizer`` API that data
+preparation needs (``encode_batch``, ``n_vocab``, ``eot_token``, ``fingerprint``) and gives the
+same ids as the local tokenizer (special-token text is encoded as plain text on both paths).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+GRPC_SCHEME = "grpc://"
+
+
+def _split_long(text: str, max_bytes: int) -> list[str]:
+    """Cut ``text`` into pieces of at most ``max_bytes`` UTF-8 bytes.
+
+    Cuts fall after a newline that sits between two non-space characters, where a byte-level
+    BPE pre-tokenizer splits anyway, so the concatenated ids equal those of the whole text.
+    Texts with no such place are cut at a character boundary (ids may then differ slightly).
+    """
+    if len(text.encode("utf-8")) <= max_bytes:
+        return [text]
+    pieces, start = [], 0
+    while start < len(text):
+        if len(text[start:].encode("utf-8")) <= max_bytes:
+            pieces.append(text[start:])
+            break
+        # Characters are at most 4 bytes, so max_bytes // 4 characters always fit.
+        limit = start + max(1, max_bytes // 4)
+        cut = text.rfind("\n", start + 1, limit)
+        while cut > start and not (
+            not text[cut - 1].isspace() and cut + 1 < len(text) and not text[cut + 1].isspace()
+        ):
+            cut = text.rfind("\n", start + 1, cut)
+        end = cut + 1 if cut > start else limit
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+class RemoteTokenizer:
+    """Encode through a running tokenizer service.
+
+    Args:
+        address: ``grpc://host:port`` (or ``host:port``).
+        token: Shared auth token sent as ``authorization: Bearer ...`` (default:
+            ``$GPTFORGE_API_TOKEN`` when set).
+        timeout: Seconds per call.
+
+    >>> tok = RemoteTokenizer("grpc://127.0.0.1:50051")  # doctest: +SKIP
+    >>> tok.encode_batch(["hello world"])  # doctest: +SKIP
+    """
+
+    def __init__(self, address: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+        import grpc
+
+        from gptforge.api.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+
+        self.address = address
+        target = address.removeprefix(GRPC_SCHEME)
+        if not target or ":" not in target:
+            raise ValueError(
+                f"tokenizer address {address!r} is not grpc://host:port; e.g. grpc://127.0.0.1:50051"
+            )
+        self._pb = tokenizer_pb2
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
+        self._timeout = timeout
+        token = token if token is not None else os.environ.get("GPTFORGE_API_TOKEN")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        try:
+            info = self._stub.GetTokenizerInfo(
+                tokenizer_pb2.GetTokenizerInfoRequest(), timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise ConnectionError(
+                f"cannot reach the tokenizer service at {address!r}: {exc.code().name} "
+                f"{exc.details()}; start it with `gptforge serve tokenizer --tokenizer DIR`"
+            ) from exc
+        self.n_vocab: int = int(info.n_vocab)
+        self.eot_token: int = int(info.eot_token)
+        self.fingerprint: str = info.fingerprint
+        self.special_tokens: dict[str, int] = dict(info.special_tokens)
+        self.name: str = info.name
+        limits = info.limits
+        self._max_batch = int(limits.max_batch_size) or 64
+        self._max_bytes = int(limits.max_text_bytes) or (1 << 20)
+        # Stay well under the message limit: ids cost up to ~5 bytes each in the response.
+        recv = int(limits.max_send_message_bytes) or (4 << 20)
+        self._max_request_bytes = max(1024, min(recv, 4 << 20) // 8)
+
+    def _encode_call(self, texts: list[str]) -> list[list[int]]:
+        request = self._pb.EncodeRequest(
+            texts=texts, special_token_mode=self._pb.SPECIAL_TOKEN_MODE_AS_TEXT
+        )
+        try:
+            response = self._stub.Encode(request, timeout=self._timeout, metadata=self._metadata)
+        except self._grpc.RpcError as exc:
+            raise RuntimeError(
+                f"tokenizer service {self.address!r} refused Encode of {len(texts)} texts: "
+                f"{exc.code().name} {exc.details()}"
+            ) from exc
+        return [list(enc.ids) for enc in response.encodings]
+
+    def encode_batch(self, texts: list[str], **_: Any) -> list[list[int]]:
+        """Ids of each text; special-token text is encoded as ordinary text.
+
+        Long texts are split under the server's ``max_text_bytes`` and batches under its
+        ``max_batch_size`` and message limits.
+        """
+        pieces: list[tuple[int, str]] = []
+        for index, text in enumerate(texts):
+            pieces.extend((index, part) for part in _split_long(text, self._max_bytes))
+        out: list[list[int]] = [[] for _ in texts]
+        batch: list[tuple[int, str]] = []
+        batch_bytes = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                for (index, _), ids in zip(batch, self._encode_call([t for _, t in batch]), strict=True):
+                    out[index].extend(ids)
+            batch, batch_bytes = [], 0
+
+        for index, part in pieces:
+            size = len(part.encode("utf-8"))
+            if batch and (len(batch) >= self._max_batch or batch_bytes + size > self._max_request_bytes):
+                flush()
+            batch.append((index, part))
+            batch_bytes += size
+        flush()
+        return out
+
+    def encode(self, text: str, **kwargs: Any) -> list[int]:
+        """Ids of one text (see :meth:`encode_batch`)."""
+        return self.encode_batch([text], **kwargs)[0]
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()

@@ -1,0 +1,211 @@
+"""Start the generation service: ``start`` (async), ``serve`` (blocking, signals), background.
+
+Start-up order: the server binds first and reports NOT_SERVING; the model loads and the engine
+runs one warm-up request; only then health turns SERVING and calls are taken (before that they
+get UNAVAILABLE). Stopping is graceful: health NOT_SERVING, new calls UNAVAILABLE, streams in
+flight run to the end within the grace period, then the engine thread stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
+from gptforge.api.server import (
+    BackgroundServer,
+    RunningServer,
+    ServerConfig,
+    serve_until_signal,
+    start_server,
+)
+from gptforge.sampling import SamplingParams
+from gptforge.services.generation.engine import Engine, EngineEvent, Job
+from gptforge.services.generation.requests import GenerationLimits
+from gptforge.services.generation.servicer import SERVICE_NAME, GenerationServicer
+
+log = logging.getLogger("gptforge.services.generation")
+
+ModelLoader = Callable[[], tuple[torch.nn.Module, Any]]
+
+
+@dataclass
+class GenerationServer(RunningServer):
+    """A running generation server; :meth:`stop` also stops the engine thread."""
+
+    servicer: GenerationServicer | None = None
+    engine: Engine | None = None
+    loading: asyncio.Task[None] | None = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop of the gRPC server, then of the engine."""
+        await super().stop(grace)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+
+
+def warm_up(engine: Engine, timeout: float = 300.0) -> None:
+    """Run one tiny request through the engine (first-call allocations, kernels)."""
+    done = threading.Event()
+    errors: list[str] = []
+
+    def sink(ev: EngineEvent) -> None:
+        if ev.kind in ("invalid", "internal"):
+            errors.append(ev.message)
+        if ev.kind != "token":
+            done.set()
+
+    eos = int(getattr(engine.tokenizer, "eot_token", 0))
+    engine.submit(Job([eos], [SamplingParams(max_new_tokens=2, seed=0, ignore_eos=True)], sink))
+    if not done.wait(timeout):
+        raise RuntimeError(f"warm-up did not finish in {timeout:.0f}s")
+    if errors:
+        raise RuntimeError(f"warm-up failed: {errors[0]}")
+
+
+async def start(
+    model: torch.nn.Module | ModelLoader,
+    tokenizer: Any = None,
+    config: ServerConfig | None = None,
+    limits: GenerationLimits | None = None,
+    *,
+    model_id: str = "",
+    wait_ready: bool = True,
+) -> GenerationServer:
+    """Start a GenerationService on the running loop; by default returns once the model is warm.
+
+    Args:
+        model: a model (with ``tokenizer``), or a zero-argument loader returning
+            ``(model, tokenizer)``, called on a worker thread while health says NOT_SERVING.
+        tokenizer: the model's ``gptforge.tokenizer.Tokenizer`` (when ``model`` is a model).
+        config: network settings (loopback and a free port by default).
+        limits: request limits and batching (:class:`GenerationLimits`).
+        model_id: reported by GetModelInfo.
+        wait_ready: False returns right after binding (health NOT_SERVING); loading goes on in
+            ``server.loading`` and health turns SERVING when it is done.
+    """
+    config = config or ServerConfig()
+    servicer = GenerationServicer(
+        model_id=model_id,
+        message_limits=(config.max_receive_message_bytes, config.max_send_message_bytes),
+    )
+    running = await start_server(
+        config,
+        lambda server: pb_grpc.add_GenerationServiceServicer_to_server(servicer, server),
+        [SERVICE_NAME],
+        serving=False,
+    )
+    base = {f.name: getattr(running, f.name) for f in dataclasses.fields(RunningServer)}
+    server = GenerationServer(**base, servicer=servicer)
+
+    async def load() -> None:
+        try:
+            engine, resolved = await asyncio.to_thread(
+                _build_engine, model, tokenizer, limits or GenerationLimits()
+            )
+        except BaseException:
+            log.exception("loading the model failed; stopping the server")
+            await running.stop(0)
+            raise
+        server.engine = engine
+        servicer.attach(engine, resolved)
+        servicer.ready = True
+        await server.set_serving(True)
+        log.info("model loaded and warmed up; SERVING")
+
+    server.loading = asyncio.ensure_future(load())
+    if wait_ready:
+        await server.loading
+    return server
+
+
+def _build_engine(
+    model: torch.nn.Module | ModelLoader, tokenizer: Any, limits: GenerationLimits
+) -> tuple[Engine, GenerationLimits]:
+    if not isinstance(model, torch.nn.Module):
+        model, tokenizer = model()
+    if tokenizer is None:
+        raise ValueError("tokenizer: the generation service needs the model's tokenizer")
+    model.eval()
+    resolved = limits.resolved(model.config.block_size)
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch_size=resolved.max_batch_size,
+        max_seq_len=resolved.context_length,
+        max_tokens_in_flight=resolved.max_tokens_in_flight,
+    ).start()
+    try:
+        warm_up(engine)
+    except BaseException:
+        engine.stop()
+        raise
+    return engine, resolved
+
+
+def serve_in_background(
+    model: torch.nn.Module | ModelLoader,
+    tokenizer: Any = None,
+    config: ServerConfig | None = None,
+    limits: GenerationLimits | None = None,
+    *,
+    model_id: str = "",
+) -> BackgroundServer:
+    """Start the service on a background thread; ``.address`` to connect, ``.stop()`` to end.
+
+    >>> with serve_in_background(model, tok) as bg:  # doctest: +SKIP
+    ...     print(GenerationClient(bg.address).generate("Hello").completions[0].text)
+    """
+    return BackgroundServer(
+        lambda: start(model, tokenizer, config, limits, model_id=model_id)
+    ).start(timeout=600)
+
+
+def serve(
+    ckpt: str | Path,
+    config: ServerConfig | None = None,
+    limits: GenerationLimits | None = None,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
+
+    Args:
+        ckpt: where the model is (see ``gptforge.sampling.loading.find_model_dir``).
+        config: network settings (the CLI defaults to ``127.0.0.1:50052``).
+        limits: request limits and batching.
+        device: ``cpu`` or ``cuda``.
+        dtype: weight dtype (default: as saved).
+    """
+    from gptforge.sampling.loading import find_model_dir, load_checkpoint
+
+    find_model_dir(ckpt)  # fail before binding when the path is wrong
+    config = config or ServerConfig(port=50052)
+
+    async def main() -> None:
+        server = await start(
+            lambda: load_checkpoint(ckpt, device=device, dtype=dtype),
+            config=config,
+            limits=limits,
+            model_id=Path(ckpt).resolve().name,
+        )
+        print(
+            f"generation service listening on {server.address} (tls={config.tls}, "
+            f"auth={config.auth_token is not None}); Ctrl-C to stop",
+            flush=True,
+        )
+        await serve_until_signal(server)
+        if server.engine is not None:
+            await asyncio.to_thread(server.engine.stop)
+        print("generation service stopped", flush=True)
+
+    asyncio.run(main())

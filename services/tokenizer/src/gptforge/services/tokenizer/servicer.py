@@ -1,0 +1,285 @@
+"""The v1 ``TokenizerService`` servicer: request checks and proto mapping over a Tokenizer.
+
+No tokenization logic lives here; the work is done by ``gptforge.tokenizer.Tokenizer`` (or any
+object with the same ``encode`` / ``decode_bytes`` / ``n_vocab`` / ``eot_token`` /
+``special_tokens`` / ``fingerprint`` members, see :class:`TokenizerLike`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import grpc
+from gptforge.api.server import InvalidArgumentError, ResourceExhaustedError, grpc_errors
+from gptforge.api.tokenizer.v1 import tokenizer_pb2 as pb
+from gptforge.api.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TokenizerService"].full_name
+# Below this many input bytes a request is encoded on the event loop: a thread hop costs more.
+INLINE_BYTES = 8192
+_MODES = {v.number: v.name for v in pb.SpecialTokenMode.DESCRIPTOR.values}
+
+
+class TokenizerLike(Protocol):
+    """What the service needs from a tokenizer (``gptforge.tokenizer.Tokenizer`` has it all)."""
+
+    n_vocab: int
+    eot_token: int
+    special_tokens: dict[str, int]
+    fingerprint: str
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Collection[str] | Literal["all"] = ...,
+        disallowed_special: Collection[str] | Literal["all"] = ...,
+    ) -> list[int]: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class TokenizerLimits:
+    """Per-request limits of the tokenizer service (requests above them: RESOURCE_EXHAUSTED).
+
+    Args:
+        max_batch_size: most texts or sequences in one request.
+        max_text_bytes: longest text, in UTF-8 bytes.
+        max_ids_per_sequence: most ids in one decode sequence.
+    """
+
+    max_batch_size: int = 1024
+    max_text_bytes: int = 4 * 1024 * 1024
+    max_ids_per_sequence: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_text_bytes", "max_ids_per_sequence"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
+
+
+class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
+    """Implements ``gptforge.api.tokenizer.v1.TokenizerService`` over one tokenizer.
+
+    Args:
+        tokenizer: the tokenizer to serve.
+        limits: request limits.
+        name: reported by GetTokenizerInfo (default: the tokenizer's own ``name``).
+        message_limits: the server's (receive, send) message sizes, reported by GetTokenizerInfo.
+    """
+
+    def __init__(
+        self,
+        tokenizer: TokenizerLike,
+        limits: TokenizerLimits | None = None,
+        *,
+        name: str = "",
+        message_limits: tuple[int, int] = (0, 0),
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits or TokenizerLimits()
+        self.name = name or str(getattr(tokenizer, "name", ""))
+        self.message_limits = message_limits
+        self._specials = dict(tokenizer.special_tokens)
+        self._special_ids = frozenset(self._specials.values())
+        self._n_vocab = int(tokenizer.n_vocab)
+        self._pieces: dict[int, bytes] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    async def _run(self, nbytes: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run small jobs inline and large ones in a worker thread (keeps the loop responsive)."""
+        if nbytes < INLINE_BYTES:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
+    def _check_batch(self, size: int, field: str) -> None:
+        if size == 0:
+            raise InvalidArgumentError(
+                f"{field} is empty; send 1..{self.limits.max_batch_size} entries"
+            )
+        if size > self.limits.max_batch_size:
+            raise ResourceExhaustedError(
+                f"{field} has {size} entries, over the server's max_batch_size="
+                f"{self.limits.max_batch_size}; split the request into smaller batches"
+            )
+
+    def _check_texts(self, texts: Sequence[str]) -> int:
+        """Check batch and text sizes; return the total UTF-8 size."""
+        self._check_batch(len(texts), "texts")
+        total = 0
+        for i, text in enumerate(texts):
+            size = len(text.encode("utf-8"))
+            if size > self.limits.max_text_bytes:
+                raise ResourceExhaustedError(
+                    f"texts[{i}] is {size} UTF-8 bytes, over the server's max_text_bytes="
+                    f"{self.limits.max_text_bytes}; split the text"
+                )
+            total += size
+        return total
+
+    def _special_args(
+        self, mode: int, allowed: Sequence[str], texts: Sequence[str]
+    ) -> tuple[Collection[str] | Literal["all"], Collection[str] | Literal["all"]]:
+        """Turn the request's special-token mode into tokenizer arguments, refusing bad text."""
+        if mode not in _MODES:
+            raise InvalidArgumentError(
+                f"special_token_mode={mode!r} is not a SpecialTokenMode; allowed: "
+                f"{', '.join(f'{n} ({v})' for v, n in sorted(_MODES.items()))}"
+            )
+        unknown = [s for s in allowed if s not in self._specials]
+        if unknown:
+            raise InvalidArgumentError(
+                f"allowed_special lists {unknown!r}, which are not special tokens of this "
+                f"tokenizer; known special tokens: {sorted(self._specials)!r}"
+            )
+        if mode == pb.SPECIAL_TOKEN_MODE_ALLOW_ALL:
+            return "all", "all"
+        if mode == pb.SPECIAL_TOKEN_MODE_AS_TEXT:
+            return frozenset(), frozenset()
+        allowed_set = frozenset(allowed)
+        refused = [s for s in self._specials if s not in allowed_set]
+        for i, text in enumerate(texts):
+            for special in refused:
+                if special in text:
+                    raise InvalidArgumentError(
+                        f"texts[{i}] contains the special-token text {special!r}, refused by "
+                        "special_token_mode=SPECIAL_TOKEN_MODE_REJECT; to encode it as the "
+                        "special token list it in allowed_special or use "
+                        "SPECIAL_TOKEN_MODE_ALLOW_ALL, to encode it as plain text use "
+                        "SPECIAL_TOKEN_MODE_AS_TEXT (Python client and CLI: special_tokens="
+                        "'allow_all' / 'as_text')"
+                    )
+        return allowed_set, "all"
+
+    def _encode_all(
+        self,
+        texts: Sequence[str],
+        allowed: Collection[str] | Literal["all"],
+        disallowed: Collection[str] | Literal["all"],
+    ) -> list[list[int]]:
+        encode = self.tokenizer.encode
+        return [encode(t, allowed_special=allowed, disallowed_special=disallowed) for t in texts]
+
+    def piece(self, token_id: int) -> bytes:
+        """The bytes of one token (cached; the vocabulary is fixed while serving)."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.tokenizer.decode_bytes([token_id])
+        return piece
+
+    def _encoding(self, ids: list[int], pieces: bool, offsets: bool) -> pb.Encoding:
+        enc = pb.Encoding(ids=ids)
+        if pieces or offsets:
+            token_bytes = [self.piece(i) for i in ids]
+            if pieces:
+                enc.pieces.extend(token_bytes)
+            if offsets:
+                starts, ends, pos = [], [], 0
+                for b in token_bytes:
+                    starts.append(pos)
+                    pos += len(b)
+                    ends.append(pos)
+                enc.byte_starts.extend(starts)
+                enc.byte_ends.extend(ends)
+        return enc
+
+    # ---- RPCs ----------------------------------------------------------------------------
+
+    @grpc_errors
+    async def Encode(
+        self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EncodeResponse:
+        """Encode a batch of texts (ids, optionally pieces and byte offsets)."""
+        texts = list(request.texts)
+        nbytes = self._check_texts(texts)
+        allowed, disallowed = self._special_args(
+            request.special_token_mode, request.allowed_special, texts
+        )
+        ids = await self._run(nbytes, self._encode_all, texts, allowed, disallowed)
+        encodings = [self._encoding(x, request.return_pieces, request.return_offsets) for x in ids]
+        return pb.EncodeResponse(encodings=encodings, total_tokens=sum(len(x) for x in ids))
+
+    @grpc_errors
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        """Count the tokens of a batch of texts."""
+        texts = list(request.texts)
+        nbytes = self._check_texts(texts)
+        allowed, disallowed = self._special_args(
+            request.special_token_mode, request.allowed_special, texts
+        )
+        ids = await self._run(nbytes, self._encode_all, texts, allowed, disallowed)
+        counts = [len(x) for x in ids]
+        return pb.CountTokensResponse(counts=counts, total_tokens=sum(counts))
+
+    def _check_ids(self, sequences: Sequence[pb.DecodeSequence]) -> list[list[int]]:
+        self._check_batch(len(sequences), "sequences")
+        out = []
+        for i, seq in enumerate(sequences):
+            ids = list(seq.ids)
+            if len(ids) > self.limits.max_ids_per_sequence:
+                raise ResourceExhaustedError(
+                    f"sequences[{i}].ids has {len(ids)} ids, over the server's "
+                    f"max_ids_per_sequence={self.limits.max_ids_per_sequence}; split it"
+                )
+            if ids and max(ids) >= self._n_vocab:
+                j = next(j for j, t in enumerate(ids) if t >= self._n_vocab)
+                raise InvalidArgumentError(
+                    f"sequences[{i}].ids[{j}]={ids[j]!r} is outside the vocabulary "
+                    f"(n_vocab={self._n_vocab}); ids must be in 0..{self._n_vocab - 1}"
+                )
+            out.append(ids)
+        return out
+
+    def _decode_one(self, ids: list[int], request: pb.DecodeRequest) -> pb.Decoded:
+        if request.skip_special_tokens:
+            ids = [t for t in ids if t not in self._special_ids]
+        data = self.tokenizer.decode_bytes(ids)
+        result = pb.Decoded(text=data.decode("utf-8", errors="replace"))
+        if request.return_bytes:
+            result.data = data
+        if request.return_pieces:
+            result.pieces.extend(self.piece(t) for t in ids)
+        return result
+
+    @grpc_errors
+    async def Decode(
+        self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecodeResponse:
+        """Decode a batch of id sequences."""
+        sequences = self._check_ids(request.sequences)
+        n_ids = sum(len(s) for s in sequences)
+
+        def decode_all() -> list[pb.Decoded]:
+            return [self._decode_one(ids, request) for ids in sequences]
+
+        # ~4 bytes per token on average: the same inline/thread threshold as encoding.
+        return pb.DecodeResponse(results=await self._run(4 * n_ids, decode_all))
+
+    @grpc_errors
+    async def GetTokenizerInfo(
+        self, request: pb.GetTokenizerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTokenizerInfoResponse:
+        """Describe the tokenizer and the server's limits."""
+        receive, send = self.message_limits
+        return pb.GetTokenizerInfoResponse(
+            n_vocab=self._n_vocab,
+            eot_token=int(self.tokenizer.eot_token),
+            special_tokens=self._specials,
+            fingerprint=str(self.tokenizer.fingerprint),
+            name=self.name,
+            limits=pb.TokenizerLimits(
+                max_batch_size=self.limits.max_batch_size,
+                max_text_bytes=self.limits.max_text_bytes,
+                max_ids_per_sequence=self.limits.max_ids_per_sequence,
+                max_receive_message_bytes=receive,
+                max_send_message_bytes=send,
+            ),
+        )

@@ -1,0 +1,259 @@
+"""gptforge.api.server: status mapping, auth, TLS, health, graceful shutdown, config checks.
+
+A tiny raw-bytes service (no proto needed) runs on the real ``grpc.aio`` server on 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from gptforge.api.channel import auth_metadata, create_channel
+from gptforge.api.server import (
+    BackgroundServer,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RunningServer,
+    ServerConfig,
+    grpc_errors,
+    start_server,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICE = "gptforge.test.v1.Echo"
+
+
+@grpc_errors
+async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    """Echo; special payloads raise the errors under test."""
+    if request == b"value":
+        raise ValueError("field x=b'value' is bad; send anything else")
+    if request == b"full":
+        raise ResourceExhaustedError("server full; retry later")
+    if request == b"invalid":
+        raise InvalidArgumentError("field y is bad")
+    if request == b"bug":
+        raise KeyError("secret internal detail")
+    if request.startswith(b"sleep"):
+        await asyncio.sleep(float(request[5:]))
+    return request
+
+
+@grpc_errors
+async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Yields the request's bytes one by one, then fails when asked to."""
+    for b in request.rstrip(b"!?"):
+        await asyncio.sleep(0.01)
+        yield bytes([b])
+    if request.endswith(b"!"):
+        raise ValueError("stream input ends with '!'")
+    if request.endswith(b"?"):
+        raise RuntimeError("boom")
+
+
+def register(server: grpc.aio.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+async def start(config: ServerConfig | None = None) -> RunningServer:
+    return await start_server(config or ServerConfig(port=0), register, [SERVICE])
+
+
+async def call(channel: grpc.aio.Channel, payload: bytes, metadata=()) -> bytes:
+    return await channel.unary_unary(f"/{SERVICE}/Unary")(payload, metadata=metadata, timeout=10)
+
+
+async def call_stream(channel: grpc.aio.Channel, payload: bytes, metadata=()) -> list[bytes]:
+    return [
+        m
+        async for m in channel.unary_stream(f"/{SERVICE}/Stream")(
+            payload, metadata=metadata, timeout=10
+        )
+    ]
+
+
+async def status_of(coro) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await coro
+    return info.value.code(), info.value.details() or ""
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[RunningServer]:
+    server = await start()
+    yield server
+    await server.stop(0)
+
+
+async def test_handler_errors_map_to_status_codes_never_unknown(running: RunningServer):
+    async with create_channel(running.address, aio=True) as channel:
+        assert await call(channel, b"hello") == b"hello"
+        assert await status_of(call(channel, b"value")) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "field x=b'value' is bad; send anything else",
+        )
+        assert (await status_of(call(channel, b"invalid")))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert (await status_of(call(channel, b"full")))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        code, details = await status_of(call(channel, b"bug"))
+        assert code == grpc.StatusCode.INTERNAL
+        assert "KeyError" in details and "secret" not in details and "Traceback" not in details
+        # streams: messages before the failure arrive, then the mapped status
+        assert await call_stream(channel, b"abc") == [b"a", b"b", b"c"]
+        code, details = await status_of(call_stream(channel, b"ab!"))
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "stream input ends with '!'")
+        code, details = await status_of(call_stream(channel, b"ab?"))
+        assert code == grpc.StatusCode.INTERNAL and "boom" not in details
+        assert await call(channel, b"still serving") == b"still serving"
+
+
+def test_grpc_errors_refuses_sync_handlers():
+    with pytest.raises(TypeError, match="async def"):
+        grpc_errors(lambda request, context: request)
+
+
+async def test_auth_token_is_required_except_for_health():
+    server = await start(ServerConfig(port=0, auth_token="s3cret"))
+    try:
+        async with create_channel(server.address, aio=True) as channel:
+            for metadata in ((), auth_metadata("wrong"), (("authorization", "s3cret"),)):
+                code, details = await status_of(call(channel, b"x", metadata))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+                assert "Bearer <token>" in details
+                code, _ = await status_of(call_stream(channel, b"xy", metadata))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+            assert await call(channel, b"x", auth_metadata("s3cret")) == b"x"
+            assert await call_stream(channel, b"xy", auth_metadata("s3cret")) == [b"x", b"y"]
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(0)
+
+
+async def test_health_follows_set_serving_and_shutdown(running: RunningServer):
+    async with create_channel(running.address, aio=True) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await running.set_serving(False)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        code, _ = await status_of(health.Check(health_pb2.HealthCheckRequest(service="nope")))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones():
+    server = await start(ServerConfig(port=0, grace_seconds=5))
+    async with create_channel(server.address, aio=True) as channel:
+        assert await call(channel, b"warm") == b"warm"
+        in_flight = asyncio.ensure_future(call(channel, b"sleep0.6"))
+        streaming = asyncio.ensure_future(call_stream(channel, b"0123456789"))
+        await asyncio.sleep(0.2)
+        stopping = asyncio.ensure_future(server.stop())
+        await asyncio.sleep(0.1)
+        code, _ = await status_of(call(channel, b"late"))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        async with create_channel(server.address, aio=True) as fresh:
+            code, _ = await status_of(call(fresh, b"late"))
+            assert code == grpc.StatusCode.UNAVAILABLE
+        assert await in_flight == b"sleep0.6"
+        assert b"".join(await streaming) == b"0123456789"
+        await stopping
+
+
+async def test_grace_period_cancels_calls_that_run_too_long():
+    server = await start(ServerConfig(port=0))
+    async with create_channel(server.address, aio=True) as channel:
+        slow = asyncio.ensure_future(call(channel, b"sleep30"))
+        await asyncio.sleep(0.2)
+        await server.stop(grace=0.2)
+        code, _ = await status_of(slow)
+        assert code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed; needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_server_needs_a_tls_client(tmp_path: Path):
+    cert, key = _self_signed(tmp_path)
+    server = await start(ServerConfig(port=0, tls_cert=cert, tls_key=key))
+    try:
+        async with create_channel(server.address, aio=True, tls_root_cert=cert) as channel:
+            assert await call(channel, b"secure") == b"secure"
+        async with create_channel(server.address, aio=True) as plaintext:
+            code, _ = await status_of(call(plaintext, b"x"))
+            assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"port": 70000}, "port=70000"),
+        ({"tls_cert": Path("c.pem")}, "give both PEM files"),
+        ({"auth_token": "  "}, "auth_token is empty"),
+        ({"max_receive_message_bytes": 10}, "max_receive_message_bytes=10"),
+        ({"grace_seconds": -1}, "grace_seconds=-1"),
+    ],
+)
+def test_server_config_rejects_bad_values(kwargs, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        ServerConfig(**kwargs)
+
+
+async def test_missing_tls_file_and_busy_port_fail_clearly(tmp_path: Path, running: RunningServer):
+    with pytest.raises(ValueError, match="cannot read the TLS key"):
+        await start(ServerConfig(port=0, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem"))
+    with pytest.raises(OSError, match="cannot bind"):
+        await start(ServerConfig(port=running.port))
+
+
+def test_background_server_serves_blocking_clients():
+    with BackgroundServer(start) as bg:
+        channel = create_channel(bg.address)
+        try:
+            assert channel.unary_unary(f"/{SERVICE}/Unary")(b"sync", timeout=10) == b"sync"
+        finally:
+            channel.close()
+    assert bg.running is not None and bg.running.stopped.is_set()

@@ -1,0 +1,69 @@
+"""Model directories: save/load round trips, tied weights, dtype, tokenizer copy, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from gptforge.modeling import build_model, config_to_dict, get_config
+from gptforge.modeling.io import load_model_dir, read_config, save_model_dir
+
+
+@pytest.mark.parametrize("preset", ["debug", "llama-debug"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_roundtrip_same_logits(tmp_path, preset, tie):
+    torch.manual_seed(0)
+    model = build_model(get_config(preset, vocab_size=300, tie_embeddings=tie)).eval()
+    save_model_dir(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == config_to_dict(model.config)
+    loaded = load_model_dir(tmp_path)
+    assert not loaded.training and loaded.config == model.config
+    idx = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx)[0], model(idx)[0], atol=0, rtol=0)
+    head, emb = loaded.lm_head.weight, getattr(loaded, loaded.token_embedding_name).weight
+    assert (head is emb) == tie
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert ("lm_head.weight" in keys) == (not tie)  # a tied head is stored once
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_dtype_is_kept_or_cast(tmp_path):
+    model = build_model(get_config("debug")).to(torch.bfloat16)
+    save_model_dir(model, tmp_path)
+    assert load_model_dir(tmp_path).wte.weight.dtype == torch.bfloat16
+    assert load_model_dir(tmp_path, dtype=torch.float32).wte.weight.dtype == torch.float32
+
+
+def test_tokenizer_dir_is_copied_and_replaced(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    out = tmp_path / "model"
+    model = build_model(get_config("debug"))
+    save_model_dir(model, out, tokenizer_dir=tok)
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == "{}"
+    (tok / "tokenizer.json").write_text('{"v": 2}')
+    (out / "tokenizer" / "stale.txt").write_text("x")
+    save_model_dir(model, out, tokenizer_dir=tok)
+    assert (out / "tokenizer" / "tokenizer.json").read_text() == '{"v": 2}'
+    assert not (out / "tokenizer" / "stale.txt").exists()
+    save_model_dir(model, out, tokenizer_dir=out / "tokenizer")  # same dir: left alone
+    assert (out / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model_dir(tmp_path)
+    save_model_dir(build_model(get_config("debug")), tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**d, "n_embd": 32, "n_head": 2}))
+    with pytest.raises(ValueError, match=r"tensor '.*' has shape .*the config expects"):
+        load_model_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**d, "arch": "gpt5"}))
+    with pytest.raises(ValueError, match="arch='gpt5'"):
+        read_config(tmp_path)

@@ -1,0 +1,102 @@
+"""KV caches: prefill + token-by-token decode reproduces the full forward; limits are enforced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptforge.modeling import CacheOverflowError, KVCache, build_model, get_config
+
+FAMILIES = ["debug", "llama-debug"]
+
+
+def _model(preset: str, **kw):
+    torch.manual_seed(0)
+    return build_model(get_config(preset, **kw)).eval()
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["sliced", "static-shape"])
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_prefill_then_decode_equals_full_forward(preset, batch, impl, static, monkeypatch):
+    if static:  # the path torch.compile / GPU take: attend over the whole masked cache
+        monkeypatch.setattr("gptforge.modeling.kv_cache._compiling", lambda: True)
+    model = _model(preset, attention_impl=impl)
+    T, prompt = 20, 7
+    idx = torch.randint(0, model.config.vocab_size, (batch, T))
+    with torch.no_grad():
+        full, _ = model(idx)  # (B, T, V)
+        model.setup_caches(max_batch_size=batch, max_seq_len=T)
+        steps = [model(idx[:, :prompt], input_pos=torch.arange(prompt))[0]]
+        for t in range(prompt, T):
+            steps.append(model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0])
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_smaller_batch_than_cache_and_reset(preset):
+    model = _model(preset)
+    idx = torch.randint(0, model.config.vocab_size, (2, 6))
+    model.setup_caches(max_batch_size=4, max_seq_len=16)
+    with torch.no_grad():
+        full, _ = model(idx)
+        a, _ = model(idx, input_pos=torch.arange(6))
+        model(torch.randint(0, 100, (2, 3)), input_pos=torch.arange(6, 9))
+        model.reset_caches()
+        b, _ = model(idx, input_pos=torch.arange(6))
+    torch.testing.assert_close(a, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_cache_overflow_raises_clear_error(preset):
+    model = _model(preset)
+    model.setup_caches(max_batch_size=1, max_seq_len=8)
+    layer_caches = [m for m in model.modules() if isinstance(m, KVCache)]
+    assert len(layer_caches) == model.config.n_layer
+    assert all(c.k_cache.shape[2] == 8 for c in layer_caches)
+    with torch.no_grad():
+        model(torch.zeros(1, 8, dtype=torch.long), input_pos=torch.arange(8))
+        with pytest.raises(CacheOverflowError, match=r"\[8, 8\].*max_seq_len=8"):
+            model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([8]))
+        with pytest.raises(CacheOverflowError, match="max_batch_size=1"):
+            model(torch.zeros(2, 1, dtype=torch.long), input_pos=torch.tensor([0]))
+    assert all(c.k_cache.shape[2] == 8 for c in layer_caches)  # never grew
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_cache_errors_without_setup_or_past_block_size(preset):
+    model = _model(preset)
+    with pytest.raises(RuntimeError, match="setup_caches"):
+        model(torch.zeros(1, 1, dtype=torch.long), input_pos=torch.tensor([0]))
+    with pytest.raises(ValueError, match="block_size=64"):
+        model.setup_caches(1, 65)
+    model.setup_caches(1, 4)
+    with pytest.raises(ValueError, match=r"shape \(T,\)=\(2,\)"):
+        model(torch.zeros(1, 2, dtype=torch.long), input_pos=torch.tensor([0]))
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_caches_stay_out_of_state_dict_and_follow_dtype(preset):
+    model = _model(preset)
+    keys = set(model.state_dict())
+    model.to(torch.bfloat16).setup_caches(2, 16)
+    assert set(model.state_dict()) == keys
+    cache = next(m for m in model.modules() if isinstance(m, KVCache))
+    assert cache.k_cache.dtype == torch.bfloat16 and cache.k_cache.shape[0] == 2
+    with torch.no_grad():
+        logits, _ = model(torch.zeros(2, 3, dtype=torch.long), input_pos=torch.arange(3))
+    assert logits.dtype == torch.bfloat16
+    model.remove_caches()
+    assert not model.has_caches
+
+
+def test_full_forward_ignores_caches_when_no_input_pos():
+    model = _model("debug")
+    idx = torch.randint(0, 500, (1, 10))
+    with torch.no_grad():
+        ref, _ = model(idx)
+        model.setup_caches(1, 32)
+        again, _ = model(idx)
+    torch.testing.assert_close(again, ref)

@@ -1,0 +1,45 @@
+"""Fixtures of the tokenizer tests: small tokenizers trained in a fraction of a second."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gptforge.corpus import iter_documents
+from gptforge.tokenizer import CHAT_TOKENS, Tokenizer
+
+# Multilingual lines so the tiny vocabulary also learns merges inside multi-byte characters.
+MULTILINGUAL = [
+    "Bugün İstanbul'da hava ılık; ıslak sokaklarda İnce bir yağmur var.",
+    "東京の天気は晴れです。日本語のテキストも少し必要です。東京の天気は雨です。",
+    "Привет, мир! Как дела? Привет ещё раз, мир.",
+    "Emoji runs: 🙂🙂 🚀🚀🚀 👩‍💻 and flags 🇹🇷🇯🇵 repeat 🙂🙂 🚀🚀🚀.",
+    "Numbers 12345 67890 3.14159 and tabs\t\tand   spaces    here\n\n\nnewlines.",
+    "don't won't it's we're they've I'm you'll he'd DON'T IT'S",
+]
+
+
+def small_texts(n_docs: int = 60) -> list[str]:
+    """The first ``n_docs`` default-corpus documents plus the multilingual lines, twice."""
+    docs = list(itertools.islice(iter_documents("default"), n_docs))
+    return docs + MULTILINGUAL * 2
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return small_texts()
+
+
+@pytest.fixture(scope="session")
+def trained(texts: list[str]) -> Tokenizer:
+    """A 700-token byte-level BPE; treat as read-only (copy via save/from_dir to mutate)."""
+    return Tokenizer.train(texts=texts, vocab_size=700, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def chat(texts: list[str]) -> Tokenizer:
+    """Like ``trained`` plus the chat special tokens; read-only."""
+    tok = Tokenizer.train(texts=texts, vocab_size=700, show_progress=False)
+    tok.add_special_tokens(list(CHAT_TOKENS))
+    return tok
