@@ -9,6 +9,7 @@ import asyncio
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -57,12 +58,27 @@ async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIter
         raise RuntimeError("boom")
 
 
+STREAM_CLOSED = threading.Event()
+
+
+@grpc_errors
+async def forever(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Streams until cancelled; records that its cleanup ran."""
+    try:
+        while True:
+            await asyncio.sleep(0.01)
+            yield b"."
+    finally:
+        STREAM_CLOSED.set()
+
+
 def register(server: grpc.aio.Server) -> None:
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Forever": grpc.unary_stream_rpc_method_handler(forever),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -117,6 +133,40 @@ async def test_handler_errors_map_to_status_codes_never_unknown(running: Running
         code, details = await status_of(call_stream(channel, b"ab?"))
         assert code == grpc.StatusCode.INTERNAL and "boom" not in details
         assert await call(channel, b"still serving") == b"still serving"
+
+
+async def test_unparsable_request_is_invalid_argument_not_unknown(running: RunningServer):
+    garbage = b"\x0a\x02\xff\xfe"  # field 1 (a string) holding invalid UTF-8
+    async with create_channel(running.address, aio=True) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        code, details = await status_of(check(garbage, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot parse" in details
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        code, _ = await status_of(_drain(watch(garbage, timeout=10)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        reply = await check(health_pb2.HealthCheckRequest(service=SERVICE).SerializeToString())
+        assert health_pb2.HealthCheckResponse.FromString(reply).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+
+
+async def _drain(call) -> list:
+    return [m async for m in call]
+
+
+async def test_client_cancel_runs_the_stream_handlers_cleanup_at_once(running: RunningServer):
+    STREAM_CLOSED.clear()
+    async with create_channel(running.address, aio=True) as channel:
+        endless = channel.unary_stream(f"/{SERVICE}/Forever")(b"", timeout=10)
+        async for _ in endless:
+            break
+        endless.cancel()
+        for _ in range(100):
+            if STREAM_CLOSED.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert STREAM_CLOSED.is_set(), "the handler's finally did not run within 1 s of cancel"
+        assert await call(channel, b"after") == b"after"
 
 
 def test_grpc_errors_refuses_sync_handlers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -87,3 +88,15 @@ def test_contract_conventions():
         "min_new_tokens",
     ):
         assert gen.GenerateRequest.DESCRIPTOR.fields_by_name[field].has_presence, field
+
+
+def test_every_proto_field_is_documented():
+    """Each field has a comment on its line or the line above (the .proto is the API doc)."""
+    field = re.compile(r"\s+(optional |repeated )?[\w.<>, ]+ \w+ = \d+;")
+    missing = []
+    for path in sorted((ROOT / "proto").rglob("*.proto")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if field.match(line) and "//" not in line and not lines[i - 1].strip().startswith("//"):
+                missing.append(f"{path.relative_to(ROOT)}:{i + 1}: {line.strip()}")
+    assert not missing, "undocumented proto fields:\n" + "\n".join(missing)

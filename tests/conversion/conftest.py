@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from gptforge.modeling import build_model, get_config
 from gptforge.modeling.io import save_model_dir
 from gptforge.tokenizer import EOT, Tokenizer
@@ -42,7 +41,9 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def make_run_dir(path: Path, preset: str, tokenizer_dir: Path, seed: int = 0, **overrides: Any) -> Path:
+def make_run_dir(
+    path: Path, preset: str, tokenizer_dir: Path, seed: int = 0, **overrides: Any
+) -> Path:
     """Save a random model of ``preset`` (vocab = the tokenizer's) with its tokenizer."""
     n_vocab = json.loads((tokenizer_dir / "gptforge.json").read_text())["n_vocab"]
     overrides.setdefault("vocab_size", n_vocab)

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import greedy, make_run_dir, randomize
-from safetensors.torch import save_file
-
 from gptforge.conversion import ConversionError, export_hf, import_hf
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import load_model_dir, read_config
+from safetensors.torch import save_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,11 +43,15 @@ def test_against_hf_gpt2(tmp_path: Path, tokenizer_dir: Path, tokenizer, variant
 
     with torch.no_grad():
         ours_cont = greedy(lambda x: ours(x)[0], ids, 12)
-        hf_cont = hf.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)[0, ids.size(1) :]
+        hf_cont = hf.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)[
+            0, ids.size(1) :
+        ]
     assert ours_cont == hf_cont.tolist()
 
 
-def test_autotokenizer_loads_exported_tokenizer(tmp_path: Path, tokenizer_dir: Path, tokenizer) -> None:
+def test_autotokenizer_loads_exported_tokenizer(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer
+) -> None:
     run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir)
     export_hf(run, tmp_path / "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -59,12 +62,17 @@ def test_autotokenizer_loads_exported_tokenizer(tmp_path: Path, tokenizer_dir: P
 
 
 @pytest.mark.parametrize("variant", ["tied-bias", "untied", "no-bias", "qkv-bias-only"])
-def test_roundtrip_ours_hf_ours_is_bit_identical(tmp_path: Path, tokenizer_dir: Path, variant: str) -> None:
+def test_roundtrip_ours_hf_ours_is_bit_identical(
+    tmp_path: Path, tokenizer_dir: Path, variant: str
+) -> None:
     run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir, **VARIANTS[variant])
     export_hf(run, tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "back")
     assert read_config(tmp_path / "back") == read_config(run)
-    a, b = load_state_dict(run / "model.safetensors"), load_state_dict(tmp_path / "back" / "model.safetensors")
+    a, b = (
+        load_state_dict(run / "model.safetensors"),
+        load_state_dict(tmp_path / "back" / "model.safetensors"),
+    )
     assert set(a) == set(b)
     V = read_config(run).vocab_size
     for k in a:
@@ -72,11 +80,13 @@ def test_roundtrip_ours_hf_ours_is_bit_identical(tmp_path: Path, tokenizer_dir: 
         x, y = (a[k][:V], b[k][:V]) if k in ("wte.weight", "lm_head.weight") else (a[k], b[k])
         assert x.dtype == y.dtype and torch.equal(x, y), k
     tok_a = json.loads((run / "tokenizer" / "gptforge.json").read_text())["fingerprint"]
-    tok_b = json.loads((tmp_path / "back" / "tokenizer" / "gptforge.json").read_text())["fingerprint"]
+    tok_b = json.loads((tmp_path / "back" / "tokenizer" / "gptforge.json").read_text())[
+        "fingerprint"
+    ]
     assert tok_a == tok_b
 
 
-def _hf_model(tied: bool = True) -> "transformers.GPT2LMHeadModel":
+def _hf_model(tied: bool = True) -> transformers.GPT2LMHeadModel:
     cfg = transformers.GPT2Config(
         vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=tied
     )
@@ -90,20 +100,27 @@ def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "layout", ["safetensors", "pytorch_bin", "sharded_safetensors", "sharded_bin", "no_prefix", "untied"]
+    "layout",
+    ["safetensors", "pytorch_bin", "sharded_safetensors", "sharded_bin", "no_prefix", "untied"],
 )
 def test_from_hf_gpt2_directory(tmp_path: Path, tokenizer_dir: Path, layout: str) -> None:
     hf = _hf_model(tied=layout != "untied")
     out = tmp_path / "hf"
     if layout == "no_prefix":  # how OpenAI's weights sit on the hub: GPT2Model names + mask buffers
         hf.save_pretrained(out)
-        sd = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+        sd = {
+            k.removeprefix("transformer."): v.contiguous()
+            for k, v in hf.state_dict().items()
+            if k != "lm_head.weight"
+        }
         sd.update({f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 32, 32)) for i in range(2)})
         (out / "model.safetensors").unlink()
         save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
         hf.save_pretrained(
-            out, safe_serialization="bin" not in layout, max_shard_size="20KB" if "sharded" in layout else "5GB"
+            out,
+            safe_serialization="bin" not in layout,
+            max_shard_size="20KB" if "sharded" in layout else "5GB",
         )
     if "sharded" in layout:
         assert list(out.glob("*.index.json")), sorted(p.name for p in out.iterdir())
@@ -149,25 +166,35 @@ def test_errors_name_the_key(tmp_path: Path, tokenizer_dir: Path) -> None:
     sd = load_state_dict(out)
     sd["transformer.h.0.attn.rotary.weight"] = torch.zeros(3)
     save_file(sd, str(out / "model.safetensors"))
-    with pytest.raises(ConversionError, match=r"unmapped tensor 'transformer\.h\.0\.attn\.rotary\.weight'"):
+    with pytest.raises(
+        ConversionError, match=r"unmapped tensor 'transformer\.h\.0\.attn\.rotary\.weight'"
+    ):
         import_hf(out, tmp_path / "a")
     del sd["transformer.h.0.attn.rotary.weight"]
     sd["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(32, 100)
     save_file(sd, str(out / "model.safetensors"))
-    with pytest.raises(ConversionError, match=r"shape mismatch for 'transformer\.h\.1\.mlp\.c_fc\.weight'"):
+    with pytest.raises(
+        ConversionError, match=r"shape mismatch for 'transformer\.h\.1\.mlp\.c_fc\.weight'"
+    ):
         import_hf(out, tmp_path / "b")
 
 
 def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
     (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(ConversionError, match=r"'bert'.*supported model types: \['gpt2', 'llama'\]"):
+    (tmp_path / "hf" / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertModel"]})
+    )
+    with pytest.raises(
+        ConversionError, match=r"'bert'.*supported model types: \['gpt2', 'llama'\]"
+    ):
         import_hf(tmp_path / "hf", tmp_path / "out")
 
 
 def test_missing_tokenizer_files_are_named(tmp_path: Path) -> None:
     _hf_model().save_pretrained(tmp_path / "hf")
-    with pytest.raises(ConversionError, match=r"no tokenizer files.*tokenizer\.json.*vocab\.json \+ merges\.txt"):
+    with pytest.raises(
+        ConversionError, match=r"no tokenizer files.*tokenizer\.json.*vocab\.json \+ merges\.txt"
+    ):
         import_hf(tmp_path / "hf", tmp_path / "out")
     import_hf(tmp_path / "hf", tmp_path / "out", tokenizer=False)
     assert not (tmp_path / "out" / "tokenizer").exists()

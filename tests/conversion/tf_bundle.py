@@ -11,10 +11,15 @@ import struct
 from pathlib import Path
 
 import numpy as np
-
 from gptforge.conversion.tf_checkpoint import TABLE_MAGIC, crc32c, mask_crc
 
-NP_TO_TF = {np.dtype("<f4"): 1, np.dtype("<f8"): 2, np.dtype("<i4"): 3, np.dtype("<i8"): 9, np.dtype("<f2"): 19}
+NP_TO_TF = {
+    np.dtype("<f4"): 1,
+    np.dtype("<f8"): 2,
+    np.dtype("<i4"): 3,
+    np.dtype("<i8"): 9,
+    np.dtype("<f2"): 19,
+}
 RESTART_INTERVAL = 16
 BLOCK_SIZE = 4096
 
@@ -80,8 +85,10 @@ class _BlockBuilder:
         return len(self.buf) + 4 * len(self.restarts) + 4
 
     def finish(self) -> bytes:
-        return bytes(self.buf) + b"".join(struct.pack("<I", r) for r in self.restarts) + struct.pack(
-            "<I", len(self.restarts)
+        return (
+            bytes(self.buf)
+            + b"".join(struct.pack("<I", r) for r in self.restarts)
+            + struct.pack("<I", len(self.restarts))
         )
 
 
@@ -101,7 +108,11 @@ def write_tf_checkpoint(prefix: str | Path, tensors: dict[str, np.ndarray]) -> N
         arr = np.asarray(tensors[name]).copy(order="C")  # ascontiguousarray would make 0-d 1-d
         raw = arr.tobytes()
         entries[name.encode()] = _entry_proto(
-            NP_TO_TF[arr.dtype.newbyteorder("<")], arr.shape, len(data), len(raw), mask_crc(crc32c(raw))
+            NP_TO_TF[arr.dtype.newbyteorder("<")],
+            arr.shape,
+            len(data),
+            len(raw),
+            mask_crc(crc32c(raw)),
         )
         data += raw
     Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from gptforge.corpus import (
     DEFAULT_CORPUS,
     build_default_documents,
@@ -25,6 +26,7 @@ def test_default_corpus_is_large_real_text() -> None:
 
 
 def test_default_corpus_is_cached_and_read_back(monkeypatch, tmp_path) -> None:
+    shared = default_corpus_path()  # built earlier, likely by another process
     monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path))
     path = default_corpus_path()
     assert path.parent == tmp_path / "corpus"
@@ -34,9 +36,13 @@ def test_default_corpus_is_cached_and_read_back(monkeypatch, tmp_path) -> None:
     mtime = path.stat().st_mtime_ns
     assert default_corpus_path() == path and path.stat().st_mtime_ns == mtime  # not rebuilt
     assert not list(path.parent.glob("*.tmp"))  # the atomic write left nothing behind
-    assert list(iter_documents(DEFAULT_CORPUS)) == [json.loads(line)["text"] for line in path.open()]
+    assert list(iter_documents(DEFAULT_CORPUS)) == [
+        json.loads(line)["text"] for line in path.open()
+    ]
+    assert path.read_bytes() == shared.read_bytes()  # a fresh build is byte-identical
 
 
+@pytest.mark.slow
 def test_default_corpus_build_is_deterministic() -> None:
     first = list(build_default_documents())
     assert first == list(build_default_documents())

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from gptforge.corpus import CorpusError, iter_documents, resolve_files
 
 
@@ -42,7 +41,10 @@ def test_utf8_bom_is_dropped(tmp_path: Path) -> None:
 def test_non_utf8_names_file_and_byte_offset(tmp_path: Path, whole: int) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes(("ok line\n" * 300).encode() + "café".encode("latin-1") + b"\n")
-    with pytest.raises(CorpusError, match=r"latin1.txt' is not valid UTF-8: byte 0xe9 at byte offset 2403; re-encode"):
+    with pytest.raises(
+        CorpusError,
+        match=r"latin1.txt' is not valid UTF-8: byte 0xe9 at byte offset 2403; re-encode",
+    ):
         list(iter_documents(path, chunk_bytes=256, whole_file_bytes=whole))
 
 
@@ -50,7 +52,10 @@ def test_jsonl_field_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "id": 1}\n\n{"text": "b"}\n{"text": null}\n')
     assert list(iter_documents(path)) == ["a", "b"]
-    with pytest.raises(CorpusError, match=r"line 1 \(byte offset 0\) has no field 'body'; its fields are \['id', 'text'\]"):
+    with pytest.raises(
+        CorpusError,
+        match=r"line 1 \(byte offset 0\) has no field 'body'; its fields are \['id', 'text'\]",
+    ):
         list(iter_documents(path, field="body"))
     path.write_text('{"text": "a"}\n{"text": "b"\n')
     with pytest.raises(CorpusError, match=r"line 2 \(byte offset 14\) is not valid JSON"):
@@ -62,16 +67,20 @@ def test_jsonl_field_and_errors(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="field 'text' holds a int"):
         list(iter_documents(path))
     path.write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')
-    with pytest.raises(CorpusError, match="byte 0xff at byte offset 25"):
+    with pytest.raises(CorpusError, match="byte 0xff at byte offset 24"):
         list(iter_documents(path))
 
 
 def test_missing_paths_and_empty_corpus(tmp_path: Path) -> None:
-    with pytest.raises(CorpusError, match=r"'.*nope.txt' does not exist; pass a text file, a directory"):
+    with pytest.raises(
+        CorpusError, match=r"'.*nope.txt' does not exist; pass a text file, a directory"
+    ):
         list(iter_documents(tmp_path / "nope.txt"))
     with pytest.raises(CorpusError, match="glob '.*\\*.txt' matched no file"):
         list(iter_documents(str(tmp_path / "*.txt")))
-    with pytest.raises(CorpusError, match="holds no corpus file; gptforge reads files ending in .txt"):
+    with pytest.raises(
+        CorpusError, match="holds no corpus file; gptforge reads files ending in .txt"
+    ):
         resolve_files(tmp_path)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(CorpusError, match="is empty: it holds no non-empty document"):
@@ -98,7 +107,10 @@ def test_parquet_arrow_and_saved_dataset(tmp_path: Path) -> None:
 
     table = pa.table({"text": ["alpha", None, "beta"], "n": [1, 2, 3]})
     pq.write_table(table, tmp_path / "t.parquet")
-    with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+    with (
+        pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as w,
+    ):
         w.write_table(table)
     datasets.Dataset.from_dict({"body": ["x", "y"]}).save_to_disk(str(tmp_path / "saved"))
     assert list(iter_documents(tmp_path / "t.parquet")) == ["alpha", "beta"]
@@ -106,7 +118,9 @@ def test_parquet_arrow_and_saved_dataset(tmp_path: Path) -> None:
     assert list(iter_documents(tmp_path / "saved", field="body")) == ["x", "y"]
     with pytest.raises(CorpusError, match=r"has no column 'text'; its columns are \['body'\]"):
         list(iter_documents(tmp_path / "saved"))
-    with pytest.raises(CorpusError, match=r"t.parquet' has no column 'body'; its columns are \['text', 'n'\]"):
+    with pytest.raises(
+        CorpusError, match=r"t.parquet' has no column 'body'; its columns are \['text', 'n'\]"
+    ):
         list(iter_documents(tmp_path / "t.parquet", field="body"))
     with pytest.raises(CorpusError, match="field 'n' holds a int"):
         list(iter_documents(tmp_path / "t.parquet", field="n"))

@@ -46,8 +46,10 @@ def test_full_forward_equals_chunked_processing_with_carried_state():
         torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
         # The same through the cache interface, chunks given as consecutive input_pos.
         model.setup_caches(2, 64)
-        pieces = [model(idx[:, lo:hi], input_pos=torch.arange(lo, hi))[0] for lo, hi in
-                  [(0, 20), (20, 21), (21, 50)]]
+        pieces = [
+            model(idx[:, lo:hi], input_pos=torch.arange(lo, hi))[0]
+            for lo, hi in [(0, 20), (20, 21), (21, 50)]
+        ]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=0)
 
 
@@ -78,8 +80,7 @@ def test_every_parameter_receives_a_finite_nonzero_gradient():
 def test_mixer_gradcheck_fp64():
     torch.manual_seed(0)
     cfg = MMRecConfig.from_name(
-        "mmrec-debug", n_embd=8, n_head=2, n_memory=4, memory_pool=2, decay_hidden=4,
-        chunk_size=3
+        "mmrec-debug", n_embd=8, n_head=2, n_memory=4, memory_pool=2, decay_hidden=4, chunk_size=3
     )
     mixer = MDIMixer(cfg).double()
     u = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
@@ -105,9 +106,7 @@ def test_mixer_matches_the_formula_step_by_step():
     got, got_last = mixer(u, h)
 
     slots = mixer.memory.slots
-    levels = [slots] + [
-        slots.view(-1, cfg.memory_pool**i, cfg.n_embd).mean(1) for i in range(1, 3)
-    ]
+    levels = [slots] + [slots.view(-1, cfg.memory_pool**i, cfg.n_embd).mean(1) for i in range(1, 3)]
     mem = torch.cat(levels)  # (S, D)
     nh, hs = cfg.n_head, cfg.head_size
     att = mixer.mem_attn

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from gptforge.corpus import iter_documents
 from gptforge.tokenizer import CHAT_TOKENS, Tokenizer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import tiktoken
-
 from gptforge.tokenizer import (
     CHAT_TOKENS,
     EOT,
@@ -72,7 +71,9 @@ def test_special_token_text_as_ordinary_text(trained: Tokenizer) -> None:
 
 
 def test_unknown_special_in_argument_lists_the_valid_ones(trained: Tokenizer) -> None:
-    with pytest.raises(TokenizerError, match=r"allowed_special names \['<nope>'\].*'<\|endoftext\|>'"):
+    with pytest.raises(
+        TokenizerError, match=r"allowed_special names \['<nope>'\].*'<\|endoftext\|>'"
+    ):
         trained.encode("x", allowed_special={"<nope>"})
     with pytest.raises(TokenizerError, match="did you mean allowed_special=\\{'<|endoftext|>'\\}"):
         trained.encode("x", allowed_special=EOT)  # a bare string is a common slip

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tokenizers import Tokenizer as HFTokenizer
-
 from gptforge.tokenizer import EOT, INST, PAD, Tokenizer, TokenizerError
+from tokenizers import Tokenizer as HFTokenizer
 
 SAMPLE = f"Hello wörld, 東京 🙂 {INST} it's 2024!{EOT}\n\n  indented{PAD}"
 
@@ -31,7 +30,9 @@ def test_from_dir_roundtrip_same_ids_and_fingerprint(chat: Tokenizer, tmp_path) 
     loaded = Tokenizer.from_dir(chat.save(tmp_path / "tok"))
     assert loaded.fingerprint == chat.fingerprint
     assert loaded.special_tokens == chat.special_tokens
-    assert loaded.encode(SAMPLE, allowed_special="all") == chat.encode(SAMPLE, allowed_special="all")
+    assert loaded.encode(SAMPLE, allowed_special="all") == chat.encode(
+        SAMPLE, allowed_special="all"
+    )
     # Saving the loaded copy again changes nothing.
     again = Tokenizer.from_dir(loaded.save(tmp_path / "tok2"))
     assert again.fingerprint == chat.fingerprint
@@ -61,7 +62,9 @@ def test_fingerprint_mismatch_is_detected(trained: Tokenizer, tmp_path) -> None:
     spec = json.loads((out / "tokenizer.json").read_text())
     spec["model"]["merges"] = spec["model"]["merges"][:-1]  # an edit after saving
     (out / "tokenizer.json").write_text(json.dumps(spec))
-    with pytest.raises(TokenizerError, match="does not match the fingerprint.*delete gptforge.json"):
+    with pytest.raises(
+        TokenizerError, match="does not match the fingerprint.*delete gptforge.json"
+    ):
         Tokenizer.from_dir(out)
     (out / "gptforge.json").unlink()
     edited = Tokenizer.from_dir(out)  # accepted once the recorded fingerprint is gone
@@ -70,7 +73,9 @@ def test_fingerprint_mismatch_is_detected(trained: Tokenizer, tmp_path) -> None:
 
 
 def test_from_dir_errors_name_the_path(tmp_path) -> None:
-    with pytest.raises(TokenizerError, match="does not exist; create one with `gptforge tokenizer train"):
+    with pytest.raises(
+        TokenizerError, match="does not exist; create one with `gptforge tokenizer train"
+    ):
         Tokenizer.from_dir(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TokenizerError, match="has no tokenizer.json"):

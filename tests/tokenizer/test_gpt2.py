@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
 from gptforge.tokenizer import EOT, Tokenizer, TokenizerError
 from gptforge.tokenizer import gpt2 as gpt2_module
 from gptforge.tokenizer.byte_level import byte_to_char, bytes_to_token_str
 from gptforge.tokenizer.reference import ReferenceBPE
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 SAMPLE = "Hello world! It's a test of GPT-2 files: 123 + 456 = 579.\n\n  Ünïcödé 🙂 end"
 
@@ -32,7 +32,9 @@ def write_gpt2_files(directory: Path, texts: list[str], n_merges: int = 60) -> P
     encoder[EOT] = len(encoder)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False))
-    lines = ["#version: 0.2"] + [f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in merges]
+    lines = ["#version: 0.2"] + [
+        f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in merges
+    ]
     (directory / "vocab.bpe").write_text("\n".join(lines) + "\n")
     return directory
 
@@ -45,9 +47,15 @@ def offline(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def gpt2_source(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) -> Path:
+    return write_gpt2_files(tmp_path_factory.mktemp("gpt2") / "gpt2-small", texts[:10])
+
+
 @pytest.fixture()
-def gpt2_dir(offline: Path, texts: list[str]) -> Path:
-    return write_gpt2_files(offline / "gpt2-small", texts[:10])
+def gpt2_dir(offline: Path, gpt2_source: Path) -> Path:
+    """A private copy of the small GPT-2 files (tests may edit it)."""
+    return Path(shutil.copytree(gpt2_source, offline / "gpt2-small"))
 
 
 def _tiktoken_reference(directory: Path, monkeypatch) -> tiktoken.Encoding:
@@ -58,8 +66,9 @@ def _tiktoken_reference(directory: Path, monkeypatch) -> tiktoken.Encoding:
     )
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    return tiktoken.Encoding("gpt2-small", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={EOT: len(ranks)})
+    return tiktoken.Encoding(
+        "gpt2-small", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
+    )
 
 
 def test_gpt2_files_encode_like_tiktoken(gpt2_dir: Path, monkeypatch) -> None:
@@ -69,7 +78,9 @@ def test_gpt2_files_encode_like_tiktoken(gpt2_dir: Path, monkeypatch) -> None:
     assert tok.eot_token == enc.eot_token
     assert tok.mergeable_ranks == enc._mergeable_ranks
     assert tok.encode(SAMPLE) == enc.encode(SAMPLE)
-    assert tok.encode(SAMPLE + EOT, allowed_special="all") == enc.encode(SAMPLE + EOT, allowed_special="all")
+    assert tok.encode(SAMPLE + EOT, allowed_special="all") == enc.encode(
+        SAMPLE + EOT, allowed_special="all"
+    )
     assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
     assert tok.name == "gpt2"
 
@@ -110,7 +121,9 @@ def test_gpt2_found_in_hf_hub_cache(offline: Path, gpt2_dir: Path) -> None:
 
 
 def test_gpt2_missing_files_error_says_how_to_provide_them(offline: Path) -> None:
-    with pytest.raises(TokenizerError, match="never downloads.*encoder.json \\+ vocab.bpe.*TIKTOKEN_CACHE_DIR"):
+    with pytest.raises(
+        TokenizerError, match="never downloads.*encoder.json \\+ vocab.bpe.*TIKTOKEN_CACHE_DIR"
+    ):
         Tokenizer.gpt2()
     with pytest.raises(TokenizerError, match="does not hold GPT-2's tokenizer files"):
         Tokenizer.gpt2(offline)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from gptforge.corpus import CorpusError
 from gptforge.tokenizer import EOT, INST, Tokenizer, TokenizerError
 
@@ -29,14 +28,18 @@ def test_train_from_jsonl_source_with_field(texts: list[str], tmp_path) -> None:
 
 
 def test_vocab_size_and_specials_layout(texts: list[str]) -> None:
-    tok = Tokenizer.train(texts=texts, vocab_size=400, special_tokens=[EOT, INST], show_progress=False)
+    tok = Tokenizer.train(
+        texts=texts, vocab_size=400, special_tokens=[EOT, INST], show_progress=False
+    )
     assert tok.n_vocab == 400
     assert tok.special_tokens == {EOT: 398, INST: 399}
     assert len(tok.merges) == 400 - 256 - 2
 
 
 def test_small_corpus_stops_early_at_min_frequency() -> None:
-    tok = Tokenizer.train(texts=["abab abab"], vocab_size=1000, min_frequency=2, show_progress=False)
+    tok = Tokenizer.train(
+        texts=["abab abab"], vocab_size=1000, min_frequency=2, show_progress=False
+    )
     assert 256 < tok.n_vocab < 300
     assert tok.decode(tok.encode("abab abab")) == "abab abab"
 

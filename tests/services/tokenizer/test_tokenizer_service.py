@@ -10,6 +10,8 @@ from gptforge.api.server import RunningServer, ServerConfig
 from gptforge.api.tokenizer.v1 import tokenizer_pb2 as pb
 from gptforge.services.tokenizer import AsyncTokenizerClient, TokenizerLimits, start
 from gptforge.tokenizer import CHAT_TOKENS, EOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -111,6 +113,12 @@ async def test_bad_special_arguments_name_the_field(server: RunningServer):
         code, details = await _code(client.stub.Encode(request))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "special_token_mode=42" in details and "SPECIAL_TOKEN_MODE_AS_TEXT" in details
+
+
+async def test_request_with_invalid_utf8_is_invalid_argument(client: AsyncTokenizerClient):
+    encode = client.channel.unary_unary("/gptforge.api.tokenizer.v1.TokenizerService/Encode")
+    code, details = await _code(encode(b"\x0a\x02\xff\xfe"))  # texts[0] = invalid UTF-8
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "EncodeRequest" in details
 
 
 async def test_decode_out_of_vocabulary_id_is_invalid_argument(
@@ -218,3 +226,50 @@ async def test_health_is_serving_and_reflection_lists_the_service(
         names = {s.name for s in response.list_services_response.service}
         break
     assert {"gptforge.api.tokenizer.v1.TokenizerService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.fixture(scope="module")
+def blocking_client(tokenizer):
+    """A blocking client of a server on its own thread (hypothesis drives sync tests)."""
+    from gptforge.services.tokenizer import TokenizerClient, serve_in_background
+
+    with serve_in_background(tokenizer) as bg, TokenizerClient(bg.address) as client:
+        yield client
+
+
+_TEXT = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
+        st.sampled_from(["🙂", "👩‍💻", "東京", "İı", "  \t\n", "<|endoftext|>", "<INST>"]),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=_TEXT)
+def test_hyp_service_matches_library_with_offsets(blocking_client, tokenizer, text):
+    detail = blocking_client.encode_detailed([text], special_tokens="allow_all")[0]
+    assert detail.ids == tokenizer.encode(text, allowed_special="all")
+    raw = text.encode("utf-8")
+    assert b"".join(detail.pieces) == raw
+    assert [raw[a:b] for a, b in detail.offsets] == detail.pieces
+    assert blocking_client.decode(detail.ids) == text
+    as_text = blocking_client.encode(text, special_tokens="as_text")
+    assert as_text == tokenizer.encode(text, disallowed_special=())
+
+
+async def test_large_batch_takes_the_threaded_path_with_identical_ids(
+    client: AsyncTokenizerClient, tokenizer, monkeypatch
+):
+    from gptforge.services.tokenizer import servicer
+
+    calls = []
+    real = tokenizer.encode_batch
+    monkeypatch.setattr(servicer, "THREADED_CHARS", 100)
+    monkeypatch.setattr(tokenizer, "encode_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    texts = [t * 3 for t in TEXTS]
+    assert await client.encode_batch(texts) == [tokenizer.encode(t) for t in texts]
+    assert calls, "encode_batch was not used for a batch over THREADED_CHARS"

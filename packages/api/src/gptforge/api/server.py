@@ -9,7 +9,8 @@ Both services build their server here so they behave the same way:
 - graceful shutdown: health turns NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
   ``grace_seconds`` to finish (:meth:`RunningServer.stop`, :func:`serve_until_signal`);
 - :class:`BackgroundServer` runs a server on its own event loop thread (tests, demo, benchmarks);
-- :func:`grpc_errors` maps handler exceptions to status codes (see :mod:`gptforge.api.errors`).
+- :func:`grpc_errors` maps handler exceptions to status codes (see :mod:`gptforge.api.errors`),
+  and a request that does not parse gets INVALID_ARGUMENT (:class:`RequestParseInterceptor`).
 
 >>> async def main():
 ...     running = await start_server(ServerConfig(port=0), register, ["pkg.v1.MyService"])
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "AUTH_METADATA_KEY",
     "BackgroundServer",
     "InvalidArgumentError",
+    "RequestParseInterceptor",
     "ResourceExhaustedError",
     "RunningServer",
     "ServerConfig",
@@ -194,6 +197,62 @@ def _denying_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMet
     return grpc.stream_stream_rpc_method_handler(deny_stream, **codecs)
 
 
+class RequestParseInterceptor(grpc.aio.ServerInterceptor):
+    """Answers a request that does not parse (e.g. invalid UTF-8 in a string field) with
+    INVALID_ARGUMENT; without it ``grpc.aio`` reports the DecodeError as UNKNOWN.
+
+    Only unary-request methods are wrapped (their one message is parsed here, before the
+    handler runs); streaming-request methods keep gRPC's own handling.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        parse = handler.request_deserializer
+        method = handler_call_details.method
+
+        async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"cannot parse the request of {method} ({type(exc).__name__}: {exc}); "
+                    "send a message of the method's request type (string fields must be UTF-8)",
+                )
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+                return await inner(await parsed(raw, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, response_serializer=handler.response_serializer
+            )
+        stream_inner = handler.unary_stream
+
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            result = stream_inner(await parsed(raw, context), context)
+            if inspect.isasyncgen(result):
+                try:
+                    async for item in result:
+                        yield item
+                finally:  # run the handler's cleanup now on cancel, not at garbage collection
+                    await result.aclose()
+            else:  # a coroutine that writes with context.write()
+                await result
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, response_serializer=handler.response_serializer
+        )
+
+
 @dataclass
 class RunningServer:
     """A started server with its health servicer; stop it with :meth:`stop`."""
@@ -258,9 +317,11 @@ async def start_server(
         serving: initial health status; pass False and call ``set_serving(True)`` after warm-up.
         interceptors: extra server interceptors (run after the auth check).
     """
+    # Auth first (outermost): an unauthenticated caller learns nothing, not even parse errors.
     all_interceptors: list[grpc.aio.ServerInterceptor] = []
     if config.auth_token is not None:
         all_interceptors.append(TokenAuthInterceptor(config.auth_token))
+    all_interceptors.append(RequestParseInterceptor())
     all_interceptors.extend(interceptors)
     server = grpc.aio.server(interceptors=all_interceptors, options=config.grpc_options())
     register(server)
@@ -338,7 +399,7 @@ class BackgroundServer:
     ...     client = TokenizerClient(bg.address)
     """
 
-    def __init__(self, factory: Callable[[], Awaitable[RunningServer]]) -> None:
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, RunningServer]]) -> None:
         self._factory = factory
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

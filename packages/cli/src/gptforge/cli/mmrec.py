@@ -1,9 +1,102 @@
-"""CLI verbs for the mmrec area (filled in by its issue)."""
+"""CLI verbs of the MM-Rec area: ``gptforge convert arch`` (weight transfer into MM-Rec).
+
+Training and generation of MM-Rec go through the common verbs
+(``gptforge train --arch mmrec --preset mmrec-tiny``, ``gptforge generate``).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+TARGETS = ("mmrec",)
+
+
+def arch(
+    source: Annotated[
+        Path,
+        typer.Option(
+            help="GPT-2 / LLaMA checkpoint: our model dir, a HF GPT2LMHeadModel or "
+            "LlamaForCausalLM dir, a Meta consolidated.*.pth dir, or one .pt/.pth/.bin/"
+            ".safetensors file."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="New MM-Rec model directory (report written inside).")],
+    target: Annotated[str, typer.Option(help="Target architecture.")] = "mmrec",
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Use this MM-Rec preset exactly (e.g. mmrec-tiny); mismatches reported."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file of MMRecConfig fields, applied on top of --preset (or of the "
+            "target matched to the source when --preset is left out)."
+        ),  # fmt: skip
+    ] = None,
+    source_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The source's config.json/params.json when it is not beside the weights."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Fail unless every source tensor is transferred completely.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the new components' initialisation.")] = 0,
+) -> None:
+    """Transfer a transformer's weights into MM-Rec and write conversion_report.json beside them.
+
+    Without --preset/--config the target copies every dimension of the source (vocab, width,
+    layers, heads, FFN kind and width, norm), so everything with a counterpart transfers.
+    """
+    from gptforge.conversion.arch import REPORT_FILE, convert_to_mmrec_dir
+
+    if target not in TARGETS:
+        typer.secho(
+            f"error: --target {target!r} is not supported; choose one of {list(TARGETS)}",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(2)
+    try:
+        overrides = json.loads(config.read_text()) if config is not None else None
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ValueError(f"--config {str(config)!r} must hold a JSON object of config fields")
+        if overrides:
+            overrides.pop("arch", None)
+        path, report = convert_to_mmrec_dir(
+            source,
+            out,
+            preset=preset,
+            config=overrides,
+            source_config=source_config,
+            strict=strict,
+            force=force,
+            seed=seed,
+        )
+    except (ValueError, OSError) as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from e
+    src = report["source"]
+    typer.echo(
+        f"source: {src['layout']} ({src['detected_from']}), vocab {src['vocab_size']}, "
+        f"d={src['n_embd']}, layers {src['n_layer']}, heads {src['n_head']}/{src['n_kv_head']}, "
+        f"FFN {src['ffn']} {src['ffn_hidden']}, {src['n_params']:,} params"
+    )
+    typer.echo(
+        f"transferred {report['transferred_params']:,} of {report['target']['n_params']:,} target "
+        f"params ({100 * report['transferred_fraction']:.1f}%): {len(report['converted'])} keys "
+        f"converted, {len(report['new'])} new, {len(report['unused_source'])} source keys unused, "
+        f"{len(report['shape_mismatches'])} shape mismatches"
+    )
+    typer.echo(f"wrote {path} (report: {path / REPORT_FILE})")
 
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add this area's commands to the root app and the shared groups."""
+    """Add ``gptforge convert arch`` to the shared ``convert`` group."""
+    groups["convert"].command("arch")(arch)

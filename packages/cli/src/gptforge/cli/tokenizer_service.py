@@ -126,7 +126,12 @@ def _call(fn: Callable[[], T]) -> T:
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        typer.secho(f"error: {code}: {details}", err=True, fg="red")
+        hint = ""
+        if code == "UNAVAILABLE":
+            hint = " (is the service running? start it with `gptforge serve tokenizer --tokenizer DIR`)"
+        elif code == "UNAUTHENTICATED":
+            hint = f" (pass --auth-token or set {AUTH_ENV})"
+        typer.secho(f"error: {code}: {details}{hint}", err=True, fg="red")
         raise typer.Exit(1) from exc
 
 

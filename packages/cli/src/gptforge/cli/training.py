@@ -18,11 +18,8 @@ from typing import Any, Optional
 
 import typer
 
-from gptforge.training.cli_args import _base_type
+from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
-
-# Flag spellings the issue fixes that differ from the field name.
-ALIASES = {"from_run": ["--from", "--from-run"]}
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -37,9 +34,9 @@ def field_help(cls: type) -> dict[str, str]:
             match = re.match(r"^\s{4}(\w+): (.*)$", line)
             if match:
                 current = match.group(1)
-                out[current] = match.group(2).strip()
+                out[current] = match.group(2).strip().replace("``", "")
             elif current and line.startswith(" " * 8):
-                out[current] += " " + line.strip()
+                out[current] += " " + line.strip().replace("``", "")
             elif line.strip() and not line.startswith(" "):
                 break
     return out

@@ -6,8 +6,19 @@
 
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.hf import export_hf, import_hf, read_hf_config
-from gptforge.conversion.hf_gpt2 import gpt_config_to_hf, hf_gpt2_config, hf_gpt2_to_ours, ours_to_hf_gpt2
-from gptforge.conversion.hf_llama import hf_llama_config, hf_llama_to_ours, llama_config_to_hf, ours_to_hf_llama
+from gptforge.conversion.hf_gpt2 import (
+    gpt_config_to_hf,
+    hf_gpt2_config,
+    hf_gpt2_to_ours,
+    ours_to_hf_gpt2,
+)
+from gptforge.conversion.hf_llama import (
+    hf_llama_config,
+    hf_llama_to_ours,
+    llama_config_to_hf,
+    ours_to_hf_llama,
+)
+from gptforge.conversion.loading import detect_family, detect_layout, load_any, model_from_tensors
 from gptforge.conversion.meta_llama import (
     export_meta,
     import_meta,
@@ -32,6 +43,8 @@ __all__ = [
     "ConversionError",
     "TFCheckpoint",
     "WeightSource",
+    "detect_family",
+    "detect_layout",
     "export_hf",
     "export_meta",
     "gpt_config_to_hf",
@@ -44,10 +57,12 @@ __all__ = [
     "import_openai",
     "iter_state_dict",
     "llama_config_to_hf",
+    "load_any",
     "load_meta_checkpoint",
     "load_state_dict",
     "meta_llama_config",
     "meta_llama_to_ours",
+    "model_from_tensors",
     "openai_gpt2_config",
     "ours_to_hf_gpt2",
     "ours_to_hf_llama",

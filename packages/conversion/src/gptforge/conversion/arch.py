@@ -185,8 +185,16 @@ class _Transfer:
         for k in src.source_keys:
             self.unused.append({"key": k, "reason": reason})
 
-    def _record(self, key: str, src: Role, compat: str, note: str, copied: int) -> None:
-        self.keys[key] = {"compat": compat, "source": src.source_keys, "note": note.strip("; ")}
+    def _record(
+        self, key: str, src: Role, compat: str, note: str, copied: int, lossless: bool = False
+    ) -> None:
+        """``lossless``: every value of the source tensor arrived with its meaning intact."""
+        self.keys[key] = {
+            "compat": compat,
+            "source": src.source_keys,
+            "note": note.strip("; "),
+            "lossless": lossless,
+        }
         self.copied += copied
 
     def _fit(self, key: str, name: str, src: Role) -> None:
@@ -195,12 +203,13 @@ class _Transfer:
         role = name.split(".")[0]
         notes = [src.note] if src.note else []
         compat = src.compat
+        lossless = True
         a, c = self.analysis, self.cfg
         if role in ("embed", "head"):
             self._fit_vocab(key, src, t, notes)
             return
         if role in ("q", "k", "v", "o") and a.n_head is not None and a.n_head != c.n_head:
-            compat = "partial"
+            compat, lossless = "partial", False
             notes.append(
                 f"source has {a.n_head} heads, target {c.n_head}: projection kept, head grouping changes"
             )
@@ -212,11 +221,11 @@ class _Transfer:
                 f"{a.n_kv_head} grouped KV heads repeated to {a.n_head} heads (same function)"
             )
         if (role.startswith("norm") or role == "final_norm") and a.norm != c.norm:
-            compat = "partial"
+            compat, lossless = "partial", False
             notes.append(f"source {a.norm} gain into target {c.norm}")
         if t.shape == dst.shape:
             dst.copy_(t)
-            self._record(key, src, compat, "; ".join(notes), t.numel())
+            self._record(key, src, compat, "; ".join(notes), t.numel(), lossless)
             return
         if (
             role in _FFN_IN + _FFN_OUT
@@ -251,7 +260,7 @@ class _Transfer:
                 {"source_key": src.source_keys[0], "target_key": key, "source_shape": list(t.shape),
                  "target_shape": list(dst.shape), "action": f"partial: {keep} shared token rows copied"}
             )  # fmt: skip
-        self._record(key, src, compat, "; ".join(notes), keep * dst.shape[1])
+        self._record(key, src, compat, "; ".join(notes), keep * dst.shape[1], v_tgt >= v_src)
 
     def _fit_ffn(self, key: str, role: str, src: Role, t: torch.Tensor, notes: list[str]) -> bool:
         """Hidden units of an FFN are independent: keep the first min(H_src, H_tgt) of them."""
@@ -269,7 +278,8 @@ class _Transfer:
              "target_shape": list(dst.shape), "action": f"partial: first {h} FFN hidden units"}
         )  # fmt: skip
         notes.append(f"FFN width {t.shape[unit_dim]} -> {dst.shape[unit_dim]}: first {h} units")
-        self._record(key, src, "partial", "; ".join(notes), h * t.shape[other[0]] if other else h)
+        copied = h * t.shape[other[0]] if other else h
+        self._record(key, src, "partial", "; ".join(notes), copied, h == t.shape[unit_dim])
         return True
 
     def finish_new(self) -> list[dict[str, str]]:
@@ -296,7 +306,12 @@ class _Transfer:
                 continue
             init = next((d for s, d in NEW_INIT.items() if s in key), "target initialisation")
             new.append({"key": key, "init": init})
-            self.keys[key] = {"compat": "none", "source": [], "note": f"new: {init}"}
+            self.keys[key] = {
+                "compat": "none",
+                "source": [],
+                "note": f"new: {init}",
+                "lossless": False,
+            }
         return new
 
 
@@ -357,7 +372,7 @@ def convert_weights(
     problems = [f"{e['key']} (unused: {e['reason']})" for e in transfer.unused] + [
         f"{k} ({v['compat']}: {v['note']})"
         for k, v in transfer.keys.items()
-        if v["source"] and v["compat"] in ("partial", "none")
+        if v["source"] and not v["lossless"]
     ]
     report["strict_problems"] = problems
     if strict and problems:

@@ -16,18 +16,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
-from gptforge.conversion.hf_gpt2 import gpt_config_to_hf, hf_gpt2_config, plan_hf_gpt2_to_ours, plan_ours_to_hf_gpt2
-from gptforge.conversion.hf_llama import hf_llama_config, llama_config_to_hf, plan_hf_llama_to_ours, plan_ours_to_hf_llama
+from gptforge.conversion.hf_gpt2 import (
+    gpt_config_to_hf,
+    hf_gpt2_config,
+    plan_hf_gpt2_to_ours,
+    plan_ours_to_hf_gpt2,
+)
+from gptforge.conversion.hf_llama import (
+    hf_llama_config,
+    llama_config_to_hf,
+    plan_hf_llama_to_ours,
+    plan_ours_to_hf_llama,
+)
 from gptforge.conversion.ours import WEIGHTS_FILE, read_model_config, write_model_dir
-from gptforge.conversion.tokenizer_files import copy_tokenizer_to_hf, find_tokenizer_dir, load_tokenizer_from
-from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, atomic_dir, write_safetensors
+from gptforge.conversion.tokenizer_files import (
+    copy_tokenizer_to_hf,
+    find_tokenizer_dir,
+    load_tokenizer_from,
+)
+from gptforge.conversion.weights import (
+    PlannedTensor,
+    TensorInfo,
+    WeightSource,
+    atomic_dir,
+    write_safetensors,
+)
 
 __all__ = ["DTYPES", "HF_ARCHITECTURES", "export_hf", "import_hf", "read_hf_config"]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-Planner = Callable[[Mapping[str, TensorInfo], Callable[[str], torch.Tensor], Any], list[PlannedTensor]]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+Planner = Callable[
+    [Mapping[str, TensorInfo], Callable[[str], torch.Tensor], Any], list[PlannedTensor]
+]
 # HF model_type -> (our arch, config reader, planner HF -> ours)
 HF_ARCHITECTURES: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any], Planner]] = {
     "gpt2": ("gpt", hf_gpt2_config, plan_hf_gpt2_to_ours),
@@ -52,7 +77,9 @@ def _cast(plan: list[PlannedTensor], dtype: torch.dtype | None) -> list[PlannedT
     if dtype is None:
         return plan
     return [
-        PlannedTensor(t.name, t.shape, dtype, lambda p=t.produce: p().to(dtype)) if t.dtype.is_floating_point else t
+        PlannedTensor(t.name, t.shape, dtype, lambda p=t.produce: p().to(dtype))
+        if t.dtype.is_floating_point
+        else t
         for t in plan
     ]
 
@@ -66,7 +93,9 @@ def read_hf_config(hf_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``config.json`` of a HF model directory, checked to be an architecture we convert."""
     path = Path(hf_dir) / "config.json"
     if not path.is_file():
-        raise ConversionError(f"{str(path)!r} not found; a Hugging Face model directory has config.json")
+        raise ConversionError(
+            f"{str(path)!r} not found; a Hugging Face model directory has config.json"
+        )
     cfg = json.loads(path.read_text())
     if cfg.get("model_type") not in HF_ARCHITECTURES:
         raise ConversionError(

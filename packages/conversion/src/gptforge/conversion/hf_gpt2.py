@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import invert, materialize, plan_conversion, split_layer
 from gptforge.conversion.ours import our_tensor_spec, pad_vocab_rows, slice_vocab_rows
@@ -57,7 +56,12 @@ OURS_TO_HF_GPT2: dict[str, str] = invert(HF_GPT2_WEIGHT_MAP)
 
 # Our names of the weights HF stores transposed (Conv1D).
 CONV1D_WEIGHTS = frozenset(
-    {"h.{}.attn.c_attn.weight", "h.{}.attn.c_proj.weight", "h.{}.mlp.c_fc.weight", "h.{}.mlp.c_proj.weight"}
+    {
+        "h.{}.attn.c_attn.weight",
+        "h.{}.attn.c_proj.weight",
+        "h.{}.mlp.c_fc.weight",
+        "h.{}.mlp.c_proj.weight",
+    }
 )
 VOCAB_ROWS = frozenset({"wte.weight", "lm_head.weight"})
 # HF activation names that are GELU with the tanh approximation, and the exact one.
@@ -81,7 +85,11 @@ def _hf_key(key: str) -> str:
 
 
 def gpt_config_to_hf(
-    cfg: GPTConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None, dtype: str = "float32"
+    cfg: GPTConfig,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """The ``config.json`` of a HF ``GPT2LMHeadModel`` equivalent to ``cfg``.
 
@@ -126,7 +134,9 @@ def hf_gpt2_config(hf: Mapping[str, Any]) -> GPTConfig:
     """
     model_type = hf.get("model_type")
     if model_type != "gpt2":
-        raise ConversionError(f"config.json has model_type={model_type!r}; this converter reads 'gpt2'")
+        raise ConversionError(
+            f"config.json has model_type={model_type!r}; this converter reads 'gpt2'"
+        )
     n_embd, n_layer, n_head = int(hf["n_embd"]), int(hf["n_layer"]), int(hf["n_head"])
     block_size = int(hf.get("n_positions", hf.get("n_ctx", 1024)))
     ours = hf.get("gptforge")
@@ -143,7 +153,9 @@ def hf_gpt2_config(hf: Mapping[str, Any]) -> GPTConfig:
         )
     n_inner = hf.get("n_inner")
     if n_inner not in (None, 4 * n_embd):
-        raise ConversionError(f"config.json n_inner={n_inner!r}: our GPT's MLP is 4 * n_embd = {4 * n_embd}")
+        raise ConversionError(
+            f"config.json n_inner={n_inner!r}: our GPT's MLP is 4 * n_embd = {4 * n_embd}"
+        )
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
         raise ConversionError(
             "config.json sets scale_attn_by_inverse_layer_idx=True or scale_attn_weights=False; "
@@ -218,9 +230,17 @@ def plan_hf_gpt2_to_ours(
             return lambda: pad_vocab_rows(get(original["transformer.wte.weight"]), Vp).clone()
         return None
 
-    expected = our_tensor_spec(cfg, dtype=next(iter(source.values())).dtype if source else torch.float32)
+    expected = our_tensor_spec(
+        cfg, dtype=next(iter(source.values())).dtype if source else torch.float32
+    )
     return plan_conversion(
-        src, lambda k: get(original[k]), weight_map, expected, transform, what="Hugging Face GPT-2", fill=fill
+        src,
+        lambda k: get(original[k]),
+        weight_map,
+        expected,
+        transform,
+        what="Hugging Face GPT-2",
+        fill=fill,
     )
 
 

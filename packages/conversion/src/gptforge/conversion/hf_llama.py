@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import invert, map_key, materialize, plan_conversion
 from gptforge.conversion.ours import our_tensor_spec, pad_vocab_rows, slice_vocab_rows
@@ -53,7 +52,11 @@ VOCAB_ROWS = frozenset({"embed_tokens.weight", "lm_head.weight"})
 
 
 def llama_config_to_hf(
-    cfg: LlamaConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None, dtype: str = "float32"
+    cfg: LlamaConfig,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """The ``config.json`` of a HF ``LlamaForCausalLM`` equivalent to ``cfg``."""
     return {
@@ -88,7 +91,9 @@ def llama_config_to_hf(
 def hf_llama_config(hf: Mapping[str, Any]) -> LlamaConfig:
     """Our ``LlamaConfig`` for a HF Llama ``config.json`` dict (refusing what we do not implement)."""
     if hf.get("model_type") != "llama":
-        raise ConversionError(f"config.json has model_type={hf.get('model_type')!r}; this converter reads 'llama'")
+        raise ConversionError(
+            f"config.json has model_type={hf.get('model_type')!r}; this converter reads 'llama'"
+        )
     n_embd, n_head = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     head_dim = hf.get("head_dim")
     if head_dim not in (None, n_embd // n_head):
@@ -98,7 +103,9 @@ def hf_llama_config(hf: Mapping[str, Any]) -> LlamaConfig:
         )
     act = hf.get("hidden_act", "silu")
     if act != "silu" or hf.get("mlp_bias"):
-        raise ConversionError(f"config.json hidden_act={act!r} mlp_bias={hf.get('mlp_bias')!r}: only SiLU without MLP bias")
+        raise ConversionError(
+            f"config.json hidden_act={act!r} mlp_bias={hf.get('mlp_bias')!r}: only SiLU without MLP bias"
+        )
     rope = dict(hf.get("rope_parameters") or {})  # transformers >= 5 nests RoPE settings here
     theta = float(hf.get("rope_theta", rope.get("rope_theta", 10000.0)))
     scaling = hf.get("rope_scaling")
@@ -163,9 +170,19 @@ def plan_hf_llama_to_ours(
             return lambda: pad_vocab_rows(get("model.embed_tokens.weight"), Vp).clone()
         return None
 
-    dtype = source["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in source else torch.float32
+    dtype = (
+        source["model.embed_tokens.weight"].dtype
+        if "model.embed_tokens.weight" in source
+        else torch.float32
+    )
     return plan_conversion(
-        source, get, weight_map, our_tensor_spec(cfg, dtype), transform, what="Hugging Face Llama", fill=fill
+        source,
+        get,
+        weight_map,
+        our_tensor_spec(cfg, dtype),
+        transform,
+        what="Hugging Face Llama",
+        fill=fill,
     )
 
 
@@ -176,13 +193,17 @@ def plan_ours_to_hf_llama(
     weight_map: dict[str, str | None] = dict(OURS_TO_HF_LLAMA)
     if cfg.tie_embeddings:
         weight_map["lm_head.weight"] = None
-    dtype = source["embed_tokens.weight"].dtype if "embed_tokens.weight" in source else torch.float32
+    dtype = (
+        source["embed_tokens.weight"].dtype if "embed_tokens.weight" in source else torch.float32
+    )
     V = cfg.vocab_size
 
     def transform(target: str, t: torch.Tensor) -> torch.Tensor:
         return slice_vocab_rows(t, V) if HF_LLAMA_WEIGHT_MAP.get(target) in VOCAB_ROWS else t
 
-    return plan_conversion(source, get, weight_map, hf_llama_spec(cfg, dtype), transform, what="gptforge Llama")
+    return plan_conversion(
+        source, get, weight_map, hf_llama_spec(cfg, dtype), transform, what="gptforge Llama"
+    )
 
 
 def hf_llama_to_ours(sd: Mapping[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:

@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable, Mapping
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.weights import PlannedTensor, TensorInfo
 
@@ -108,7 +107,9 @@ def plan_conversion(
                 "the configuration does not match the weights (layers, bias or tying)"
             )
         if target in by_target:
-            raise ConversionError(f"tensors {by_target[target]!r} and {key!r} both map to {target!r}")
+            raise ConversionError(
+                f"tensors {by_target[target]!r} and {key!r} both map to {target!r}"
+            )
         by_target[target] = key
         # Run the transform on a meta tensor: shapes are checked before any data is read.
         probe = torch.empty(source[key].shape, dtype=source[key].dtype, device="meta")
@@ -124,7 +125,14 @@ def plan_conversion(
         out_dtype = dtype or info.dtype
         if target in by_target:
             src = by_target[target]
-            plan.append(PlannedTensor(target, info.shape, out_dtype, _producer(src, target, get, transform, info, out_dtype)))
+            plan.append(
+                PlannedTensor(
+                    target,
+                    info.shape,
+                    out_dtype,
+                    _producer(src, target, get, transform, info, out_dtype),
+                )
+            )
             continue
         made = fill(target, info) if fill is not None else None
         if made is None:
@@ -133,7 +141,9 @@ def plan_conversion(
                 f"present: {len(source)} tensors, e.g. {sorted(source)[:6]}. The checkpoint is "
                 "incomplete or the configuration does not match it"
             )
-        plan.append(PlannedTensor(target, info.shape, out_dtype, lambda m=made, d=out_dtype: m().to(d)))
+        plan.append(
+            PlannedTensor(target, info.shape, out_dtype, lambda m=made, d=out_dtype: m().to(d))
+        )
     return plan
 
 

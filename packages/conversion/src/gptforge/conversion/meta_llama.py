@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import invert, materialize, plan_conversion, split_layer
 from gptforge.conversion.ours import (
@@ -30,7 +29,13 @@ from gptforge.conversion.ours import (
     write_model_dir,
 )
 from gptforge.conversion.tokenizer_files import load_tokenizer_from
-from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, atomic_dir, torch_load_weights
+from gptforge.conversion.weights import (
+    PlannedTensor,
+    TensorInfo,
+    WeightSource,
+    atomic_dir,
+    torch_load_weights,
+)
 from gptforge.modeling import LlamaConfig
 
 __all__ = [
@@ -100,7 +105,9 @@ def meta_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
-def meta_llama_config(params: Mapping[str, Any], infos: Mapping[str, TensorInfo] | None = None) -> LlamaConfig:
+def meta_llama_config(
+    params: Mapping[str, Any], infos: Mapping[str, TensorInfo] | None = None
+) -> LlamaConfig:
     """Our ``LlamaConfig`` for Meta's ``params.json``; tensor shapes fill what it leaves out.
 
     Args:
@@ -111,16 +118,22 @@ def meta_llama_config(params: Mapping[str, Any], infos: Mapping[str, TensorInfo]
     try:
         dim, n_layers, n_heads = int(params["dim"]), int(params["n_layers"]), int(params["n_heads"])
     except KeyError as e:
-        raise ConversionError(f"params.json lacks {e.args[0]!r}; it needs dim, n_layers and n_heads") from e
+        raise ConversionError(
+            f"params.json lacks {e.args[0]!r}; it needs dim, n_layers and n_heads"
+        ) from e
     vocab = int(params.get("vocab_size", -1))
-    hidden = meta_intermediate_size(dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier"))
+    hidden = meta_intermediate_size(
+        dim, int(params.get("multiple_of", 256)), params.get("ffn_dim_multiplier")
+    )
     if infos is not None:
         if "tok_embeddings.weight" in infos:
             vocab = infos["tok_embeddings.weight"].shape[0]
         if "layers.0.feed_forward.w1.weight" in infos:
             hidden = infos["layers.0.feed_forward.w1.weight"].shape[0]
     if vocab <= 0:
-        raise ConversionError("params.json has vocab_size=-1 and no tok_embeddings.weight to read it from")
+        raise ConversionError(
+            "params.json has vocab_size=-1 and no tok_embeddings.weight to read it from"
+        )
     scaling = None
     if params.get("use_scaled_rope"):  # Llama 3.1+ long-context RoPE with Meta's fixed constants
         scaling = dict(rope_type="llama3", factor=float(params.get("rope_scaling_factor", 8.0)),
@@ -165,7 +178,9 @@ def llama_config_to_meta_params(cfg: LlamaConfig) -> dict[str, Any]:
     return params
 
 
-def load_meta_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def load_meta_checkpoint(
+    directory: str | os.PathLike[str],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read ``params.json`` and the ``consolidated.*.pth`` shards, joining model-parallel splits.
 
     A single shard is memory-mapped; several are joined along each layer's split dimension.
@@ -173,7 +188,9 @@ def load_meta_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, A
     d = Path(directory)
     params_path = d / "params.json"
     if not params_path.is_file():
-        raise ConversionError(f"{str(params_path)!r} not found; a Meta LLaMA directory holds params.json + consolidated.*.pth")
+        raise ConversionError(
+            f"{str(params_path)!r} not found; a Meta LLaMA directory holds params.json + consolidated.*.pth"
+        )
     params = json.loads(params_path.read_text())
     shards = sorted(d.glob("consolidated.*.pth"))
     if not shards:
@@ -185,7 +202,9 @@ def load_meta_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, A
     for name in parts[0]:
         template, _ = split_layer(name)
         dim = SHARD_DIM.get(template)
-        joined[name] = parts[0][name] if dim is None else torch.cat([p[name] for p in parts], dim=dim)
+        joined[name] = (
+            parts[0][name] if dim is None else torch.cat([p[name] for p in parts], dim=dim)
+        )
     return params, joined
 
 
@@ -213,15 +232,23 @@ def plan_meta_llama_to_ours(
             return meta_to_hf_rope_permute(t, heads)
         return pad_vocab_rows(t, Vp) if target in VOCAB_ROWS else t
 
-    dtype = source["tok_embeddings.weight"].dtype if "tok_embeddings.weight" in source else torch.float32
-    return plan_conversion(source, get, weight_map, our_tensor_spec(cfg, dtype), transform, what="Meta LLaMA")
+    dtype = (
+        source["tok_embeddings.weight"].dtype
+        if "tok_embeddings.weight" in source
+        else torch.float32
+    )
+    return plan_conversion(
+        source, get, weight_map, our_tensor_spec(cfg, dtype), transform, what="Meta LLaMA"
+    )
 
 
 def plan_ours_to_meta_llama(
     source: Mapping[str, TensorInfo], get: Callable[[str], torch.Tensor], cfg: LlamaConfig
 ) -> list[PlannedTensor]:
     """Plan our ``Llama`` tensors -> Meta tensors (an untied ``output.weight`` is always written)."""
-    dtype = source["embed_tokens.weight"].dtype if "embed_tokens.weight" in source else torch.float32
+    dtype = (
+        source["embed_tokens.weight"].dtype if "embed_tokens.weight" in source else torch.float32
+    )
     expected: dict[str, TensorInfo] = {}
     for name, info in our_tensor_spec(cfg, dtype).items():
         meta_name = OURS_TO_META_LLAMA[split_layer(name)[0]]
@@ -232,7 +259,9 @@ def plan_ours_to_meta_llama(
     if "output.weight" not in expected:  # Meta's code has no tying: write the head explicitly
         expected["output.weight"] = expected["tok_embeddings.weight"]
     if cfg.attention_bias:
-        raise ConversionError("Meta's LLaMA has no attention biases; this model (attention_bias=True) cannot be exported")
+        raise ConversionError(
+            "Meta's LLaMA has no attention biases; this model (attention_bias=True) cannot be exported"
+        )
     V = cfg.vocab_size
 
     def transform(target: str, t: torch.Tensor) -> torch.Tensor:
@@ -248,7 +277,9 @@ def plan_ours_to_meta_llama(
             return lambda: slice_vocab_rows(get("embed_tokens.weight"), V).clone()
         return None
 
-    return plan_conversion(source, get, OURS_TO_META_LLAMA, expected, transform, what="gptforge Llama", fill=fill)
+    return plan_conversion(
+        source, get, OURS_TO_META_LLAMA, expected, transform, what="gptforge Llama", fill=fill
+    )
 
 
 def meta_llama_to_ours(
@@ -298,14 +329,20 @@ def import_meta(
     return Path(out)
 
 
-def export_meta(ckpt: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False) -> Path:
+def export_meta(
+    ckpt: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> Path:
     """Write one of our Llama model directories as Meta's ``consolidated.00.pth`` + ``params.json``."""
     src_dir = Path(ckpt)
     cfg = read_model_config(src_dir)
     if not isinstance(cfg, LlamaConfig):
-        raise ConversionError(f"{str(src_dir)!r} holds a {cfg.arch!r} model; Meta's format is for the 'llama' family")
+        raise ConversionError(
+            f"{str(src_dir)!r} holds a {cfg.arch!r} model; Meta's format is for the 'llama' family"
+        )
     with atomic_dir(out, force) as tmp, WeightSource(src_dir / WEIGHTS_FILE) as src:
         sd = materialize(plan_ours_to_meta_llama(src.infos, src.get, cfg))
         torch.save(sd, tmp / "consolidated.00.pth")
-        (tmp / "params.json").write_text(json.dumps(llama_config_to_meta_params(cfg), indent=2) + "\n")
+        (tmp / "params.json").write_text(
+            json.dumps(llama_config_to_meta_params(cfg), indent=2) + "\n"
+        )
     return Path(out)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import plan_conversion
 from gptforge.conversion.ours import our_tensor_spec, pad_vocab_rows, write_model_dir
@@ -103,7 +102,12 @@ def plan_openai_gpt2_to_ours(
 
     expected = our_tensor_spec(cfg, torch.float32)
     return plan_conversion(
-        infos, lambda k: get(names[k]), OPENAI_GPT2_WEIGHT_MAP, expected, transform, what="OpenAI GPT-2 TensorFlow"
+        infos,
+        lambda k: get(names[k]),
+        OPENAI_GPT2_WEIGHT_MAP,
+        expected,
+        transform,
+        what="OpenAI GPT-2 TensorFlow",
     )
 
 
@@ -127,13 +131,17 @@ def import_openai(
     d = Path(model_dir)
     hp = d / "hparams.json"
     if not hp.is_file():
-        raise ConversionError(f"{str(hp)!r} not found; OpenAI's GPT-2 directory holds hparams.json and model.ckpt.*")
+        raise ConversionError(
+            f"{str(hp)!r} not found; OpenAI's GPT-2 directory holds hparams.json and model.ckpt.*"
+        )
     cfg = openai_gpt2_config(json.loads(hp.read_text()))
     ckpt = TFCheckpoint(d / "model.ckpt" if Path(f"{d / 'model.ckpt'}.index").is_file() else d)
     infos = {}
     for name, e in ckpt.entries.items():
         if e.dtype_name != "float32":
-            raise ConversionError(f"tensor {name!r} has dtype {e.dtype_name!r}; OpenAI's GPT-2 stores float32")
+            raise ConversionError(
+                f"tensor {name!r} has dtype {e.dtype_name!r}; OpenAI's GPT-2 stores float32"
+            )
         infos[name] = TensorInfo(e.shape, torch.float32)
     tok = load_tokenizer_from(d) if tokenizer else None
     with atomic_dir(out, force) as tmp:
@@ -141,5 +149,3 @@ def import_openai(
         if tok is not None:
             tok.save(tmp / "tokenizer")
     return Path(out)
-
-

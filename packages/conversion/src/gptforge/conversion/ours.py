@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, write_safetensors
 from gptforge.modeling import build_model, config_from_dict, config_to_dict
@@ -56,14 +55,18 @@ def our_tensor_spec(cfg: Any, dtype: torch.dtype = torch.float32) -> dict[str, T
 def pad_vocab_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
     """Append zero rows to a ``(V, C)`` embedding or head so it has ``rows`` rows."""
     if w.size(0) > rows:
-        raise ConversionError(f"vocabulary matrix has {w.size(0)} rows, more than the {rows} allowed")
+        raise ConversionError(
+            f"vocabulary matrix has {w.size(0)} rows, more than the {rows} allowed"
+        )
     return F.pad(w, (0, 0, 0, rows - w.size(0))) if w.size(0) < rows else w  # (rows, C)
 
 
 def slice_vocab_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
     """Keep the first ``rows`` rows of a padded ``(Vp, C)`` embedding or head."""
     if w.size(0) < rows:
-        raise ConversionError(f"vocabulary matrix has {w.size(0)} rows, fewer than vocab_size={rows}")
+        raise ConversionError(
+            f"vocabulary matrix has {w.size(0)} rows, fewer than vocab_size={rows}"
+        )
     return w[:rows]  # (V, C)
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from gptforge.conversion.errors import ConversionError
 
 __all__ = ["TFCheckpoint", "TFTensorEntry", "crc32c", "mask_crc", "read_tf_checkpoint"]
@@ -158,12 +157,16 @@ def _parse_entry(name: str, buf: bytes) -> TFTensorEntry:
 def _read_block(data: bytes, offset: int, size: int, path: Path) -> bytes:
     end = offset + size
     if end + BLOCK_TRAILER_SIZE > len(data):
-        raise ConversionError(f"{str(path)!r}: block at offset {offset} runs past the end of the file")
+        raise ConversionError(
+            f"{str(path)!r}: block at offset {offset} runs past the end of the file"
+        )
     block = data[offset:end]
     kind = data[end]
     (stored,) = struct.unpack_from("<I", data, end + 1)
     if mask_crc(crc32c(data[offset : end + 1])) != stored:
-        raise ConversionError(f"{str(path)!r}: checksum mismatch in the block at offset {offset}; the file is corrupt")
+        raise ConversionError(
+            f"{str(path)!r}: checksum mismatch in the block at offset {offset}; the file is corrupt"
+        )
     if kind != 0:
         raise ConversionError(
             f"{str(path)!r}: block at offset {offset} uses compression type {kind}; only uncompressed "
@@ -202,8 +205,13 @@ class TFCheckpoint:
         self.prefix = _resolve_prefix(Path(prefix))
         index = Path(f"{self.prefix}.index")
         data = index.read_bytes()
-        if len(data) < FOOTER_SIZE or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
-            raise ConversionError(f"{str(index)!r} is not a TensorFlow checkpoint index (bad table magic)")
+        if (
+            len(data) < FOOTER_SIZE
+            or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC
+        ):
+            raise ConversionError(
+                f"{str(index)!r} is not a TensorFlow checkpoint index (bad table magic)"
+            )
         footer = data[len(data) - FOOTER_SIZE :]
         _, pos = _varint(footer, 0)  # metaindex handle: unused
         _, pos = _varint(footer, pos)
@@ -225,7 +233,9 @@ class TFCheckpoint:
         fields = dict(_proto_fields(value))
         self.num_shards = int(fields.get(1, 1))  # type: ignore[arg-type]
         if int(fields.get(2, 0)) != 0:  # type: ignore[arg-type]
-            raise ConversionError(f"{str(index)!r} was written big-endian; only little-endian checkpoints are supported")
+            raise ConversionError(
+                f"{str(index)!r} was written big-endian; only little-endian checkpoints are supported"
+            )
 
     def shard_path(self, shard_id: int) -> Path:
         """Path of data shard ``shard_id``."""
@@ -249,7 +259,9 @@ class TFCheckpoint:
                 f"{len(self.entries)} tensors, e.g. {self.keys()[:8]}"
             )
         if entry.sliced:
-            raise ConversionError(f"tensor {name!r} is saved as partitioned slices, which is not supported")
+            raise ConversionError(
+                f"tensor {name!r} is saved as partitioned slices, which is not supported"
+            )
         np_dtype = TF_DTYPES.get(entry.dtype)
         if np_dtype is None:
             raise ConversionError(
@@ -265,7 +277,9 @@ class TFCheckpoint:
             f.seek(entry.offset)
             raw = f.read(entry.size)
         if len(raw) != entry.size:
-            raise ConversionError(f"tensor {name!r}: data shard {str(self.shard_path(entry.shard_id))!r} is truncated")
+            raise ConversionError(
+                f"tensor {name!r}: data shard {str(self.shard_path(entry.shard_id))!r} is truncated"
+            )
         if verify and mask_crc(crc32c(raw)) != entry.crc32c:
             raise ConversionError(f"tensor {name!r}: CRC32C mismatch, the data shard is corrupt")
         arr = np.frombuffer(bytearray(raw), dtype=np_dtype).reshape(entry.shape)
@@ -290,7 +304,9 @@ def _resolve_prefix(p: Path) -> Path:
     if p.suffix == ".index":
         p = p.with_suffix("")
     if not Path(f"{p}.index").is_file():
-        raise ConversionError(f"no TensorFlow checkpoint at {str(p)!r}: {str(p)!r}.index does not exist")
+        raise ConversionError(
+            f"no TensorFlow checkpoint at {str(p)!r}: {str(p)!r}.index does not exist"
+        )
     return p
 
 

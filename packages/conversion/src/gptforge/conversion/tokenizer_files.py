@@ -15,7 +15,12 @@ from typing import Any
 
 from gptforge.conversion.errors import ConversionError
 
-__all__ = ["HF_TOKENIZER_FILES", "copy_tokenizer_to_hf", "find_tokenizer_dir", "load_tokenizer_from"]
+__all__ = [
+    "HF_TOKENIZER_FILES",
+    "copy_tokenizer_to_hf",
+    "find_tokenizer_dir",
+    "load_tokenizer_from",
+]
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 EXTRA_TOKENIZER_FILES = ("gptforge.json", "vocab.json", "merges.txt")
@@ -59,8 +64,10 @@ def load_tokenizer_from(directory: str | os.PathLike[str]) -> Any:
     d = Path(directory)
     found = find_tokenizer_dir(d)
     if found is not None:
-        return Tokenizer.from_dir(found) if (found / "gptforge.json").is_file() else Tokenizer.from_file(
-            found / "tokenizer.json"
+        return (
+            Tokenizer.from_dir(found)
+            if (found / "gptforge.json").is_file()
+            else Tokenizer.from_file(found / "tokenizer.json")
         )
     for a, b in GPT2_FILE_PAIRS:
         if (d / a).is_file() and (d / b).is_file():

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from gptforge.conversion.errors import ConversionError
 
 __all__ = [
@@ -99,7 +98,9 @@ def weight_files(path: str | os.PathLike[str]) -> list[Path]:
     """
     p = Path(path)
     if not p.exists():
-        raise ConversionError(f"weights path {str(p)!r} does not exist; pass a file or a model directory")
+        raise ConversionError(
+            f"weights path {str(p)!r} does not exist; pass a file or a model directory"
+        )
     if p.is_file():
         if p.name.endswith(".index.json"):
             return _index_shards(p)
@@ -162,10 +163,16 @@ def torch_load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     for _ in range(3):
-        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if (
+            isinstance(obj, Mapping)
+            and obj
+            and all(isinstance(v, torch.Tensor) for v in obj.values())
+        ):
             break
         if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            inner = next(
+                (obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+            )
             if inner is not None:
                 obj = inner
                 continue
@@ -188,7 +195,9 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
             raise ConversionError(f"{str(path)!r} is not a safetensors file: shorter than 8 bytes")
         (n,) = struct.unpack("<Q", raw)
         if n > 100_000_000:
-            raise ConversionError(f"{str(path)!r} is not a safetensors file: header length {n} is absurd")
+            raise ConversionError(
+                f"{str(path)!r} is not a safetensors file: header length {n} is absurd"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -265,7 +274,9 @@ class WeightSource:
         try:
             for f in weight_files(path):
                 if f.suffix == ".safetensors":
-                    handle = self._stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
+                    handle = self._stack.enter_context(
+                        safe_open(str(f), framework="pt", device="cpu")
+                    )
                     self.metadata.update(handle.metadata() or {})
                     for name, info in read_tensor_infos(f).items():
                         self._add(name, info, handle.get_tensor, f)
@@ -277,9 +288,13 @@ class WeightSource:
             self._stack.close()
             raise
 
-    def _add(self, name: str, info: TensorInfo, get: Callable[[str], torch.Tensor], f: Path) -> None:
+    def _add(
+        self, name: str, info: TensorInfo, get: Callable[[str], torch.Tensor], f: Path
+    ) -> None:
         if name in self.infos:
-            raise ConversionError(f"tensor {name!r} appears twice under {str(self.path)!r} (again in {f.name!r})")
+            raise ConversionError(
+                f"tensor {name!r} appears twice under {str(self.path)!r} (again in {f.name!r})"
+            )
         self.infos[name] = info
         self._where[name] = get
 
@@ -314,7 +329,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, t in iter_state_dict(path):
         if name in out:
-            raise ConversionError(f"tensor {name!r} appears in more than one shard under {str(path)!r}")
+            raise ConversionError(
+                f"tensor {name!r} appears in more than one shard under {str(path)!r}"
+            )
         out[name] = t
     return out
 

@@ -111,7 +111,9 @@ def _iter_source(source: Source, field: str, chunk_bytes: int, whole: int) -> It
     elif isinstance(source, Sequence) and not isinstance(source, bytes):
         sources = source
     else:
-        raise CorpusError(f"corpus source {source!r} has type {type(source).__name__}; pass {_ACCEPTED}")
+        raise CorpusError(
+            f"corpus source {source!r} has type {type(source).__name__}; pass {_ACCEPTED}"
+        )
     for item in sources:
         is_default = str(item) == DEFAULT_CORPUS
         for path in resolve_files(item):

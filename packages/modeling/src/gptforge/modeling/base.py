@@ -100,9 +100,11 @@ class CausalLM(nn.Module):
             return None
         if isinstance(input_pos, int):
             input_pos = torch.arange(input_pos, input_pos + T, device=idx.device)
-        if input_pos.shape != (T,):
+        # (B, T) per-row positions serve continuous batching (gptforge.sampling).
+        if input_pos.shape != (T,) and input_pos.shape != (idx.size(0), T):
             raise ValueError(
-                f"input_pos must have shape (T,)=({T},) matching idx, got {tuple(input_pos.shape)}"
+                f"input_pos must have shape (T,)=({T},) or per-row (B, T)=({idx.size(0)}, {T}) "
+                f"matching idx, got {tuple(input_pos.shape)}"
             )
         layers = list(self._attention_layers())
         if not layers or layers[0].kv_cache is None:

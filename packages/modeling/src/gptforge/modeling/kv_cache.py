@@ -70,7 +70,7 @@ class KVCache(nn.Module):
         """Write ``k``/``v`` at ``input_pos`` and return the cache rows of this batch.
 
         Args:
-            input_pos: (T,) absolute positions of the new tokens.
+            input_pos: (T,) absolute positions of the new tokens, or (B, T) per row.
             k: (B, n_kv_head, T, head_dim) new keys.
             v: (B, n_kv_head, T, head_dim) new values.
 
@@ -80,6 +80,11 @@ class KVCache(nn.Module):
         B = k.size(0)
         k_out = self.k_cache[:B]  # (B, nkv, S, hs)
         v_out = self.v_cache[:B]  # (B, nkv, S, hs)
+        if input_pos.dim() == 2:  # per-row positions (B, T): each row writes its own slots
+            rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
+            k_out[rows, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)  # (B, T, nkv, hs)
+            v_out[rows, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)  # (B, T, nkv, hs)
+            return k_out, v_out
         k_out[:, :, input_pos] = k.to(k_out.dtype)
         v_out[:, :, input_pos] = v.to(v_out.dtype)
         return k_out, v_out
@@ -127,7 +132,9 @@ def causal_attention(
         mask = None
     else:
         # Query at position p sees keys 0..p. Empty cache slots (> p) are masked out.
-        mask = torch.arange(S, device=q.device)[None, :] <= input_pos[:, None]  # (T, S)
+        mask = torch.arange(S, device=q.device)[None, :] <= input_pos[..., None]  # ([B,] T, S)
+        if mask.dim() == 3:  # per-row positions: one mask per row, shared by the heads
+            mask = mask[:, None]  # (B, 1, T, S)
     groups = q.size(1) // k.size(1)
     if impl == "sdpa":
         if groups > 1 and mask is None and q.device.type == "cpu":

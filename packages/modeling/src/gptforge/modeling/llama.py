@@ -45,13 +45,15 @@ def rope_inv_freq(config: LlamaConfig, device: torch.device | None = None) -> Te
 
 def rope_cos_sin(inv_freq: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
     """Cos and sin tables (T, head_dim) in fp32 for the given positions (T,)."""
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    freqs = positions.float()[..., None] * inv_freq  # ([B,] T, hd/2); (B, T) per-row positions
+    emb = torch.cat((freqs, freqs), dim=-1)  # ([B,] T, hd)
     return emb.cos(), emb.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate (B, nh, T, hs) by the angles in ``cos``/``sin`` (T, hs); HF ``rotate_half`` form."""
+    if cos.dim() == 3:  # per-row positions: (B, T, hs) -> (B, 1, T, hs)
+        cos, sin = cos[:, None], sin[:, None]
     x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, hs/2)
     rotated = torch.cat((-x2, x1), dim=-1)  # (B, nh, T, hs)
     return (x * cos + rotated * sin).to(x.dtype)

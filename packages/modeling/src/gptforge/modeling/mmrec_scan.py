@@ -101,10 +101,14 @@ def mdi_scan(
     # Inter-chunk: fold the chunk summaries (exp(c_end), intra_end) with the operator, in order.
     decay_in = c.exp()  # (B, n, L, D): product of gammas from the chunk start to t, <= 1
     state = h0.to(work) if h0 is not None else x.new_zeros(bsz, dim)  # (B, D)
+    # Unbind the (B, n, D) chunk ends once: slicing inside the loop would make autograd
+    # allocate a full-size gradient per chunk.
+    chunk_decay = decay_in[:, :, -1].unbind(dim=1)  # n x (B, D)
+    chunk_end = intra[:, :, -1].unbind(dim=1)  # n x (B, D)
     carried = []
-    for k in range(n_chunks):
+    for a_k, e_k in zip(chunk_decay, chunk_end, strict=True):
         carried.append(state)
-        state = decay_in[:, k, -1] * state + intra[:, k, -1]  # (B, D)
+        state = a_k * state + e_k  # (B, D): (a, state) o (a_k, e_k)
     starts = torch.stack(carried, dim=1)  # (B, n, D): the state entering each chunk
     h = intra + decay_in * starts.unsqueeze(2)  # (B, n, L, D)
     h = h.reshape(bsz, n_chunks * chunk, dim)[:, :seq_len]  # (B, T, D)

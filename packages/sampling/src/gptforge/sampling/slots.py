@@ -49,7 +49,8 @@ class SlotCaches:
                     self._entries.append(entry)
         # setup_caches may keep caches that are already big enough; then nothing changed.
         self._entries = self._entries or fallback
-        if not self._entries:
+        # One slot needs no views, so models with other cache layouts still work at batch 1.
+        if not self._entries and max_batch_size > 1:
             raise RuntimeError(
                 f"{type(model).__name__}.setup_caches({max_batch_size}, {max_seq_len}) created no "
                 "buffer with the batch as dim 0; continuous batching needs cache state in "
@@ -61,7 +62,7 @@ class SlotCaches:
         """Within the block the model's caches are the rows ``[lo, hi)`` of the full caches."""
         if not 0 <= lo < hi <= self.max_batch_size:
             raise IndexError(f"slot rows [{lo}, {hi}) outside [0, {self.max_batch_size})")
-        if lo == 0 and hi == self.max_batch_size:
+        if (lo == 0 and hi == self.max_batch_size) or not self._entries:
             yield
             return
         for module, attr, full in self._entries:

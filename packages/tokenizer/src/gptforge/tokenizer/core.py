@@ -13,17 +13,17 @@ import re
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import Literal
 
 import tiktoken
-from tokenizers import Tokenizer as HFTokenizer
-
 from gptforge.corpus import Source
 from gptforge.tokenizer.errors import SpecialTokenError, TokenizerError
 from gptforge.tokenizer.hf_bridge import RankTables, add_special, rank_tables
 from gptforge.tokenizer.specials import EOT, GPT2_PATTERN
 from gptforge.tokenizer.train import check_special_tokens, train_hf
+from tokenizers import Tokenizer as HFTokenizer
 
 AllowedSpecial = Literal["all"] | Collection[str]
 
@@ -303,8 +303,17 @@ class Tokenizer:
         >>> tok.decode(tok.encode("<|endoftext|>", allowed_special="all"))
         '<|endoftext|>'
         """
+        allowed, disallowed = self._resolve(allowed_special, disallowed_special)
+        return self._encode(text, allowed, disallowed)
+
+    def _resolve(
+        self, allowed_special: AllowedSpecial, disallowed_special: AllowedSpecial
+    ) -> tuple[frozenset[str], frozenset[str]]:
         allowed = self._specials_arg(allowed_special, "allowed_special")
         disallowed = self._specials_arg(disallowed_special, "disallowed_special") - allowed
+        return allowed, disallowed
+
+    def _encode(self, text: str, allowed: frozenset[str], disallowed: frozenset[str]) -> list[int]:
         if disallowed:
             self._check_disallowed(text, disallowed)
         try:
@@ -334,15 +343,11 @@ class Tokenizer:
         if isinstance(texts, str):
             raise TokenizerError("encode_batch takes a list of strings; use encode() for one")
 
-        def one(text: str) -> list[int]:
-            return self.encode(
-                text, allowed_special=allowed_special, disallowed_special=disallowed_special
-            )
-
+        allowed, disallowed = self._resolve(allowed_special, disallowed_special)
         if num_threads <= 1 or len(texts) <= 1:
-            return [one(t) for t in texts]
+            return [self._encode(t, allowed, disallowed) for t in texts]
         with ThreadPoolExecutor(num_threads) as pool:
-            return list(pool.map(one, texts))
+            return list(pool.map(self._encode, texts, repeat(allowed), repeat(disallowed)))
 
     # --- decoding -----------------------------------------------------------------------
     def decode_bytes(self, tokens: Sequence[int]) -> bytes:

@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenizers import Tokenizer as HFTokenizer
-
 from gptforge.tokenizer.errors import TokenizerError
 from gptforge.tokenizer.specials import EOT, PAD
+from tokenizers import Tokenizer as HFTokenizer
 
 if TYPE_CHECKING:
     from gptforge.tokenizer.core import Tokenizer
@@ -69,7 +68,9 @@ def transformers_config(tok: Tokenizer) -> tuple[dict[str, Any], dict[str, Any]]
 def save_dir(tok: Tokenizer, path: Path) -> Path:
     """Write ``tok`` into directory ``path`` (see the module docstring)."""
     if path.exists() and not path.is_dir():
-        raise TokenizerError(f"cannot save a tokenizer to {str(path)!r}: it is a file, not a directory")
+        raise TokenizerError(
+            f"cannot save a tokenizer to {str(path)!r}: it is a file, not a directory"
+        )
     path.mkdir(parents=True, exist_ok=True)
     config, token_map = transformers_config(tok)
     meta = {
@@ -104,7 +105,9 @@ def load_dir(cls: type[Tokenizer], path: Path) -> Tokenizer:
     try:
         hf = HFTokenizer.from_file(str(hf_path))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-        raise TokenizerError(f"{str(hf_path)!r} could not be parsed by HF tokenizers: {e}") from None
+        raise TokenizerError(
+            f"{str(hf_path)!r} could not be parsed by HF tokenizers: {e}"
+        ) from None
     meta: dict[str, Any] = {}
     meta_path = path / META_FILE
     if meta_path.is_file():

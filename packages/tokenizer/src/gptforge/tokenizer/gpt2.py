@@ -16,11 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from tokenizers import Tokenizer as HFTokenizer
-
 from gptforge.tokenizer.errors import TokenizerError
 from gptforge.tokenizer.hf_bridge import add_special, new_byte_level_bpe
 from gptforge.tokenizer.specials import EOT
+from tokenizers import Tokenizer as HFTokenizer
 
 # Where tiktoken downloads GPT-2's files from (its cache names files by the sha1 of the URL)
 # and the sha256 it expects of their contents.
@@ -104,18 +103,22 @@ def find_gpt2_files(path: str | Path | None = None) -> tuple[Path, Path]:
     raise TokenizerError(
         "GPT-2's tokenizer files are not on this machine and gptforge never downloads. Provide "
         "them in one of these ways: pass a directory holding encoder.json + vocab.bpe (or "
-        "vocab.json + merges.txt) as Tokenizer.gpt2(path=...) / --gpt2-dir; or, on a machine "
+        "vocab.json + merges.txt) as Tokenizer.gpt2(path=...) or `gptforge tokenizer encode --tokenizer DIR`; or, on a machine "
         "with network, run `python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"` with "
         f"TIKTOKEN_CACHE_DIR set and copy that cache here (searched: {tiktoken_cache_dir()})"
     )
 
 
-def read_gpt2_files(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def read_gpt2_files(
+    vocab_path: Path, merges_path: Path
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Parse an ``encoder.json`` and a ``vocab.bpe`` (merges) file, checking they agree."""
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{str(vocab_path)!r} is not a JSON object of token -> id: {e}") from None
+        raise TokenizerError(
+            f"{str(vocab_path)!r} is not a JSON object of token -> id: {e}"
+        ) from None
     if not isinstance(vocab, dict):
         raise TokenizerError(f"{str(vocab_path)!r} must hold a JSON object of token -> id")
     merges: list[tuple[str, str]] = []

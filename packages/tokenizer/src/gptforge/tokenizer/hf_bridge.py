@@ -16,11 +16,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
-
 from gptforge.tokenizer.byte_level import token_str_to_bytes
 from gptforge.tokenizer.errors import TokenizerError
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 
 @dataclass(frozen=True)

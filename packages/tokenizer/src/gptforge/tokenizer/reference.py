@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import regex
-
 from gptforge.tokenizer.byte_level import byte_to_char
 from gptforge.tokenizer.specials import GPT2_PATTERN
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import pre_tokenizers, trainers
-
 from gptforge.corpus import Source, iter_documents
 from gptforge.tokenizer.errors import TokenizerError
 from gptforge.tokenizer.hf_bridge import add_special, new_byte_level_bpe
 from gptforge.tokenizer.specials import EOT
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import pre_tokenizers, trainers
 
 _BATCH_DOCS = 256  # documents handed to Rust per call; fewer Python->Rust crossings
 
@@ -98,7 +97,9 @@ def train_hf(
     def counted(items: Iterable[str]) -> Iterator[str]:
         for doc in items:
             if not isinstance(doc, str):
-                raise TokenizerError(f"texts holds a {type(doc).__name__} ({doc!r:.60}); pass strings")
+                raise TokenizerError(
+                    f"texts holds a {type(doc).__name__} ({doc!r:.60}); pass strings"
+                )
             seen[0] += len(doc)
             yield doc
 
@@ -115,4 +116,3 @@ def train_hf(
         raise TokenizerError("texts is empty: there is no text to train on; pass some documents")
     add_special(hf, specials)
     return hf
-

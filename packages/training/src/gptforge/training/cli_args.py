@@ -13,6 +13,9 @@ import types
 import typing
 from typing import Any
 
+# Flag spellings fixed by the issue that differ from the field name.
+ALIASES = {"from_run": ["--from", "--from-run"]}
+
 
 def _base_type(hint: Any) -> Any:
     """``int | None`` -> ``int``."""
@@ -26,12 +29,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of dataclass ``cls`` (default ``SUPPRESS``: absent if not given)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ALIASES.get(f.name, ["--" + f.name.replace("_", "-")])
         base = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         if base is bool:
             parser.add_argument(
-                flag,
+                *flags,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
@@ -39,7 +42,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             )
         else:
             parser.add_argument(
-                flag, dest=f.name, type=base, default=argparse.SUPPRESS, help=f"(default: {default})"
+                *flags, dest=f.name, type=base, default=argparse.SUPPRESS, help=f"(default: {default})"
             )
 
 

@@ -17,8 +17,9 @@ GRPC_SCHEME = "grpc://"
 def _split_long(text: str, max_bytes: int) -> list[str]:
     """Cut ``text`` into pieces of at most ``max_bytes`` UTF-8 bytes.
 
-    Cuts fall after a newline that sits between two non-space characters, where a byte-level
-    BPE pre-tokenizer splits anyway, so the concatenated ids equal those of the whole text.
+    Cuts fall just before a space that sits between two letters ("word| word"): byte-level BPE
+    pre-tokenizers (GPT-2's and cl100k's patterns alike) end a letter run there and start the
+    next pre-token with the space, so the concatenated ids equal those of the whole text.
     Texts with no such place are cut at a character boundary (ids may then differ slightly).
     """
     if len(text.encode("utf-8")) <= max_bytes:
@@ -30,12 +31,10 @@ def _split_long(text: str, max_bytes: int) -> list[str]:
             break
         # Characters are at most 4 bytes, so max_bytes // 4 characters always fit.
         limit = start + max(1, max_bytes // 4)
-        cut = text.rfind("\n", start + 1, limit)
-        while cut > start and not (
-            not text[cut - 1].isspace() and cut + 1 < len(text) and not text[cut + 1].isspace()
-        ):
-            cut = text.rfind("\n", start + 1, cut)
-        end = cut + 1 if cut > start else limit
+        cut = text.rfind(" ", start + 1, limit)
+        while cut > start and not (text[cut - 1].isalpha() and cut + 1 < len(text) and text[cut + 1].isalpha()):
+            cut = text.rfind(" ", start + 1, cut)
+        end = cut if cut > start else limit
         pieces.append(text[start:end])
         start = end
     return pieces

@@ -16,7 +16,7 @@ from gptforge.api.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SpecialMode = Literal["reject", "allow_all", "as_text"]
-_MODES: dict[str, int] = {
+_MODES: dict[str, pb.SpecialTokenMode] = {
     "reject": pb.SPECIAL_TOKEN_MODE_REJECT,
     "allow_all": pb.SPECIAL_TOKEN_MODE_ALLOW_ALL,
     "as_text": pb.SPECIAL_TOKEN_MODE_AS_TEXT,
@@ -32,7 +32,7 @@ class EncodedText:
     offsets: list[tuple[int, int]]
 
 
-def _mode(special_tokens: SpecialMode) -> int:
+def _mode(special_tokens: SpecialMode) -> pb.SpecialTokenMode:
     try:
         return _MODES[special_tokens]
     except KeyError:

@@ -1,0 +1,255 @@
+"""Training throughput: forward + backward + AdamW tokens/s and peak RSS, gptforge vs transformers.
+
+For each family the same configuration is built twice, as a gptforge model and as transformers'
+``GPT2LMHeadModel`` / ``LlamaForCausalLM`` (``attn_implementation="sdpa"``), and trained on the
+same random batches with the same ``torch.optim.AdamW``. Each measurement runs in its own
+subprocess, so peak RSS (``ru_maxrss``) belongs to that model alone; both sides import torch and
+transformers before building anything, so the import baseline is equal. Runs alternate
+(ours, theirs, ours, theirs, ...) and the best window of each side is kept, which cancels most of
+the noise of a shared machine.
+
+Usage::
+
+    uv run python bench/bench_train.py                # tiny + gpt2 / llama-tiny, fp32 CPU
+    uv run python bench/bench_train.py --quick        # a few steps of tiny only
+    uv run python bench/bench_train.py --device cuda --dtype bf16 --compile   # GPU with MFU
+
+Prints markdown tables on stdout (ratios > 1 favour gptforge), progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+#: (label, gptforge preset, batch size, timed steps, warmup steps) per family and size.
+SUITES: dict[str, list[tuple[str, str, int, int, int]]] = {
+    "full": [
+        ("gpt tiny", "tiny", 8, 10, 2),
+        ("llama tiny", "llama-tiny", 8, 10, 2),
+        ("gpt gpt2", "gpt2-ctx256", 2, 3, 1),
+    ],
+    "quick": [
+        ("gpt tiny", "tiny", 4, 3, 1),
+        ("llama tiny", "llama-tiny", 4, 3, 1),
+    ],
+}
+#: Dense bf16 peak FLOP/s used for MFU (H100/H200 SXM: 989 TFLOP/s).
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- worker: one model, one process -----------------------------------------------------------
+def hf_model(config, device: str):
+    """transformers' model with the same shape as the gptforge ``config``."""
+    import transformers
+
+    if config.arch == "gpt":
+        hf_cfg = transformers.GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+            n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,
+            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            tie_word_embeddings=config.tie_embeddings, attn_implementation="sdpa",
+        )  # fmt: skip
+        cls = transformers.GPT2LMHeadModel
+    else:
+        hf_cfg = transformers.LlamaConfig(
+            vocab_size=config.vocab_size, hidden_size=config.n_embd,
+            intermediate_size=config.intermediate_size, num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
+            max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
+            rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
+            attn_implementation="sdpa",
+        )  # fmt: skip
+        cls = transformers.LlamaForCausalLM
+    with __import__("torch").device(device):
+        return cls(hf_cfg)
+
+
+def rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+    import transformers  # noqa: F401  (equal import baseline on both sides)
+
+    from gptforge.modeling import build_model, get_config
+    from gptforge.modeling.introspect import flops_per_token
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = get_config(args.preset)
+    base_rss = rss_mib()
+    if args.impl == "gptforge":
+        with torch.device(args.device):
+            model = build_model(config)
+    else:
+        model = hf_model(config, args.device)
+    model.train()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=args.fused)
+    step_fn = model
+    if args.compile:
+        step_fn = torch.compile(model)
+    B, T = args.batch, config.block_size
+    data = torch.randint(0, config.vocab_size, (B, T + 1), device=args.device)
+    x, y = data[:, :-1], data[:, 1:]
+
+    def step() -> float:
+        with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+            if args.impl == "gptforge":
+                _, loss = step_fn(x, y)
+            else:
+                # transformers shifts the labels itself: same tokens, same loss work.
+                loss = step_fn(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    best = times[len(times) // 4]  # lower quartile: robust to noisy neighbours, not cherry-picked
+    tokens_per_s = B * T / best
+    out = {
+        "impl": args.impl,
+        "preset": args.preset,
+        "tokens_per_s": tokens_per_s,
+        "median_step_s": times[len(times) // 2],
+        "peak_rss_mib": rss_mib(),
+        "rss_above_imports_mib": rss_mib() - base_rss,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    if args.device == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
+        if peak:
+            out["mfu"] = tokens_per_s * flops_per_token(config, T)["train"] / peak
+    return out
+
+
+# ---- driver -----------------------------------------------------------------------------------
+@dataclass
+class Result:
+    label: str
+    ours: dict
+    theirs: dict
+
+
+def run_worker(args: argparse.Namespace, impl: str, preset: str, batch: int, steps: int,
+               warmup: int) -> dict:  # fmt: skip
+    cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--preset", preset,
+           "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
+           "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
+    cmd += ["--compile"] * args.compile + ["--fused"] * args.fused
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {impl}/{preset} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def best_of(runs: list[dict]) -> dict:
+    best = max(runs, key=lambda r: r["tokens_per_s"])
+    return {**best, "peak_rss_mib": min(r["peak_rss_mib"] for r in runs),
+            "rss_above_imports_mib": min(r["rss_above_imports_mib"] for r in runs)}  # fmt: skip
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    gpu = args.device == "cuda"
+    head = ["model", "batch x T", "gptforge tok/s", "transformers tok/s", "speed ratio",
+            "gptforge peak RSS", "transformers peak RSS", "training RSS ratio (theirs/ours)"]  # fmt: skip
+    if gpu:
+        head += ["gptforge MFU", "transformers MFU", "gptforge peak CUDA MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        o, t = r.ours, r.theirs
+        row = [
+            r.label, o["shape"], f"{o['tokens_per_s']:,.0f}", f"{t['tokens_per_s']:,.0f}",
+            f"**{o['tokens_per_s'] / t['tokens_per_s']:.2f}x**",
+            f"{o['peak_rss_mib']:,.0f} MiB", f"{t['peak_rss_mib']:,.0f} MiB",
+            f"{t['rss_above_imports_mib'] / max(o['rss_above_imports_mib'], 1):.2f}x",
+        ]  # fmt: skip
+        if gpu:
+            row += [f"{o.get('mfu', 0):.1%}", f"{t.get('mfu', 0):.1%}", f"{o['peak_cuda_mib']:,.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a few steps of the tiny presets only")
+    p.add_argument("--repeats", type=int, default=None, help="alternating runs per side")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast dtype")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--fused", action="store_true", help="AdamW(fused=True) on both sides")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--only", default="", help="comma-separated labels, e.g. 'gpt tiny'")
+    # worker-only flags
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=["gptforge", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--preset", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    suite = SUITES["quick" if args.quick else "full"]
+    if args.device == "cuda" and not args.quick:  # full context on GPU: the MFU target setting
+        suite = [("gpt tiny", "tiny", 64, 20, 5), ("llama tiny", "llama-tiny", 64, 20, 5),
+                 ("gpt gpt2", "gpt2", 16, 20, 5)]  # fmt: skip
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",")}
+        suite = [s for s in suite if s[0] in wanted]
+    repeats = args.repeats or (1 if args.quick else 2)
+    results = []
+    for label, preset, batch, steps, warmup in suite:
+        runs: dict[str, list[dict]] = {"gptforge": [], "transformers": []}
+        for i in range(repeats):
+            for impl in ("gptforge", "transformers"):
+                r = run_worker(args, impl, preset, batch, steps, warmup)
+                log(f"{label} [{i + 1}/{repeats}] {impl:12s} {r['tokens_per_s']:10,.0f} tok/s "
+                    f"peak RSS {r['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+                runs[impl].append(r)
+        from gptforge.modeling import get_config
+
+        shape = f"{batch} x {get_config(preset).block_size}"
+        ours, theirs = best_of(runs["gptforge"]), best_of(runs["transformers"])
+        ours["shape"] = theirs["shape"] = shape
+        results.append(Result(label, ours, theirs))
+    setting = f"{args.device}, {args.dtype}" + (", compiled" if args.compile else ", eager")
+    setting += ", fused AdamW" if args.fused else ", AdamW (foreach)"
+    print(f"Forward + backward + AdamW step, {setting}; same config, same batches, "
+          f"best of {repeats} alternating runs per side. `gpt gpt2` is GPT-2 124M at T=256 "
+          "on CPU. Training RSS = peak RSS minus the RSS after importing torch+transformers.\n")  # fmt: skip
+    print(table(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

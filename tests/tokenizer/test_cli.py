@@ -1,0 +1,92 @@
+"""``gptforge tokenizer train|encode|decode|info`` through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptforge.cli.main import app
+from gptforge.tokenizer import EOT, INST, Tokenizer
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def _corpus(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [
+        f"Line {i}: the tokenizer learns frequent words like tokenizer and corpus.\n"
+        for i in range(200)
+    ]
+    (corpus / "a.txt").write_text("".join(lines))
+    (corpus / "b.jsonl").write_text(
+        "".join(json.dumps({"text": line}) + "\n" for line in lines[:50])
+    )
+    return corpus
+
+
+def test_train_encode_decode_info(tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    result = runner.invoke(
+        app,
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(_corpus(tmp_path)),
+            "--vocab-size",
+            "320",
+            "--chat-tokens",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "n_vocab=320" in result.output
+    tok = Tokenizer.from_dir(out)
+    assert tok.n_vocab == 320 and INST in tok.special_tokens
+
+    result = runner.invoke(
+        app, ["tokenizer", "encode", "--tokenizer", str(out), "--json", "the tokenizer"]
+    )
+    assert result.exit_code == 0, result.output
+    ids = json.loads(result.stdout.splitlines()[0])["ids"]
+    assert ids == tok.encode("the tokenizer")
+
+    result = runner.invoke(app, ["tokenizer", "decode", "--tokenizer", str(out), *map(str, ids)])
+    assert result.exit_code == 0 and result.stdout.strip() == "the tokenizer"
+
+    result = runner.invoke(app, ["tokenizer", "info", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["n_vocab"] == 320 and info["fingerprint"] == tok.fingerprint
+
+
+def test_encode_special_text_needs_allow_special(tmp_path: Path) -> None:
+    out = tmp_path / "tok"
+    tok = Tokenizer.train(texts=["some text here"] * 3, vocab_size=270, show_progress=False)
+    tok.save(out)
+    result = runner.invoke(app, ["tokenizer", "encode", "-t", str(out), f"a{EOT}"])
+    assert result.exit_code == 2
+    assert "--allow-special" in result.output and "allowed_special" in result.output
+    result = runner.invoke(
+        app, ["tokenizer", "encode", "-t", str(out), "--allow-special", f"a{EOT}"]
+    )
+    assert result.exit_code == 0
+    assert result.stdout.split()[-1] == str(tok.eot_token)
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["tokenizer", "info", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "error: tokenizer directory" in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["tokenizer", "train", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = runner.invoke(
+        app, ["tokenizer", "train", "--vocab-size", "10", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "vocab_size >= 257" in result.output

@@ -1,0 +1,117 @@
+"""Instruction templates, response-only loss masks, the generated task set and fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import debug_config
+from gptforge.training.instruct import (
+    INST,
+    RESP_END,
+    SPECIAL_TOKENS,
+    InstructionDataset,
+    encode_record,
+    read_records,
+    render_text,
+    stop_ids,
+)
+from gptforge.training.tasks import TASK_NAMES, generate_tasks
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    from gptforge.tokenizer import Tokenizer
+
+    t = Tokenizer.from_dir(tokenizer_dir)
+    t.add_special_tokens(SPECIAL_TOKENS)
+    return t
+
+
+def test_templates_render_as_documented():
+    rec = {"instruction": "Add the numbers.", "input": "2 + 3", "output": "5"}
+    assert render_text(rec, "inst") == ("<INST>Add the numbers.\n2 + 3</INST><RESP>", "5</RESP>")
+    prompt, resp = render_text(rec, "alpaca")
+    assert prompt.endswith("### Input:\n2 + 3\n\n### Response:\n") and "### Instruction:\nAdd the numbers." in prompt
+    assert resp == "5<|endoftext|>"
+    with pytest.raises(ValueError, match="allowed: \\['inst', 'alpaca'\\]"):
+        render_text(rec, "chatml")
+
+
+def test_encoding_uses_special_ids_and_never_injects_them(tok):
+    rec = {"instruction": "say <INST> please", "input": "", "output": "ok </RESP>"}
+    prompt, response = encode_record(rec, "inst", tok)
+    specials = set(tok.special_tokens.values())
+    assert prompt[0] == tok.special_tokens[INST] and response[-1] == tok.special_tokens[RESP_END]
+    assert not specials & set(prompt[1:-2]) and not specials & set(response[:-1])
+    assert tok.decode(prompt + response) == "<INST>say <INST> please</INST><RESP>ok </RESP></RESP>"
+    assert stop_ids("inst", tok) == [tok.eot_token, tok.special_tokens[RESP_END]]
+    a_prompt, a_resp = encode_record(rec, "alpaca", tok)
+    assert a_resp[-1] == tok.eot_token and tok.decode(a_prompt).startswith("Below is an instruction")
+
+
+def test_loss_only_on_response_tokens():
+    ds = InstructionDataset([([1, 2, 3], [4, 5]), ([1, 2], [6, 7, 8, 9])], pad_id=0)
+    x, y = ds.batch([0, 1])
+    assert x.tolist() == [[1, 2, 3, 4, 0], [1, 2, 6, 7, 8]]
+    assert y.tolist() == [[-100, -100, 4, 5, -100], [-100, 6, 7, 8, 9]]
+
+
+def test_generated_tasks_are_deterministic_and_checkable():
+    a, b = generate_tasks(60, seed=4), generate_tasks(60, seed=4)
+    assert a == b and a != generate_tasks(60, seed=5)
+    assert {r["task"] for r in a} == set(TASK_NAMES)
+    for r in a:
+        if r["task"] == "add":
+            x, y = r["input"].split(" + ")
+            assert int(r["output"]) == int(x) + int(y)
+        if r["task"] == "capitalise":
+            assert r["output"] == r["input"].upper()
+        if r["task"] == "reverse":
+            assert r["output"].split() == r["input"].split()[::-1]
+
+
+def test_read_records_names_the_bad_record(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": 3}) + "\n")
+    with pytest.raises(ValueError, match="record 1 of .*needs string fields"):
+        read_records(path)
+    path.write_text("{bad\n")
+    with pytest.raises(ValueError, match=r"d.jsonl:1 is not valid JSON"):
+        read_records(path)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, data_dir):
+    from gptforge.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("base")
+    pretrain(debug_config(data_dir, out, max_steps=2, context_length=64, eval_interval=0))
+    return out
+
+
+def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run):
+    from gptforge.modeling.io import load_model_dir
+    from gptforge.tokenizer import Tokenizer
+    from gptforge.training.chat import ChatModel
+    from gptforge.training.config import FinetuneConfig
+    from gptforge.training.finetune import finetune
+
+    before = load_model_dir(base_run)
+    cfg = FinetuneConfig(
+        from_run=str(base_run), out=str(tmp_path / "sft"), max_steps=3, batch_size=4,
+        num_examples=60, eval_examples=6, progress=False, eval_interval=0, max_length=65,
+    )
+    result = finetune(cfg)
+    tok = Tokenizer.from_dir(tmp_path / "sft" / "tokenizer")
+    assert set(SPECIAL_TOKENS) <= set(tok.special_tokens)
+    model = load_model_dir(tmp_path / "sft")
+    assert model.config.vocab_size == tok.n_vocab == before.config.vocab_size + 4
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+    chat = json.loads((tmp_path / "sft" / "chat.json").read_text())
+    assert chat["template"] == "inst" and chat["before"]["total"] == 6
+    assert 0.0 <= result.after["accuracy"] <= 1.0
+    bot = ChatModel(tmp_path / "sft")
+    assert isinstance(bot.respond("Repeat the words.", "blue moon", max_new_tokens=4), str)
