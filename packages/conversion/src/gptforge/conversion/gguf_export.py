@@ -333,7 +333,8 @@ def export_gguf(
             from gptforge.conversion.ours import read_model_config
 
             cfg = read_model_config(src_dir)
-            infos, get = source.infos, source.get
+            infos = source.infos
+            get: Callable[[str], torch.Tensor] = source.get
         elif layout == "hf":
             from gptforge.conversion.hf import HF_ARCHITECTURES, read_hf_config
 
@@ -342,7 +343,7 @@ def export_gguf(
             cfg = reader(hf_cfg)
             ours_plan = {t.name: t for t in planner(source.infos, source.get, cfg)}
             infos = {k: TensorInfo(t.shape, t.dtype) for k, t in ours_plan.items()}
-            get = lambda k: ours_plan[k].produce()  # noqa: E731
+            get = lambda k: ours_plan[k].produce()  # noqa: E731 (a planned tensor, made on demand)
         else:
             raise ConversionError(
                 f"GGUF export reads our run/model directories or HF directories, not {layout!r}"

@@ -76,10 +76,11 @@ def _dtype(name: str | None) -> torch.dtype | None:
 def _cast(plan: list[PlannedTensor], dtype: torch.dtype | None) -> list[PlannedTensor]:
     if dtype is None:
         return plan
+    def cast(make: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: make().to(dtype)
+
     return [
-        PlannedTensor(t.name, t.shape, dtype, lambda p=t.produce: p().to(dtype))
-        if t.dtype.is_floating_point
-        else t
+        PlannedTensor(t.name, t.shape, dtype, cast(t.produce)) if t.dtype.is_floating_point else t
         for t in plan
     ]
 

@@ -150,7 +150,7 @@ def model_from_tensors(
             f"unexpected {sorted(unexpected)[:8]}"
         )
     if tied:
-        model.tie_weights()
+        model.tie_weights()  # type: ignore[operator]
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise ConversionError(f"tensors {leftover[:8]} were not provided by the checkpoint")

@@ -141,10 +141,12 @@ def plan_conversion(
                 f"present: {len(source)} tensors, e.g. {sorted(source)[:6]}. The checkpoint is "
                 "incomplete or the configuration does not match it"
             )
-        plan.append(
-            PlannedTensor(target, info.shape, out_dtype, lambda m=made, d=out_dtype: m().to(d))
-        )
+        plan.append(PlannedTensor(target, info.shape, out_dtype, _cast_to(made, out_dtype)))
     return plan
+
+
+def _cast_to(make: Callable[[], torch.Tensor], dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    return lambda: make().to(dtype)
 
 
 def _producer(

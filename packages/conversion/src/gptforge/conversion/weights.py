@@ -181,8 +181,9 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds no state dict: top-level keys/type {keys!r}; expected a mapping of "
             f"names to tensors, possibly under one of {list(_WRAPPER_KEYS)}"
         )
+    assert isinstance(obj, Mapping)
     out = {}
-    for k, v in obj.items():  # type: ignore[union-attr]
+    for k, v in obj.items():
         if isinstance(v, torch.Tensor):
             out[k.removeprefix(_COMPILE_PREFIX)] = v
     return out
@@ -433,5 +434,5 @@ def write_safetensors(
             value = value.detach().contiguous().cpu()
             # Reinterpret as bytes without a copy; works for every dtype including bfloat16.
             if value.numel():
-                f.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+                f.write(value.reshape(-1).view(torch.uint8).numpy().data)
             del value

@@ -96,7 +96,7 @@ def mdi_scan(
     diff = c.unsqueeze(3) - c.unsqueeze(2)  # (B, n, L_t, L_s, D) = c_t - c_s
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=b.device).tril()
     diff = diff.masked_fill(~causal[:, :, None], float("-inf"))  # s > t never contributes
-    intra = torch.einsum("bntsd,bnsd->bntd", diff.exp(), x)  # (B, n, L, D)
+    intra = (diff.exp() * x.unsqueeze(2)).sum(dim=3)  # (B, n, L, D)
 
     # Inter-chunk: fold the chunk summaries (exp(c_end), intra_end) with the operator, in order.
     decay_in = c.exp()  # (B, n, L, D): product of gammas from the chunk start to t, <= 1
