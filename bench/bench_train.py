@@ -83,7 +83,6 @@ def rss_mib() -> float:
 def worker(args: argparse.Namespace) -> dict:
     import torch
     import transformers  # noqa: F401  (equal import baseline on both sides)
-
     from gptforge.modeling import build_model, get_config
     from gptforge.modeling.introspect import flops_per_token
 
@@ -192,7 +191,11 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             f"{t['rss_above_imports_mib'] / max(o['rss_above_imports_mib'], 1):.2f}x",
         ]  # fmt: skip
         if gpu:
-            row += [f"{o.get('mfu', 0):.1%}", f"{t.get('mfu', 0):.1%}", f"{o['peak_cuda_mib']:,.0f}"]
+            row += [
+                f"{o.get('mfu', 0):.1%}",
+                f"{t.get('mfu', 0):.1%}",
+                f"{o['peak_cuda_mib']:,.0f}",
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -52,6 +52,18 @@ def make_run_dir(
     return save_model_dir(model, path, tokenizer_dir=tokenizer_dir)
 
 
+def write_gpt2_files(tokenizer_dir: Path, out: Path, names: tuple[str, str] = ("vocab.json", "merges.txt")) -> None:
+    """Write a tokenizer in GPT-2's two-file format (HF: vocab.json + merges.txt, OpenAI:
+    encoder.json + vocab.bpe), the way OpenAI's release and the hub's ``gpt2`` ship it."""
+    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    encoder = dict(spec["model"]["vocab"])
+    for t in spec["added_tokens"]:
+        encoder[t["content"]] = t["id"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    (out / names[0]).write_text(json.dumps(encoder))
+    (out / names[1]).write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
 def greedy(forward: Any, prompt: torch.Tensor, n: int) -> list[int]:
     """Greedy continuation with a plain full-sequence loop (no caches: the oracle)."""
     ids = prompt.clone()

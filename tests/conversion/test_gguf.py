@@ -172,3 +172,27 @@ def test_gguf_refuses_overwrite_and_bad_dtype(tmp_path: Path, tokenizer_dir: Pat
         export_gguf(run, tmp_path / "m.gguf", dtype="f32")
     export_gguf(run, tmp_path / "m.gguf", dtype="f16", force=True)
     assert gguf.GGUFReader(tmp_path / "m.gguf").tensors[0].tensor_type is not None
+
+
+def test_gguf_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path, tokenizer_dir: Path) -> None:
+    scaling = dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16,
+    )  # fmt: skip
+    run = make_run_dir(
+        tmp_path / "run", "llama-debug", tokenizer_dir, rope_scaling=scaling, tie_embeddings=True
+    )
+    export_gguf(run, tmp_path / "m.gguf", dtype="f16")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    got = _tensors(reader)
+    assert "output.weight" not in got  # tied: llama.cpp reuses token_embd
+    freqs = got["rope_freqs.weight"]
+    cfg = read_config(run)
+    assert freqs.shape == (cfg.head_dim // 2,)
+    # Low frequencies are slowed most: the factor grows along the head and ends at `factor`.
+    assert np.all(np.diff(freqs) >= 0) and freqs[-1] == 8.0 and freqs[0] < 8.0
+    # llama.cpp divides each frequency by its factor: that reproduces our scaled frequencies.
+    from gptforge.modeling.llama import rope_inv_freq
+
+    base = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim))
+    np.testing.assert_allclose(base / freqs, rope_inv_freq(cfg).numpy(), rtol=1e-5)

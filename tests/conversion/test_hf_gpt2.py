@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import greedy, make_run_dir, randomize
+from conftest import greedy, make_run_dir, randomize, write_gpt2_files
 from gptforge.conversion import ConversionError, export_hf, import_hf
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import load_model_dir, read_config
+from gptforge.tokenizer import Tokenizer
 from safetensors.torch import save_file
 
 transformers = pytest.importorskip("transformers")
@@ -124,12 +125,18 @@ def test_from_hf_gpt2_directory(tmp_path: Path, tokenizer_dir: Path, layout: str
         )
     if "sharded" in layout:
         assert list(out.glob("*.index.json")), sorted(p.name for p in out.iterdir())
-    _copy_tokenizer(tokenizer_dir, out)
+    if layout == "no_prefix":  # the hub's gpt2 also ships vocab.json + merges.txt
+        write_gpt2_files(tokenizer_dir, out)
+    else:
+        _copy_tokenizer(tokenizer_dir, out)
     import_hf(out, tmp_path / "ours")
     ours = load_model_dir(tmp_path / "ours")
     ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)
+    text = "The quick brown fox 🙂<|endoftext|>"
+    want = Tokenizer.from_dir(tokenizer_dir).encode(text, allowed_special="all")
+    assert Tokenizer.from_dir(tmp_path / "ours" / "tokenizer").encode(text, allowed_special="all") == want
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path: Path, tokenizer_dir: Path) -> None:

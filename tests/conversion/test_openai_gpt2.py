@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomize
+from conftest import randomize, write_gpt2_files
 from gptforge.conversion import ConversionError, import_openai, load_any
 from gptforge.conversion.tf_checkpoint import TFCheckpoint
 from gptforge.modeling.io import load_model_dir
@@ -48,14 +48,7 @@ def _write_openai_dir(path: Path, hf: transformers.GPT2LMHeadModel, tokenizer_di
     tensors["model/ln_f/g"] = sd["transformer.ln_f.weight"]
     tensors["model/ln_f/b"] = sd["transformer.ln_f.bias"]
     write_tf_checkpoint(path / "model.ckpt", tensors)
-    # encoder.json + vocab.bpe in GPT-2's file format, from our tiny tokenizer.
-    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    encoder = dict(spec["model"]["vocab"])
-    for t in spec["added_tokens"]:
-        encoder[t["content"]] = t["id"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
-    (path / "encoder.json").write_text(json.dumps(encoder))
-    (path / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_gpt2_files(tokenizer_dir, path, ("encoder.json", "vocab.bpe"))
 
 
 @pytest.fixture()

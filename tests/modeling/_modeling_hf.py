@@ -7,10 +7,9 @@ same function as transformers' reference implementations.
 from __future__ import annotations
 
 import torch
+from gptforge.modeling import GPT, GPTConfig, Llama, LlamaConfig
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 from transformers import LlamaConfig as HFLlamaConfig
-
-from gptforge.modeling import GPT, GPTConfig, Llama, LlamaConfig
 
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-
 from gptforge.modeling import (
     ARCHITECTURES,
     build_model,

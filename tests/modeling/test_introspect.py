@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from gptforge.cli.main import app
 from gptforge.modeling import build_model, config_to_dict, get_config
 from gptforge.modeling.introspect import count_params, flops_per_token, model_info
+from typer.testing import CliRunner
 
 
 def test_gpt2_numbers():
@@ -52,7 +51,9 @@ def test_cli_model_info_table_and_json(tmp_path):
     data = json.loads(res.output)
     assert data["params"] == 6_738_415_616 and data["seq_len"] == 2048
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config_to_dict(get_config("gpt2", tie_embeddings=False, qkv_bias=False))))
+    path.write_text(
+        json.dumps(config_to_dict(get_config("gpt2", tie_embeddings=False, qkv_bias=False)))
+    )
     res = runner.invoke(app, ["model", "info", str(path), "--json"])
     assert json.loads(res.output)["params"] == 163_009_536
 

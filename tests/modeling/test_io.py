@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from gptforge.modeling import build_model, config_to_dict, get_config
 from gptforge.modeling.io import load_model_dir, read_config, save_model_dir
+from safetensors import safe_open
 
 
 @pytest.mark.parametrize("preset", ["debug", "llama-debug"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gptforge.modeling import CacheOverflowError, KVCache, build_model, get_config
 
 FAMILIES = ["debug", "llama-debug"]

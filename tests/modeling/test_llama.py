@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from _modeling_hf import hf_llama, hf_num_params, llama_from_hf
-
 from gptforge.modeling import Llama, LlamaConfig, get_config
 from gptforge.modeling.config import llama_intermediate_size
 from gptforge.modeling.introspect import count_params
@@ -46,7 +45,10 @@ def test_against_hf_llama(kw):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_param_count_equals_transformers(tie):
-    for cfg in (_cfg(tie_embeddings=tie), _cfg(n_kv_head=1, n_embd=96, n_head=6, tie_embeddings=tie)):
+    for cfg in (
+        _cfg(tie_embeddings=tie),
+        _cfg(n_kv_head=1, n_embd=96, n_head=6, tie_embeddings=tie),
+    ):
         assert count_params(cfg) == hf_num_params(hf_llama(cfg))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gptforge.sampling import BatchGenerator, SamplingParams, generate_batch, stream_generate
 
 PROMPTS = [[5, 17], [9, 9, 1, 4, 250, 3, 8], [300, 2, 77, 6]]
@@ -12,7 +11,11 @@ PARAMS = [
     SamplingParams(max_new_tokens=10, temperature=0.0, ignore_eos=True),
     SamplingParams(max_new_tokens=14, temperature=0.8, top_k=40, seed=1, ignore_eos=True),
     SamplingParams(
-        max_new_tokens=7, temperature=1.2, top_p=0.9, repetition_penalty=1.3, seed=2,
+        max_new_tokens=7,
+        temperature=1.2,
+        top_p=0.9,
+        repetition_penalty=1.3,
+        seed=2,
         ignore_eos=True,
     ),
 ]
@@ -78,7 +81,9 @@ def test_logprobs_are_the_models_log_softmax(debug_model):
 def test_stop_string_spanning_tokens_cuts_the_text(debug_model, tokenizer):
     prompt = tokenizer.encode("hello")
     free = generate_batch(
-        debug_model, [prompt], SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True),
+        debug_model,
+        [prompt],
+        SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True),
         tokenizer=tokenizer,
     )[0]
     pieces = [tokenizer.decode([t]) for t in free.token_ids]
@@ -93,20 +98,23 @@ def test_stop_string_spanning_tokens_cuts_the_text(debug_model, tokenizer):
 
 
 def test_finish_reasons_eos_stop_token_and_length(debug_model, tokenizer, eos_bias):
-    free = generate_batch(
-        debug_model, [[1, 2]], SamplingParams(max_new_tokens=6, temperature=0.0)
-    )[0]
+    free = generate_batch(debug_model, [[1, 2]], SamplingParams(max_new_tokens=6, temperature=0.0))[
+        0
+    ]
     assert free.finish_reason == "length"
     stop_tok = free.token_ids[2]
     c = generate_batch(
-        debug_model, [[1, 2]],
+        debug_model,
+        [[1, 2]],
         SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=(stop_tok,)),
     )[0]
     assert c.finish_reason == "stop_token" and c.matched_stop_token == stop_tok
     assert c.token_ids[-1] == stop_tok
     eos_bias()
     c = generate_batch(
-        debug_model, [[1, 2]], SamplingParams(max_new_tokens=6, temperature=0.0),
+        debug_model,
+        [[1, 2]],
+        SamplingParams(max_new_tokens=6, temperature=0.0),
         tokenizer=tokenizer,
     )[0]
     assert c.finish_reason == "eos" and c.token_ids == [tokenizer.eot_token] and c.text == ""

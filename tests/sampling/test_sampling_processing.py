@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gptforge.sampling import (
     SamplingParams,
     apply_repetition_penalty,
@@ -94,9 +93,7 @@ def test_greedy_rows_take_argmax_and_leave_randomness_alone():
 def test_a_rows_draw_depends_only_on_its_generator():
     logits = _logits(batch=4)
     alone = sample(logits[2:3], 1.0, generators=[torch.Generator().manual_seed(9)])
-    batch = sample(
-        logits, 1.0, generators=[torch.Generator().manual_seed(s) for s in (1, 2, 9, 3)]
-    )
+    batch = sample(logits, 1.0, generators=[torch.Generator().manual_seed(s) for s in (1, 2, 9, 3)])
     assert int(alone[0]) == int(batch[2])
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from gptforge.sampling import StopStringMatcher, StreamingDetokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from gptforge.sampling import StopStringMatcher, StreamingDetokenizer
 
 EMOJI = "😀🎉👍🏽👨‍👩‍👧❤️🚀🦀"
 CJK = "你好世界今天天气很好东京北京大学中文字"
 TURKISH = "çğıİöşüÇĞÖŞÜ ağır ışık İstanbul"
 ALPHABET = st.sampled_from(list(EMOJI + CJK + TURKISH + "abc xyz.,!\n"))
 TEXT = st.lists(ALPHABET, min_size=1, max_size=40).map("".join)
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _stream(tokenizer, ids: list[int]) -> list[str]:

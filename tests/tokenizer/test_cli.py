@@ -90,3 +90,14 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
         app, ["tokenizer", "train", "--vocab-size", "10", "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and "vocab_size >= 257" in result.output
+
+
+def test_encode_with_a_directory_of_gpt2_files(gpt2_source: Path) -> None:
+    tok = Tokenizer.gpt2(gpt2_source)
+    result = runner.invoke(
+        app, ["tokenizer", "encode", "-t", str(gpt2_source), "--json", "Hello world"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[0])["ids"] == tok.encode("Hello world")
+    result = runner.invoke(app, ["tokenizer", "info", str(gpt2_source), "--json"])
+    assert json.loads(result.stdout)["name"] == "gpt2"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -11,32 +10,9 @@ import pytest
 import tiktoken
 from gptforge.tokenizer import EOT, Tokenizer, TokenizerError
 from gptforge.tokenizer import gpt2 as gpt2_module
-from gptforge.tokenizer.byte_level import byte_to_char, bytes_to_token_str
-from gptforge.tokenizer.reference import ReferenceBPE
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 SAMPLE = "Hello world! It's a test of GPT-2 files: 123 + 456 = 579.\n\n  Ünïcödé 🙂 end"
-
-
-def write_gpt2_files(directory: Path, texts: list[str], n_merges: int = 60) -> Path:
-    """Write a small vocabulary in GPT-2's file format: encoder.json + vocab.bpe.
-
-    Like OpenAI's files: the 256 bytes first (printable ones in byte order, then the rest),
-    then one token per merge, then <|endoftext|>.
-    """
-    merges = ReferenceBPE.train(texts, vocab_size=256 + n_merges).merges
-    encoder = {char: i for i, char in enumerate(byte_to_char().values())}
-    for a, b in merges:
-        assert bytes_to_token_str(a + b) not in encoder
-        encoder[bytes_to_token_str(a + b)] = len(encoder)
-    encoder[EOT] = len(encoder)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False))
-    lines = ["#version: 0.2"] + [
-        f"{bytes_to_token_str(a)} {bytes_to_token_str(b)}" for a, b in merges
-    ]
-    (directory / "vocab.bpe").write_text("\n".join(lines) + "\n")
-    return directory
 
 
 @pytest.fixture()
@@ -45,11 +21,6 @@ def offline(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
     return tmp_path
-
-
-@pytest.fixture(scope="session")
-def gpt2_source(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) -> Path:
-    return write_gpt2_files(tmp_path_factory.mktemp("gpt2") / "gpt2-small", texts[:10])
 
 
 @pytest.fixture()

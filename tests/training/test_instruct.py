@@ -88,7 +88,7 @@ def base_run(tmp_path_factory, data_dir):
     from gptforge.training.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("base")
-    pretrain(debug_config(data_dir, out, max_steps=2, context_length=64, eval_interval=0))
+    pretrain(debug_config(data_dir, out, max_steps=20, lr=3e-3, context_length=64, eval_interval=0, checkpoint_interval=0))
     return out
 
 
@@ -115,3 +115,30 @@ def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run)
     assert 0.0 <= result.after["accuracy"] <= 1.0
     bot = ChatModel(tmp_path / "sft")
     assert isinstance(bot.respond("Repeat the words.", "blue moon", max_new_tokens=4), str)
+
+
+def _accuracy_gain(base_run, out, **overrides):
+    from gptforge.training.config import FinetuneConfig
+    from gptforge.training.finetune import finetune
+
+    values = dict(
+        from_run=str(base_run), out=str(out), batch_size=32, lr=1e-2, num_examples=1500,
+        eval_examples=96, max_length=65, progress=False, eval_interval=0, checkpoint_interval=0,
+    )
+    values.update(overrides)
+    result = finetune(FinetuneConfig(**values))
+    return result.before["accuracy"], result.after["accuracy"], result.after["per_task"]
+
+
+def test_held_out_exact_match_rises(tmp_path, base_run):
+    """A debug model learns three easy task families in ~250 steps (~7 s of CPU)."""
+    before, after, per_task = _accuracy_gain(base_run, tmp_path / "sft", max_steps=250, tasks="add,successor,first")
+    assert before <= 0.05
+    assert after >= before + 0.10, per_task
+
+
+@pytest.mark.slow
+def test_held_out_exact_match_rises_on_every_family_mix(tmp_path, base_run):
+    """All six families, 600 steps (~25 s of CPU): measured 0% -> 27.5%."""
+    before, after, per_task = _accuracy_gain(base_run, tmp_path / "sft", max_steps=600)
+    assert after >= before + 0.15, per_task

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-
 from gptforge.api.server import BackgroundServer, ServerConfig
 from gptforge.services.generation import GenerationClient, GenerationLimits, serve_in_background
 
@@ -64,8 +63,9 @@ def slow_down(model, seconds: float):
 @pytest.fixture(scope="module")
 def server(model, tokenizer) -> Iterator[BackgroundServer]:
     """A GenerationService with the debug model: 4 slots, default 16 new tokens."""
-    with serve_in_background(model, tokenizer, ServerConfig(port=0, grace_seconds=2.0), LIMITS,
-                             model_id="debug") as bg:
+    with serve_in_background(
+        model, tokenizer, ServerConfig(port=0, grace_seconds=2.0), LIMITS, model_id="debug"
+    ) as bg:
         yield bg
 
 

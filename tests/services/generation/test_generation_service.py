@@ -10,7 +10,6 @@ import grpc
 import pytest
 import torch
 from conftest import LIMITS, build_debug, slow_down
-
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.server import ServerConfig
 from gptforge.sampling import SamplingParams, stream_generate
@@ -75,8 +74,9 @@ def test_n_completions_use_seed_plus_index(client, ref_model, tokenizer):
     resp = client.generate("hello", n=3, seed=50, max_new_tokens=8, ignore_eos=True)
     assert [c.index for c in resp.completions] == [0, 1, 2]
     for c in resp.completions:
-        ids, _ = reference(ref_model, tokenizer, "hello", max_new_tokens=8, seed=50 + c.index,
-                           ignore_eos=True)
+        ids, _ = reference(
+            ref_model, tokenizer, "hello", max_new_tokens=8, seed=50 + c.index, ignore_eos=True
+        )
         assert c.seed == 50 + c.index and list(c.token_ids) == ids
 
 
@@ -88,7 +88,9 @@ def test_sixteen_concurrent_streams_all_complete_correctly(client, ref_model, to
     ]
 
     def one(i: int):
-        return _joined(client.generate_stream(prompts[i], max_new_tokens=12, seed=i, ignore_eos=True))
+        return _joined(
+            client.generate_stream(prompts[i], max_new_tokens=12, seed=i, ignore_eos=True)
+        )
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(16)))
@@ -97,8 +99,9 @@ def test_sixteen_concurrent_streams_all_complete_correctly(client, ref_model, to
 
 
 def test_logprobs_and_top_logprobs(client):
-    (c,) = client.generate("hello", max_new_tokens=5, seed=1, logprobs=True, top_logprobs=3,
-                           ignore_eos=True).completions
+    (c,) = client.generate(
+        "hello", max_new_tokens=5, seed=1, logprobs=True, top_logprobs=3, ignore_eos=True
+    ).completions
     assert len(c.logprobs) == 5
     for lp, tid in zip(c.logprobs, c.token_ids, strict=True):
         assert lp.token_id == tid and lp.logprob <= 0 and len(lp.top_logprobs) == 3
@@ -108,7 +111,9 @@ def test_logprobs_and_top_logprobs(client):
 def test_model_info_reports_model_tokenizer_and_limits(client, tokenizer, model):
     info = client.model_info()
     assert info.architecture == "gpt" and info.vocab_size == tokenizer.n_vocab
-    assert info.context_length == model.config.block_size and info.eos_token_id == tokenizer.eot_token
+    assert (
+        info.context_length == model.config.block_size and info.eos_token_id == tokenizer.eot_token
+    )
     assert info.tokenizer_fingerprint == tokenizer.fingerprint
     assert info.limits.max_batch_size == 4 and info.limits.default_max_new_tokens == 16
 
@@ -136,8 +141,10 @@ def test_emoji_cjk_and_turkish_text_streams_intact(tokenizer):
         return logits + bias * (want >= 0)[..., None], loss
 
     model.register_forward_hook(force)
-    with serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg, \
-            GenerationClient(bg.address) as c:
+    with (
+        serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg,
+        GenerationClient(bg.address) as c,
+    ):
         chunks = list(c.generate_stream(ids[:1], max_new_tokens=40, temperature=0.0))
     deltas = [ch.text for ch in chunks]
     assert "".join(deltas) == tokenizer.decode(ids[1:-1])
@@ -152,7 +159,9 @@ def slow_server(tokenizer):
     model = build_debug(tokenizer)
     slow_down(model, 0.02)
     limits = GenerationLimits(max_batch_size=2, max_tokens_in_flight=200)
-    with serve_in_background(model, tokenizer, ServerConfig(port=0, grace_seconds=1.0), limits) as bg:
+    with serve_in_background(
+        model, tokenizer, ServerConfig(port=0, grace_seconds=1.0), limits
+    ) as bg:
         yield bg
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from conftest import LIMITS
-
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.services.generation import build_request
 
@@ -63,7 +62,6 @@ def test_special_tokens_allowed_on_request(client):
 
 def test_engine_failure_is_internal_and_the_service_recovers(tokenizer):
     from conftest import build_debug
-
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationClient, serve_in_background
 
@@ -75,8 +73,10 @@ def test_engine_failure_is_internal_and_the_service_recovers(tokenizer):
             raise RuntimeError("simulated device failure")
 
     model.register_forward_pre_hook(hook)
-    with serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg, \
-            GenerationClient(bg.address) as c:
+    with (
+        serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg,
+        GenerationClient(bg.address) as c,
+    ):
         fail["on"] = True
         for call in (c.generate, lambda p, **kw: list(c.generate_stream(p, **kw))):
             with pytest.raises(grpc.RpcError) as err:

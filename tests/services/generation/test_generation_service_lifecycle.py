@@ -12,10 +12,9 @@ import time
 import grpc
 import pytest
 from conftest import LIMITS, build_debug
-from typer.testing import CliRunner
-
 from gptforge.api.server import BackgroundServer, ServerConfig
 from gptforge.services.generation import GenerationClient, serve_in_background, start
+from typer.testing import CliRunner
 
 
 def test_health_is_not_serving_until_loaded_and_warm(tokenizer):
@@ -25,8 +24,9 @@ def test_health_is_not_serving_until_loaded_and_warm(tokenizer):
         release.wait(30)
         return build_debug(tokenizer), tokenizer
 
-    bg = BackgroundServer(lambda: start(loader, config=ServerConfig(port=0), limits=LIMITS,
-                                        wait_ready=False)).start()
+    bg = BackgroundServer(
+        lambda: start(loader, config=ServerConfig(port=0), limits=LIMITS, wait_ready=False)
+    ).start()
     try:
         with GenerationClient(bg.address, timeout=10) as c:
             assert c.health() == "NOT_SERVING"
@@ -35,7 +35,10 @@ def test_health_is_not_serving_until_loaded_and_warm(tokenizer):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             release.set()
             c.wait_until_serving(timeout=30)
-            assert len(c.generate("hi", max_new_tokens=2, ignore_eos=True).completions[0].token_ids) == 2
+            assert (
+                len(c.generate("hi", max_new_tokens=2, ignore_eos=True).completions[0].token_ids)
+                == 2
+            )
     finally:
         release.set()
         bg.stop(grace=0.5)
@@ -57,7 +60,6 @@ def test_auth_token_is_required_but_health_stays_open(model, tokenizer):
 def long_model_dir(tmp_path_factory, tokenizer):
     """A debug-sized GPT with a 1024-token context, so one stream lasts long enough to SIGTERM."""
     import torch
-
     from gptforge.modeling import build_model, get_config
     from gptforge.modeling.io import save_model_dir
 
@@ -71,9 +73,23 @@ def long_model_dir(tmp_path_factory, tokenizer):
 def test_sigterm_during_a_stream_lets_it_finish(long_model_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptforge.cli", "serve", "generation", "--ckpt", str(long_model_dir),
-         "--port", "0", "--grace-seconds", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "gptforge.cli",
+            "serve",
+            "generation",
+            "--ckpt",
+            str(long_model_dir),
+            "--port",
+            "0",
+            "--grace-seconds",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         address = None
@@ -105,12 +121,26 @@ def test_cli_client_generate_streams_from_the_server(server):
     from gptforge.cli.main import app
 
     result = CliRunner().invoke(
-        app, ["client", "generate", "hello", "--target", server.address, "--max-new-tokens", "6",
-              "--seed", "3", "--temperature", "0"],
+        app,
+        [
+            "client",
+            "generate",
+            "hello",
+            "--target",
+            server.address,
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "3",
+            "--temperature",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     with GenerationClient(server.address) as c:
-        expected = c.generate("hello", max_new_tokens=6, seed=3, temperature=0.0).completions[0].text
+        expected = (
+            c.generate("hello", max_new_tokens=6, seed=3, temperature=0.0).completions[0].text
+        )
     assert result.stdout.startswith(expected)
 
 
@@ -130,12 +160,42 @@ def test_cli_generate_streams_the_library_output(model_dir, tokenizer):
 
     model, tok = load_checkpoint(model_dir)
     (ref,) = generate_batch(
-        model, [tok.encode("hello")], SamplingParams(max_new_tokens=12, temperature=0.0),
+        model,
+        [tok.encode("hello")],
+        SamplingParams(max_new_tokens=12, temperature=0.0),
         tokenizer=tok,
     )
     result = CliRunner().invoke(
-        app, ["generate", "--ckpt", str(model_dir), "--prompt", "hello", "--max-new-tokens", "12",
-              "--temperature", "0"],
+        app,
+        [
+            "generate",
+            "--ckpt",
+            str(model_dir),
+            "--prompt",
+            "hello",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == "hello" + ref.text + "\n"
+
+
+def test_recurrent_mmrec_is_served_one_sequence_at_a_time(tokenizer):
+    import torch
+
+    from gptforge.modeling import ARCHITECTURES, build_model, get_config
+
+    if "mmrec" not in ARCHITECTURES:
+        pytest.skip("mmrec is not registered yet")
+    torch.manual_seed(0)
+    model = build_model(get_config("mmrec-debug", vocab_size=tokenizer.n_vocab)).eval()
+    with serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg, \
+            GenerationClient(bg.address) as c:
+        assert c.model_info().limits.max_batch_size == 1
+        a = c.generate_stream([1, 2, 3], max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        b = c.generate([1, 2, 3], max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        ids_a = [t for ch in a for t in ch.token_ids]
+        assert ids_a == list(b.completions[0].token_ids) and len(ids_a) == 6

@@ -24,9 +24,7 @@ MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to
 TempOpt = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Nucleus mass in (0, 1] (1 = off).")]
-RepOpt = Annotated[
-    float, typer.Option("--repetition-penalty", help="> 0; 1 = off (CTRL-style).")
-]
+RepOpt = Annotated[float, typer.Option("--repetition-penalty", help="> 0; 1 = off (CTRL-style).")]
 MinNewOpt = Annotated[
     int, typer.Option("--min-new-tokens", help="EOS/stop ids masked until this many tokens.")
 ]
@@ -41,7 +39,9 @@ DtypeOpt = Annotated[
 AuthOpt = Annotated[
     str | None,
     typer.Option(
-        "--auth-token", envvar=AUTH_ENV, show_envvar=True,
+        "--auth-token",
+        envvar=AUTH_ENV,
+        show_envvar=True,
         help="Shared token (server: required on calls; client: sent).",
     ),
 ]
@@ -114,8 +114,13 @@ def generate(
 
     try:
         params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, min_new_tokens=min_new_tokens, seed=seed,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            min_new_tokens=min_new_tokens,
+            seed=seed,
             stop=tuple(stop or ()),
         )
         model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
@@ -141,11 +146,14 @@ def generate(
 
 def serve_generation(
     ckpt: CkptOpt,
-    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 = any free port).")] = 50052,
     max_batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 16,
     max_tokens_in_flight: Annotated[
-        int, typer.Option(help="Admission budget (prompt + max_new_tokens); 0 = 2 x batch x context.")
+        int,
+        typer.Option(help="Admission budget (prompt + max_new_tokens); 0 = 2 x batch x context."),
     ] = 0,
     default_max_new_tokens: Annotated[
         int, typer.Option(help="max_new_tokens when a request leaves it unset.")
@@ -155,7 +163,9 @@ def serve_generation(
     ] = 0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "",
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate chain.")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate chain.")
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
     auth_token: AuthOpt = None,
     grace_seconds: Annotated[
@@ -176,7 +186,11 @@ def serve_generation(
         )
     try:
         config = ServerConfig(
-            host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, auth_token=auth_token,
+            host=host,
+            port=port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            auth_token=auth_token,
             grace_seconds=grace_seconds,
         )
         limits = GenerationLimits(
@@ -193,8 +207,12 @@ def serve_generation(
 
 def client_generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text.")],
-    target: Annotated[str, typer.Option("--target", help="host:port of the service.")] = DEFAULT_TARGET,
-    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print text as it comes.")] = True,
+    target: Annotated[
+        str, typer.Option("--target", help="host:port of the service.")
+    ] = DEFAULT_TARGET,
+    stream: Annotated[
+        bool, typer.Option("--stream/--no-stream", help="Print text as it comes.")
+    ] = True,
     max_new_tokens: Annotated[
         int | None, typer.Option("--max-new-tokens", help="Most new tokens (default: server's).")
     ] = None,
@@ -210,11 +228,16 @@ def client_generate(
 ) -> None:
     """Call a running generation service and print the completion."""
     import grpc
-
     from gptforge.services.generation import GenerationClient
 
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-              seed=seed, stop=stop or ())
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop or (),
+    )
     try:
         with GenerationClient(target, auth_token=auth_token, tls_root_cert=tls_root_cert) as c:
             if stream:

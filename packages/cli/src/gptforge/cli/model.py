@@ -13,7 +13,8 @@ model_app = typer.Typer(help="Inspect model architectures and presets.", no_args
 @model_app.command("info")
 def info(
     spec: Annotated[
-        str, typer.Argument(help="A preset name (e.g. gpt2, llama-tiny), a config.json or a model dir.")
+        str,
+        typer.Argument(help="A preset name (e.g. gpt2, llama-tiny), a config.json or a model dir."),
     ],
     seq_len: Annotated[
         int | None, typer.Option(help="Context length for FLOPs/token (default: block_size).")
@@ -21,10 +22,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Parameters (total, non-embedding, tied/untied), weight and AdamW memory, FLOPs per token."""
+    from gptforge.modeling.introspect import human, model_info, resolve_config
     from rich.console import Console
     from rich.table import Table
-
-    from gptforge.modeling.introspect import human, model_info, resolve_config
 
     try:
         config = resolve_config(spec)

@@ -5,6 +5,7 @@
 """
 
 from gptforge.conversion.errors import ConversionError
+from gptforge.conversion.gguf_export import export_gguf
 from gptforge.conversion.hf import export_hf, import_hf, read_hf_config
 from gptforge.conversion.hf_gpt2 import (
     gpt_config_to_hf,
@@ -18,6 +19,7 @@ from gptforge.conversion.hf_llama import (
     llama_config_to_hf,
     ours_to_hf_llama,
 )
+from gptforge.conversion.inspect import CheckpointInfo, format_info, inspect_checkpoint
 from gptforge.conversion.loading import detect_family, detect_layout, load_any, model_from_tensors
 from gptforge.conversion.meta_llama import (
     export_meta,
@@ -40,13 +42,16 @@ from gptforge.conversion.weights import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointInfo",
     "ConversionError",
     "TFCheckpoint",
     "WeightSource",
     "detect_family",
     "detect_layout",
+    "export_gguf",
     "export_hf",
     "export_meta",
+    "format_info",
     "gpt_config_to_hf",
     "hf_gpt2_config",
     "hf_gpt2_to_ours",
@@ -55,6 +60,7 @@ __all__ = [
     "import_hf",
     "import_meta",
     "import_openai",
+    "inspect_checkpoint",
     "iter_state_dict",
     "llama_config_to_hf",
     "load_any",

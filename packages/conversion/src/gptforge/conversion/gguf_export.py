@@ -74,7 +74,7 @@ LLAMA_GGUF_MAP: dict[str, str | None] = {
 }
 VOCAB_ROWS = frozenset({"wte.weight", "embed_tokens.weight", "lm_head.weight"})
 # llama.cpp token types (llama_token_type): what each vocabulary entry is.
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 
 
 def _gguf_spec(
@@ -145,7 +145,8 @@ def plan_ours_to_gguf(
             return lambda: torch.zeros(info.shape)
         if target == "output.weight":
             key = "wte.weight" if cfg.arch == "gpt" else "embed_tokens.weight"
-            return lambda: slice_vocab_rows(get(key).float(), V).clone()
+            # written out at once, so a view of the embedding needs no copy
+            return lambda: slice_vocab_rows(get(key).float(), V)
         return None
 
     wm = dict(weight_map)
@@ -204,11 +205,12 @@ def _tokenizer_arrays(
             f"{str(tokenizer_dir)!r}: tokenizer model {model.get('type')!r} is not BPE"
         )
     by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])}
     specials = {
         t["content"]: int(t["id"]) for t in spec.get("added_tokens", []) if t.get("special", True)
     }
-    for t in spec.get("added_tokens", []):
-        by_id[int(t["id"])] = t["content"]
+    for text, i in added.items():
+        by_id[i] = text
     if max(by_id) >= n_vocab:
         raise ConversionError(
             f"tokenizer id {max(by_id)} does not fit the model's vocab_size={n_vocab}; "
@@ -218,7 +220,9 @@ def _tokenizer_arrays(
     for i in range(n_vocab):
         if i in by_id:
             tokens.append(by_id[i])
-            types.append(TOKEN_CONTROL if by_id[i] in specials else TOKEN_NORMAL)
+            text = by_id[i]
+            kind = TOKEN_USER_DEFINED if text in added else TOKEN_NORMAL
+            types.append(TOKEN_CONTROL if text in specials else kind)
         else:  # model rows beyond the tokenizer: placeholders llama.cpp never emits
             tokens.append(f"[PAD{i}]")
             types.append(TOKEN_UNUSED)

@@ -120,7 +120,8 @@ def gpt_config_to_hf(
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
-        "torch_dtype": dtype,
+        "torch_dtype": dtype,  # transformers < 5 reads this key, >= 5 reads "dtype"
+        "dtype": dtype,
         "gptforge": config_to_dict(cfg),
     }
 

@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from gptforge.modeling.kv_cache import CacheOverflowError, KVCache
+from torch import Tensor, nn
 
 IGNORE_INDEX = -100
 
@@ -35,7 +34,7 @@ class CausalLM(nn.Module):
     config: Any
 
     # ---- caches -------------------------------------------------------------------------
-    def _attention_layers(self) -> Iterator[nn.Module]:
+    def _attention_layers(self) -> Iterator[Any]:
         for module in self.modules():
             if hasattr(module, "kv_cache") and hasattr(module, "n_kv_head"):
                 yield module
@@ -92,7 +91,7 @@ class CausalLM(nn.Module):
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
         T = idx.size(1)
         if input_pos is None:
-            if T > self.config.block_size:
+            if self.config.block_size < T:
                 raise ValueError(
                     f"sequence length {T} exceeds block_size={self.config.block_size}; "
                     "crop the input to the last block_size tokens"
@@ -117,9 +116,7 @@ class CausalLM(nn.Module):
         return input_pos
 
     # ---- head and loss ------------------------------------------------------------------
-    def _logits_and_loss(
-        self, x: Tensor, targets: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    def _logits_and_loss(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """LM head over the padded vocabulary; padding columns never reach the caller.
 
         Args:

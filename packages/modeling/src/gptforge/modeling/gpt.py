@@ -13,11 +13,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.config import GPTConfig
 from gptforge.modeling.kv_cache import KVCache, causal_attention
+from torch import Tensor, nn
 
 
 class CausalSelfAttention(nn.Module):

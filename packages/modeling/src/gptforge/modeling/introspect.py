@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.modeling.registry import build_model, config_from_dict, get_config
 
 #: Bytes per parameter of an fp32 AdamW training state: weight, gradient, exp_avg, exp_avg_sq.
 ADAMW_FP32_BYTES_PER_PARAM = 16
 
 
-def count_params(
-    config: Any, non_embedding: bool = False, include_padding: bool = False
-) -> int:
+def count_params(config: Any, non_embedding: bool = False, include_padding: bool = False) -> int:
     """Parameters of the model ``config`` describes, counted on the meta device.
 
     Args:
@@ -35,7 +32,7 @@ def count_params(
     163009536
     """
     with torch.device("meta"):
-        model = build_model(config)
+        model: Any = build_model(config)
     if include_padding:
         return model.num_params(non_embedding=non_embedding, include_padding=True)
     return model.num_params(non_embedding=non_embedding)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-
-from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -29,6 +29,9 @@ class KVCache(nn.Module):
         device: where the buffers live (default: the current default device).
     """
 
+    k_cache: Tensor
+    v_cache: Tensor
+
     def __init__(
         self,
         max_batch_size: int,

@@ -14,11 +14,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.config import LlamaConfig
 from gptforge.modeling.kv_cache import KVCache, causal_attention
+from torch import Tensor, nn
 
 
 def rope_inv_freq(config: LlamaConfig, device: torch.device | None = None) -> Tensor:

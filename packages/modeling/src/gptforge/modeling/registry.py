@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from torch import nn
-
 from gptforge.modeling.config import GPTConfig, LlamaConfig
 from gptforge.modeling.gpt import GPT
 from gptforge.modeling.llama import Llama
+from torch import nn
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {}
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
@@ -66,7 +65,8 @@ def get_config(name: str, **overrides: Any) -> Any:
     """
     for arch, presets in _PRESETS.items():
         if name in presets:
-            return ARCHITECTURES[arch][0].from_name(name, **overrides)
+            config_cls: Any = ARCHITECTURES[arch][0]
+            return config_cls.from_name(name, **overrides)
     raise ValueError(f"unknown model preset {name!r}; valid names: {preset_names()}")
 
 
@@ -102,15 +102,13 @@ def config_from_dict(d: dict[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
-        raise ValueError(
-            f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(fields)}"
-        )
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(fields)}")
     return cls(**d)
 
 
 register_architecture("gpt", GPTConfig, GPT)
 register_architecture("llama", LlamaConfig, Llama)
-# Further families register here, e.g. (owned by the MM-Rec engineer):
+# Further families register here (MM-Rec is owned by its engineer):
 from gptforge.modeling.mmrec import MMRec, MMRecConfig  # noqa: E402  (needs the helpers above)
 
 register_architecture("mmrec", MMRecConfig, MMRec)

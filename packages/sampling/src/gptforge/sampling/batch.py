@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
-
 from gptforge.sampling.core import decode_one_token, prefill, suppress_tokens
 from gptforge.sampling.params import SamplingParams
 from gptforge.sampling.processing import apply_repetition_penalty, sample, token_logprobs
 from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
+from torch import Tensor, nn
 
 #: Why a sequence ended: its EOS, one of its stop token ids, one of its stop strings, its
 #: ``max_new_tokens``, the end of the cache/context, or a cancel.
-FinishReason = Literal["eos", "stop_token", "stop_sequence", "length", "context_length", "cancelled"]
+FinishReason = Literal[
+    "eos", "stop_token", "stop_sequence", "length", "context_length", "cancelled"
+]
 
 
 @dataclass
@@ -264,7 +265,10 @@ class BatchGenerator:
         logits = raw.float()  # (n, V)
         if any(s.seen is not None for s in seqs):
             seen = torch.stack(
-                [s.seen if s.seen is not None else torch.zeros_like(logits[0], dtype=torch.bool) for s in seqs]
+                [
+                    s.seen if s.seen is not None else torch.zeros_like(logits[0], dtype=torch.bool)
+                    for s in seqs
+                ]
             )  # (n, V)
             penalty = torch.tensor([s.params.repetition_penalty for s in seqs], device=self.device)
             logits = apply_repetition_penalty(logits, seen, penalty)
@@ -287,7 +291,9 @@ class BatchGenerator:
                 lp = float(chosen[row])
                 if s.params.logprobs > 0 and top_ids is not None and top_vals is not None:
                     k = s.params.logprobs
-                    top = list(zip(top_ids[row, :k].tolist(), top_vals[row, :k].tolist(), strict=True))
+                    top = list(
+                        zip(top_ids[row, :k].tolist(), top_vals[row, :k].tolist(), strict=True)
+                    )
             events.append(self._advance(s, tok, lp, top))
         return events
 
@@ -326,12 +332,16 @@ class BatchGenerator:
         )
 
 
-def _collect(events: Iterator[TokenEvent] | list[TokenEvent], store: dict[int, list[TokenEvent]]) -> None:
+def _collect(
+    events: Iterator[TokenEvent] | list[TokenEvent], store: dict[int, list[TokenEvent]]
+) -> None:
     for e in events:
         store.setdefault(e.seq_id, []).append(e)
 
 
-def _completion(seq_id: int, prompt: list[int], params: SamplingParams, seed: int, evs: list[TokenEvent]) -> Completion:
+def _completion(
+    seq_id: int, prompt: list[int], params: SamplingParams, seed: int, evs: list[TokenEvent]
+) -> Completion:
     want = params.logprobs is not None
     return Completion(
         seq_id=seq_id,
@@ -374,7 +384,9 @@ def generate_batch(
     """
     plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
     if len(plist) != len(prompts):
-        raise ValueError(f"params: got {len(plist)} for {len(prompts)} prompts; give one or one each")
+        raise ValueError(
+            f"params: got {len(plist)} for {len(prompts)} prompts; give one or one each"
+        )
     if not prompts:
         return []
     plist = [p if p.seed is not None else _with_seed(p) for p in plist]

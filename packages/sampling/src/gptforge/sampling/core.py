@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
 from gptforge.sampling.processing import NEG_INF, apply_repetition_penalty, sample
+from torch import Tensor, nn
 
 
 def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:

@@ -61,9 +61,7 @@ class SamplingParams:
                 f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}; ask for at least one token"
             )
         if not self.temperature >= 0.0:  # also catches NaN
-            raise ValueError(
-                f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}"
-            )
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:

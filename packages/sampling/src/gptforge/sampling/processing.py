@@ -144,7 +144,13 @@ def token_logprobs(
     return chosen, top.indices, top.values
 
 
-def _per_row(value: Tensor | float | int, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _per_row(
+    value: Tensor | float | int, batch: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     if isinstance(value, Tensor):
-        return value.to(device=device, dtype=dtype).expand(batch) if value.dim() == 0 else value.to(device=device, dtype=dtype)
+        return (
+            value.to(device=device, dtype=dtype).expand(batch)
+            if value.dim() == 0
+            else value.to(device=device, dtype=dtype)
+        )
     return torch.full((batch,), value, device=device, dtype=dtype)

@@ -13,6 +13,8 @@ import codecs
 from collections.abc import Iterable
 from typing import Protocol
 
+REPLACEMENT = "\ufffd".encode()
+
 
 class BytesDecoder(Protocol):
     """The part of the tokenizer contract the detokenizer needs."""
@@ -39,8 +41,16 @@ class StreamingDetokenizer:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
-        """Add one token; return the text that is now complete (maybe ``""``)."""
-        return self._decoder.decode(self._tokenizer.decode_bytes([token_id]))
+        """Add one token; return the text that is now complete (maybe ``""``).
+
+        An id the tokenizer does not know (a model vocabulary padded past the tokenizer's)
+        becomes U+FFFD instead of failing the stream.
+        """
+        try:
+            data = self._tokenizer.decode_bytes([token_id])
+        except (ValueError, KeyError):
+            data = REPLACEMENT
+        return self._decoder.decode(data)
 
     def push_many(self, token_ids: Iterable[int]) -> str:
         """Add several tokens at once; return the completed text."""

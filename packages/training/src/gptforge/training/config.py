@@ -191,6 +191,8 @@ class FinetuneConfig(LoopConfig):
         template: ``inst`` (``<INST>..</INST><RESP>..</RESP>``) or ``alpaca`` prompt style.
         val_fraction: Held-out fraction of the records for loss and exact-match evaluation.
         num_examples: Size of the generated task set when ``data`` is not given.
+        tasks: Comma-separated task families of the generated set (default: all of
+            ``copy,capitalise,reverse,add,successor,first``).
         eval_examples: Held-out records scored for exact match before and after training.
         max_length: Longest rendered record in tokens (longer ones are refused by index).
     """
@@ -201,6 +203,7 @@ class FinetuneConfig(LoopConfig):
     template: str = "inst"
     val_fraction: float = 0.1
     num_examples: int = 2000
+    tasks: str | None = None
     eval_examples: int = 100
     max_length: int = 96
     max_steps: int = 300
@@ -219,3 +222,21 @@ class FinetuneConfig(LoopConfig):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for name in ("num_examples", "eval_examples", "max_length"):
             _check_positive(name, getattr(self, name))
+        if self.tasks is not None:
+            from gptforge.training.tasks import TASK_NAMES
+
+            unknown = sorted(set(self.task_names) - set(TASK_NAMES))
+            if unknown or not self.task_names:
+                raise ValueError(
+                    f"tasks={self.tasks!r} names unknown tasks {unknown}; choose from "
+                    f"{list(TASK_NAMES)}, comma-separated"
+                )
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The generated task families to use (all when ``tasks`` is None)."""
+        from gptforge.training.tasks import TASK_NAMES
+
+        if self.tasks is None:
+            return TASK_NAMES
+        return tuple(t.strip() for t in self.tasks.split(",") if t.strip())

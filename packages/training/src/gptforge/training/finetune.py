@@ -80,7 +80,7 @@ def finetune(
             model.resize_token_embeddings(tokenizer.n_vocab)
         model.train()
         block = int(model.config.block_size)
-        records = read_records(cfg.data) if cfg.data else generate_tasks(cfg.num_examples, seed=cfg.seed)
+        records = read_records(cfg.data) if cfg.data else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
         train_records, held_out = split_records(records, cfg.val_fraction, cfg.seed)
         limit = min(cfg.max_length, block + 1)
         encoded = {}

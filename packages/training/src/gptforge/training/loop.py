@@ -297,6 +297,7 @@ def train_loop(
                         lr=lr,
                         grad_norm=grad_norm,
                         tok_per_s=tok_s,
+                        elapsed=time.perf_counter() - t_start,
                     )
                 bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
                 window_tokens, window_start = 0, time.perf_counter()
@@ -325,6 +326,7 @@ def train_loop(
                         val_loss=val_loss,
                         val_ppl=math.exp(min(val_loss, 30.0)),
                         train_loss=loss_value,
+                        elapsed=time.perf_counter() - t_start,
                     )
                 write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
             if sample is not None and info.is_main and cfg.sample_interval and step % cfg.sample_interval == 0:

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from gptforge.api.channel import auth_metadata, create_channel
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 _OPTIONAL = (
     "max_new_tokens",
@@ -106,7 +105,9 @@ class GenerationClient:
         self.metadata = auth_metadata(auth_token)
         self.timeout = timeout
 
-    def generate(self, prompt: str | Sequence[int] | pb.GenerateRequest, **kwargs: Any) -> pb.GenerateResponse:
+    def generate(
+        self, prompt: str | Sequence[int] | pb.GenerateRequest, **kwargs: Any
+    ) -> pb.GenerateResponse:
         """Unary Generate; ``kwargs`` as in :func:`build_request` (plus ``timeout``)."""
         timeout = kwargs.pop("timeout", self.timeout)
         req = prompt if isinstance(prompt, pb.GenerateRequest) else build_request(prompt, **kwargs)

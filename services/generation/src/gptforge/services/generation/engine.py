@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-
 from gptforge.sampling import BatchGenerator, SamplingParams, TokenEvent
 
 log = logging.getLogger("gptforge.services.generation")
@@ -178,17 +177,30 @@ class Engine:
                     self._wake.wait()
                 if self._stop:
                     break
-            self._drop_cancelled()
-            self._admit()
-            self._step()
-        for job in list(self._jobs.values()):
+            try:
+                self._drop_cancelled()
+                self._admit()
+                self._step()
+            except Exception:  # a bug here must not kill the thread: fail everything, go on
+                log.exception("engine loop failed; failing every job in flight")
+                for seq in self.gen.cancel_all():
+                    self._owner.pop(seq.seq_id, None)
+                with self._lock:
+                    jobs = list(self._jobs.values())
+                for job in jobs:
+                    self._fail(job, "internal", "engine loop failed")
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
             self._fail(job, "internal", "the generation engine stopped before the request finished")
 
     def _has_cancelled(self) -> bool:
         return any(job.cancelled for job in self._jobs.values())
 
     def _drop_cancelled(self) -> None:
-        for job in [j for j in self._jobs.values() if j.cancelled]:
+        with self._lock:  # handlers add jobs concurrently
+            cancelled = [j for j in self._jobs.values() if j.cancelled]
+        for job in cancelled:
             for seq_id in job.seq_ids:
                 self.gen.cancel(seq_id)
                 self._owner.pop(seq_id, None)

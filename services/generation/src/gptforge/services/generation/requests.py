@@ -85,7 +85,9 @@ def parse_request(
     ctx = limits.context_length
     assert ctx is not None and limits.max_new_tokens is not None
     if len(req.request_id.encode()) > MAX_REQUEST_ID_BYTES:
-        raise _bad(f"request_id is {len(req.request_id.encode())} bytes; at most {MAX_REQUEST_ID_BYTES}")
+        raise _bad(
+            f"request_id is {len(req.request_id.encode())} bytes; at most {MAX_REQUEST_ID_BYTES}"
+        )
     which = req.WhichOneof("prompt")
     if which is None:
         raise _bad("prompt: set either `text` or `token_ids`")
@@ -169,7 +171,9 @@ def parse_request(
     if n > limits.max_n:
         raise _bad(f"n must be in [1, {limits.max_n}], got {n}")
     if req.top_logprobs > limits.max_top_logprobs:
-        raise _bad(f"top_logprobs must be in [0, {limits.max_top_logprobs}], got {req.top_logprobs}")
+        raise _bad(
+            f"top_logprobs must be in [0, {limits.max_top_logprobs}], got {req.top_logprobs}"
+        )
     if req.top_logprobs and not req.logprobs:
         raise _bad("top_logprobs needs logprobs=true")
 

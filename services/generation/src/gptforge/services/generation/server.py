@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
 from gptforge.api.server import (
     BackgroundServer,
@@ -136,13 +135,27 @@ def _build_engine(
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
     model.eval()
     resolved = limits.resolved(model.config.block_size)
-    engine = Engine(
-        model,
-        tokenizer,
-        max_batch_size=resolved.max_batch_size,
-        max_seq_len=resolved.context_length,
-        max_tokens_in_flight=resolved.max_tokens_in_flight,
-    ).start()
+    try:
+        engine = Engine(
+            model,
+            tokenizer,
+            max_batch_size=resolved.max_batch_size,
+            max_seq_len=resolved.context_length,
+            max_tokens_in_flight=resolved.max_tokens_in_flight,
+        )
+    except RuntimeError as exc:
+        # A model whose cache state is not in batch-first buffers (e.g. MM-Rec's recurrent
+        # state) cannot share slots; serve it one sequence at a time.
+        log.warning("%s; serving with max_batch_size=1", exc)
+        resolved = dataclasses.replace(resolved, max_batch_size=1)
+        engine = Engine(
+            model,
+            tokenizer,
+            max_batch_size=1,
+            max_seq_len=resolved.context_length,
+            max_tokens_in_flight=resolved.max_tokens_in_flight,
+        )
+    engine.start()
     try:
         warm_up(engine)
     except BaseException:

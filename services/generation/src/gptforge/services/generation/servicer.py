@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
 from gptforge.api.errors import ResourceExhaustedError, ServiceError, UnavailableError, grpc_errors
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
@@ -168,7 +167,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _start(self, request: pb.GenerateRequest) -> tuple[ParsedRequest, Job, asyncio.Queue[EngineEvent]]:
+    def _start(
+        self, request: pb.GenerateRequest
+    ) -> tuple[ParsedRequest, Job, asyncio.Queue[EngineEvent]]:
         engine = self._engine()
         parsed = parse_request(request, engine.tokenizer, self.vocab_size, self.limits)
         loop = asyncio.get_running_loop()
@@ -200,17 +201,27 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         return _FINISH.get(reason or "", pb.FINISH_REASON_UNSPECIFIED)
 
     def _token_logprob(self, tok: TokenEvent) -> pb.TokenLogprob:
-        piece = self._engine().tokenizer.decode_bytes
+        decode = self._engine().tokenizer.decode_bytes
+
+        def piece(ids: list[int]) -> bytes:
+            try:
+                return decode(ids)
+            except (ValueError, KeyError):  # an id past the tokenizer (padded model vocab)
+                return b""
+
         return pb.TokenLogprob(
             token_id=tok.token_id,
             token=piece([tok.token_id]),
             logprob=tok.logprob or 0.0,
             top_logprobs=[
-                pb.Logprob(token_id=i, token=piece([i]), logprob=v) for i, v in tok.top_logprobs or []
+                pb.Logprob(token_id=i, token=piece([i]), logprob=v)
+                for i, v in tok.top_logprobs or []
             ],
         )
 
-    def _chunk(self, index: int, parsed: ParsedRequest, tok: TokenEvent) -> pb.GenerateStreamResponse:
+    def _chunk(
+        self, index: int, parsed: ParsedRequest, tok: TokenEvent
+    ) -> pb.GenerateStreamResponse:
         msg = pb.GenerateStreamResponse(
             index=index,
             text=tok.text,
@@ -226,7 +237,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             msg.logprobs.append(self._token_logprob(tok))
         return msg
 
-    def _completion(self, index: int, parsed: ParsedRequest, toks: list[TokenEvent]) -> pb.Completion:
+    def _completion(
+        self, index: int, parsed: ParsedRequest, toks: list[TokenEvent]
+    ) -> pb.Completion:
         last = toks[-1]
         c = pb.Completion(
             index=index,

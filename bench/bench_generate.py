@@ -1,0 +1,281 @@
+"""Generation benchmark: batch-1 decode tokens/s against transformers (and llama.cpp), reduced
+precision weight modes checked against fp32, and the generation service under 1/4/16 streams.
+
+All models are randomly initialised (decode speed does not depend on the weights' values); the
+transformers model gets the *same* weights through ``gptforge.conversion``. Decode tokens/s is
+``(N - 1) / (time(N tokens) - time(1 token))``, so prefill is not counted, best of ``--reps``.
+
+Usage: ``make bench-generate`` or ``uv run python bench/bench_generate.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from gptforge.modeling import build_model, get_config
+from gptforge.sampling import generate
+from gptforge.sampling.precision import apply_weight_precision, check_logits
+
+HERE = Path(__file__).resolve().parent
+
+
+def decode_rate(run: Callable[[int], object], n_new: int, reps: int) -> float:
+    """Decode tokens/s of ``run(n)`` (generates n tokens), prefill subtracted, best of reps."""
+    run(2)  # warm-up: allocations, first-call kernels
+    t_n = t_1 = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run(n_new)
+        t_n = min(t_n, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run(1)
+        t_1 = min(t_1, time.perf_counter() - t0)
+    return (n_new - 1) / max(t_n - t_1, 1e-9)
+
+
+def hf_twin(model: torch.nn.Module):
+    """The transformers GPT2LMHeadModel with the same weights (through gptforge.conversion)."""
+    import transformers
+    from gptforge.conversion.hf_gpt2 import gpt_config_to_hf, ours_to_hf_gpt2
+
+    cfg = model.config
+    hf_cfg = {k: v for k, v in gpt_config_to_hf(cfg).items() if k != "gptforge"}
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg)).eval()
+    missing, unexpected = hf.load_state_dict(ours_to_hf_gpt2(model.state_dict(), cfg), strict=False)
+    assert not unexpected, unexpected
+    return hf
+
+
+def llama_cpp_runner(
+    model: torch.nn.Module, tmp: Path, ftype: str
+) -> Callable[[int], object] | None:
+    """llama.cpp through llama-cpp-python on our GGUF export, or None when it is not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    from gptforge.conversion import gguf_export  # written by the conversion package
+
+    path = tmp / f"model-{ftype}.gguf"
+    gguf_export.export_gguf(model, path, dtype=ftype)  # type: ignore[attr-defined]
+    llm = llama_cpp.Llama(str(path), n_threads=torch.get_num_threads(), verbose=False)
+    prompt = list(range(1, 17))
+
+    def run(n: int) -> object:
+        llm.reset()
+        return list(llm.generate(prompt, temp=0.0))[:n]
+
+    return run
+
+
+def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[dict]:
+    torch.manual_seed(0)
+    model = build_model(get_config(preset)).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+    rows = []
+
+    def ours(m: torch.nn.Module) -> Callable[[int], object]:
+        return lambda n: generate(m, prompt, n, temperature=0.0)
+
+    base = decode_rate(ours(model), n_new, reps)
+    rows.append({"preset": preset, "impl": "gptforge fp32", "tok_s": base})
+    hf = hf_twin(model)
+
+    def hf_run(n: int) -> object:
+        with torch.inference_mode():
+            return hf.generate(
+                prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+            )
+
+    hf_rate = decode_rate(hf_run, n_new, reps)
+    rows.append({"preset": preset, "impl": "transformers fp32 (KV cache)", "tok_s": hf_rate})
+    check_idx = torch.randint(0, model.config.vocab_size, (1, 64))
+    for mode in modes:
+        reduced = apply_weight_precision(copy.deepcopy(model), mode)
+        check = check_logits(model, reduced, check_idx)
+        rate = decode_rate(ours(reduced), n_new, reps)
+        rows.append(
+            {
+                "preset": preset,
+                "impl": f"gptforge {mode}",
+                "tok_s": rate,
+                "top1": check.top1_agreement,
+                "kl": check.kl_divergence,
+                "max_abs": check.max_abs_diff,
+            }
+        )
+        del reduced
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for ftype in ("f32", "f16"):
+            try:
+                run = llama_cpp_runner(model, Path(tmp), ftype)
+            except Exception as exc:  # the export or the build may not support this model
+                print(f"llama.cpp {ftype}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+                run = None
+            if run is not None:
+                rows.append(
+                    {
+                        "preset": preset,
+                        "impl": f"llama.cpp {ftype.upper()}",
+                        "tok_s": decode_rate(run, n_new, reps),
+                    }
+                )
+    for r in rows:
+        r["vs_transformers"] = r["tok_s"] / hf_rate
+    return rows
+
+
+def _stream_once(
+    address: str,
+    seed: int,
+    n_new: int,
+    barrier: threading.Barrier,
+    results: list[tuple[float, list[float]]],
+    lock: threading.Lock,
+) -> None:
+    """One client stream: record its start and the arrival time of every token."""
+    from gptforge.services.generation import GenerationClient
+
+    with GenerationClient(address, timeout=600) as client:
+        barrier.wait()
+        t0 = time.perf_counter()
+        stamps = [
+            time.perf_counter()
+            for ch in client.generate_stream(
+                list(range(1, 17)), max_new_tokens=n_new, ignore_eos=True, seed=seed
+            )
+            if ch.token_ids
+        ]
+        with lock:
+            results.append((t0, stamps))
+
+
+def bench_service(preset: str, n_new: int, concurrency: list[int], slots: int) -> list[dict]:
+    from gptforge.api.server import ServerConfig
+    from gptforge.services.generation import GenerationLimits, serve_in_background
+    from gptforge.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.train(
+        texts=["the quick brown fox jumps over the lazy dog"] * 50,
+        vocab_size=300,
+        show_progress=False,
+    )
+    model = build_model(get_config(preset)).eval()
+    ctx = min(model.config.block_size, 16 + n_new + 8)
+    limits = GenerationLimits(
+        max_batch_size=slots, context_length=ctx, max_tokens_in_flight=slots * ctx * 4
+    )
+    rows = []
+    with serve_in_background(model, tok, ServerConfig(port=0), limits) as bg:
+        for c in concurrency:
+            results: list[tuple[float, list[float]]] = []
+            lock = threading.Lock()
+            barrier = threading.Barrier(c)
+
+            threads = [
+                threading.Thread(
+                    target=_stream_once, args=(bg.address, i, n_new, barrier, results, lock)
+                )
+                for i in range(c)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            start = min(t0 for t0, _ in results)
+            end = max(s[-1] for _, s in results)
+            tokens = sum(len(s) for _, s in results)
+            ttft = [s[0] - t0 for t0, s in results]
+            itl = [b - a for _, s in results for a, b in zip(s, s[1:], strict=False)]
+            q = statistics.quantiles(itl, n=100) if len(itl) > 1 else [0.0] * 99
+            rows.append(
+                {
+                    "preset": preset,
+                    "streams": c,
+                    "tok_s": tokens / (end - start),
+                    "ttft_p50_ms": 1e3 * statistics.median(ttft),
+                    "itl_p50_ms": 1e3 * q[49],
+                    "itl_p99_ms": 1e3 * q[98],
+                }
+            )
+    one_stream = rows[0]["tok_s"]
+    for r in rows:
+        r["vs_one_stream"] = r["tok_s"] / one_stream
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny only, few tokens (a smoke run)")
+    ap.add_argument("--presets", default="tiny,gpt2", help="models for the decode comparison")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--modes",
+        default="float16,int8-dynamic,bfloat16",
+        help="reduced-precision weight modes to time and check",
+    )
+    ap.add_argument("--service-preset", default="tiny")
+    ap.add_argument("--service-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--skip-service", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    if args.quick:
+        args.presets, args.new_tokens, args.reps, args.service_tokens = "tiny", 16, 1, 16
+    torch.set_num_threads(args.threads)
+    modes = [m for m in args.modes.split(",") if m]
+
+    decode_rows = [
+        r
+        for p in args.presets.split(",")
+        for r in bench_decode(p, args.new_tokens, args.reps, modes)
+    ]
+    print(f"### Batch-1 decode, CPU, {args.threads} threads, {args.new_tokens} new tokens\n")
+    print("| model | implementation | tokens/s | vs transformers | top-1 vs fp32 | KL vs fp32 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in decode_rows:
+        top1 = f"{100 * r['top1']:.1f}%" if "top1" in r else ""
+        kl = f"{max(r['kl'], 0.0):.1e}" if "kl" in r else ""
+        print(
+            f"| {r['preset']} | {r['impl']} | {r['tok_s']:.1f} | {r['vs_transformers']:.2f}x "
+            f"| {top1} | {kl} |"
+        )
+    print("\nllama.cpp rows appear when llama-cpp-python is installed (it is not a dependency).\n")
+    service_rows: list[dict] = []
+    if not args.skip_service:
+        conc = [int(c) for c in args.concurrency.split(",")]
+        service_rows = bench_service(args.service_preset, args.service_tokens, conc, max(conc))
+        print(
+            f"### Generation service ({args.service_preset}, {args.service_tokens} tokens per "
+            "stream, continuous batching)\n"
+        )
+        print(
+            "| streams | aggregate tokens/s | vs 1 stream | TTFT p50 ms | ITL p50 ms | ITL p99 ms |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in service_rows:
+            print(
+                f"| {r['streams']} | {r['tok_s']:.1f} | {r['vs_one_stream']:.2f}x | "
+                f"{r['ttft_p50_ms']:.1f} | {r['itl_p50_ms']:.1f} | {r['itl_p99_ms']:.1f} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"decode": decode_rows, "service": service_rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

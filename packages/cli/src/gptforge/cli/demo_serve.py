@@ -1,0 +1,205 @@
+"""Stage 5 of ``gptforge demo``: both gRPC services as real subprocesses, called by the clients.
+
+The servers are started exactly as a user would (``gptforge serve tokenizer`` /
+``gptforge serve generation``, through ``python -m gptforge.cli`` so the same interpreter runs
+them) on free loopback ports, with their output in ``serve/*.log``. The stage waits for health
+SERVING, tokenizes an instruction through the tokenizer service, streams the fine-tuned model's
+answer from the generation service, decodes it through the tokenizer service again, and stops
+both servers with SIGTERM (graceful shutdown), checking that they exit cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from gptforge.cli.pipeline import StageContext
+
+TOKENIZER_START_TIMEOUT = 90.0
+GENERATION_START_TIMEOUT = 240.0
+STOP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ServerProcess:
+    """A ``gptforge serve ...`` subprocess with its log file; stopped with SIGTERM on exit.
+
+    Args:
+        name: ``tokenizer`` or ``generation`` (the ``serve`` verb).
+        args: Flags after ``gptforge serve NAME``.
+        log_path: Where stdout and stderr go.
+    """
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.command = [sys.executable, "-m", "gptforge.cli", "serve", name, *args]
+        self.command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("w", encoding="utf-8")
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.started = time.perf_counter()
+        self.exit_code: int | None = None
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the server exited."""
+        code = self.proc.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"`gptforge serve {self.name}` exited with code {code} before serving; "
+                f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            )
+
+    def wait_serving(self, health: Any, timeout: float) -> float:
+        """Poll ``health()`` until SERVING; returns the seconds since the process started."""
+        import grpc
+
+        deadline = time.monotonic() + timeout
+        last = "unreachable"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                last = health()
+                if last == "SERVING":
+                    return time.perf_counter() - self.started
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"`gptforge serve {self.name}` on {self.target} not SERVING after {timeout:.0f}s "
+            f"(last health status {last}); see {self.log_path}:\n{_tail(self.log_path)}"
+        )
+
+    def stop(self) -> int:
+        """SIGTERM, wait for the graceful shutdown (SIGKILL after a timeout); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.exit_code = self.proc.returncode
+        return int(self.exit_code)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_stage(ctx: StageContext) -> dict[str, Any]:
+    """Start both services on the fine-tuned model, use them through the clients, stop them."""
+    from gptforge.services.generation import GenerationClient
+    from gptforge.services.tokenizer import TokenizerClient
+    from gptforge.tokenizer import Tokenizer
+    from gptforge.training.instruct import RESP_END, encode_record, render_text
+
+    from gptforge.cli.pipeline_stages import DEMO_INSTRUCTION, SAMPLE_TEXT
+
+    model_dir = ctx.run_dir / "finetune"
+    tok_dir = model_dir / "tokenizer"
+    logs = ctx.run_dir / "serve"
+    local = Tokenizer.from_dir(tok_dir)
+    prompt_text, _ = render_text(DEMO_INSTRUCTION, "inst")
+    want_prompt_ids, _ = encode_record(DEMO_INSTRUCTION, "inst", local)
+    stop_id = local.special_tokens[RESP_END]
+    result: dict[str, Any] = {"logs": str(logs)}
+    with ExitStack() as stack:
+        tok_srv = stack.enter_context(
+            ServerProcess("tokenizer", ["--tokenizer", str(tok_dir)], logs / "tokenizer.log")
+        )
+        gen_srv = stack.enter_context(
+            ServerProcess(
+                "generation",
+                ["--ckpt", str(model_dir), "--max-batch-size", "4", "--default-max-new-tokens", "32"],
+                logs / "generation.log",
+            )
+        )
+        ctx.log(f"started tokenizer service on {tok_srv.target}, generation service on {gen_srv.target}")
+        tok_client = stack.enter_context(TokenizerClient(tok_srv.target))
+        gen_client = stack.enter_context(GenerationClient(gen_srv.target))
+        result["tokenizer_target"] = tok_srv.target
+        result["generation_target"] = gen_srv.target
+        result["tokenizer_ready_s"] = round(tok_srv.wait_serving(tok_client.health, TOKENIZER_START_TIMEOUT), 2)
+        result["generation_ready_s"] = round(gen_srv.wait_serving(gen_client.health, GENERATION_START_TIMEOUT), 2)
+        ctx.log("both services report health SERVING")
+
+        # Tokenizer service: the same ids as the local tokenizer, and an exact round trip.
+        ids = tok_client.encode(SAMPLE_TEXT)
+        if ids != local.encode(SAMPLE_TEXT):
+            raise RuntimeError(f"the tokenizer service encodes {SAMPLE_TEXT!r} as {ids}, locally {local.encode(SAMPLE_TEXT)}")
+        if tok_client.decode(ids) != SAMPLE_TEXT:
+            raise RuntimeError(f"the tokenizer service decodes {ids} to {tok_client.decode(ids)!r}, not {SAMPLE_TEXT!r}")
+        info = tok_client.info()
+        if info.fingerprint != local.fingerprint:
+            raise RuntimeError(f"served tokenizer fingerprint {info.fingerprint[:16]} != local {local.fingerprint[:16]}")
+        result["sample_tokens"] = len(ids)
+
+        # Generation service: prompt ids from the tokenizer service, answer streamed greedily.
+        prompt_ids = tok_client.encode(prompt_text, special_tokens="allow_all")
+        if prompt_ids != want_prompt_ids:
+            raise RuntimeError(f"the tokenizer service encodes the prompt {prompt_text!r} as {prompt_ids}, expected {want_prompt_ids}")
+        t0 = time.perf_counter()
+        first: float | None = None
+        chunks, new_ids, finish = [], [], ""
+        for chunk in gen_client.generate_stream(
+            prompt_ids, max_new_tokens=16, temperature=0.0, stop_token_ids=[stop_id]
+        ):
+            if first is None and chunk.token_ids:
+                first = time.perf_counter() - t0
+            chunks.append(chunk.text)
+            new_ids.extend(chunk.token_ids)
+            if chunk.finish_reason:
+                finish = type(chunk).DESCRIPTOR.fields_by_name["finish_reason"].enum_type.values_by_number[
+                    chunk.finish_reason
+                ].name
+        seconds = time.perf_counter() - t0
+        answer_ids = [i for i in new_ids if i != stop_id]
+        result.update(
+            {
+                "prompt": prompt_text,
+                "prompt_tokens": len(prompt_ids),
+                "stream_messages": len(chunks),
+                "completion_tokens": len(new_ids),
+                "finish_reason": finish,
+                "streamed_text": "".join(chunks),
+                "decoded_by_service": tok_client.decode(answer_ids).strip(),
+                "expected": DEMO_INSTRUCTION["output"],
+                "time_to_first_token_ms": round(1000 * (first or seconds), 1),
+                "stream_seconds": round(seconds, 3),
+            }
+        )
+        ctx.log(f"streamed {len(new_ids)} tokens in {len(chunks)} messages; stopping both with SIGTERM")
+    result["tokenizer_exit_code"] = tok_srv.exit_code
+    result["generation_exit_code"] = gen_srv.exit_code
+    for srv in (tok_srv, gen_srv):
+        if srv.exit_code != 0:
+            raise RuntimeError(
+                f"`gptforge serve {srv.name}` exited with code {srv.exit_code} after SIGTERM "
+                f"(expected 0 from a graceful shutdown); see {srv.log_path}:\n{_tail(srv.log_path)}"
+            )
+    return result

@@ -1,0 +1,102 @@
+"""Reduced-precision weight modes for decoding, and a check of their logits against fp32.
+
+Decoding one token reads every weight once, so on CPU it is bound by memory bandwidth and
+tokens/s scales with the bytes of weights read per token. Modes:
+
+- ``float32``: the reference.
+- ``float16``: half the bytes; on x86 CPUs PyTorch's fp16 GEMV is fast (F16C/AVX-512) while its
+  bf16 path for a single row is not, so fp16 is the CPU choice (llama.cpp's F16 is the peer).
+- ``bfloat16``: half the bytes, the GPU choice (same range as fp32).
+- ``int8-dynamic``: int8 per-channel weights for every ``nn.Linear`` through PyTorch's fbgemm
+  kernels (activations are quantized per call); a quarter of the bytes, CPU only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+PrecisionMode = Literal["float32", "float16", "bfloat16", "int8-dynamic"]
+MODES: tuple[str, ...] = ("float32", "float16", "bfloat16", "int8-dynamic")
+
+
+def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
+    """Convert ``model`` in place to a weight precision ``mode`` and return it (eval mode).
+
+    Args:
+        model: a gptforge model.
+        mode: one of :data:`MODES`.
+
+    Set up caches again after calling this (their dtype follows the weights).
+    """
+    if mode not in MODES:
+        raise ValueError(f"precision mode {mode!r} is not one of {list(MODES)}")
+    model.eval()
+    if mode == "float32":
+        return model.float()
+    if mode in ("float16", "bfloat16"):
+        return model.to(getattr(torch, mode))
+    # int8-dynamic: swap every Linear (the tied LM head included: it gets its own int8 copy).
+    model.float()
+    head = getattr(model, "lm_head", None)
+    shape = tuple(head.weight.shape) if isinstance(head, nn.Linear) else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao announces its move to torchao
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    if shape is not None:
+        model.lm_head = _QuantizedHead(model.lm_head, shape)
+    return model
+
+
+class _QuantizedHead(nn.Module):
+    """An int8 LM head that still answers ``lm_head.weight.shape/dtype/device``.
+
+    The model interface reads the head's weight for the padded vocabulary size and for the
+    cache dtype; a zero-stride fp32 view of the right shape answers both without memory.
+    """
+
+    def __init__(self, inner: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("weight", torch.zeros(()).expand(*shape), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)  # (..., Vp)
+
+
+@dataclass(frozen=True)
+class LogitsCheck:
+    """How far a reduced-precision model's logits are from the fp32 reference."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    kl_divergence: float
+
+    def ok(self, min_top1: float = 0.9, max_kl: float = 0.05) -> bool:
+        """Whether the mode is usable: most argmaxes agree and the distributions are close."""
+        return self.top1_agreement >= min_top1 and self.kl_divergence <= max_kl
+
+
+@torch.inference_mode()
+def check_logits(reference: nn.Module, candidate: nn.Module, idx: torch.Tensor) -> LogitsCheck:
+    """Compare the logits of ``candidate`` with ``reference`` (fp32) on the tokens ``idx`` (B, T)."""
+    ref, _ = reference(idx)  # (B, T, V)
+    got, _ = candidate(idx)  # (B, T, V)
+    ref, got = ref.float(), got.float()
+    diff = (ref - got).abs()
+    logp_ref = torch.log_softmax(ref, dim=-1)
+    logp_got = torch.log_softmax(got, dim=-1)
+    kl = (logp_ref.exp() * (logp_ref - logp_got)).sum(-1).mean()
+    return LogitsCheck(
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        top1_agreement=float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
+        kl_divergence=float(kl),
+    )

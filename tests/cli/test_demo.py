@@ -1,0 +1,174 @@
+"""``gptforge demo`` end to end with the ``debug`` preset and a handful of steps.
+
+One module-scoped run (about 20-30 s of CPU: tokenizer, data, pre-training, fine-tuning, HF and
+GGUF export with read-back, both gRPC services as subprocesses) feeds the checks; a second run
+over the same folder must skip every stage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from gptforge.cli.demo import SUMMARY_FILE, demo_command, run_demo
+from gptforge.cli.main import app
+from gptforge.cli.pipeline import DemoError, PipelineReport
+from gptforge.cli.pipeline_stages import DemoSettings
+from gptforge.training.tasks import WORDS
+
+STAGES = ["tokenizer", "pretrain", "finetune", "export", "serve"]
+
+
+def write_corpus(path: Path, n: int = 200, seed: int = 0) -> Path:
+    """A small deterministic corpus with the instruction-task words, digits and capitals."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 50)))
+        lines.append(f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}. {words.upper()[:30]}")
+    path.write_text("\n\n".join(lines), encoding="utf-8")
+    return path
+
+
+def settings_for(run_dir: Path, corpus: Path, **overrides: Any) -> DemoSettings:
+    values: dict[str, Any] = dict(
+        run_dir=run_dir,
+        preset="debug",
+        data=str(corpus),
+        steps=8,
+        finetune_steps=4,
+        eval_examples=6,
+        device="cpu",
+    )
+    values.update(overrides)
+    return DemoSettings(**values)
+
+
+def run_captured(settings: DemoSettings, **kwargs: Any) -> tuple[PipelineReport, str]:
+    out = io.StringIO()
+    report = run_demo(settings, console=Console(file=out, width=200), **kwargs)
+    return report, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoSettings, PipelineReport, str]:
+    root = tmp_path_factory.mktemp("demo")
+    settings = settings_for(root / "run", write_corpus(root / "corpus.txt"))
+    report, text = run_captured(settings)
+    return settings, report, text
+
+
+def test_demo_runs_every_stage_and_leaves_outputs_in_one_folder(demo_run) -> None:
+    settings, report, _ = demo_run
+    run = settings.run_dir
+    assert [(r.name, r.status) for r in report.records] == [(s, "ran") for s in STAGES]
+    for rel in (
+        "tokenizer/tokenizer.json",
+        "data/meta.json",
+        "pretrain/config.json",
+        "pretrain/model.safetensors",
+        "pretrain/plots/loss.png",
+        "pretrain/metrics.jsonl",
+        "finetune/model.safetensors",
+        "finetune/chat.json",
+        "finetune/tokenizer/tokenizer.json",
+        "export/hf/config.json",
+        "export/gguf/model.gguf",
+        "serve/tokenizer.log",
+        "serve/generation.log",
+        SUMMARY_FILE,
+    ):
+        assert (run / rel).is_file(), rel
+    markers = sorted(p.name for p in (run / "stages").glob("*.json"))
+    assert markers == [f"{i:02d}-{s}.json" for i, s in enumerate(STAGES, start=1)]
+    assert (run / "pretrain" / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_stage_results_hold_the_checked_numbers(demo_run) -> None:
+    settings, report, _ = demo_run
+    tok = report.result("tokenizer")
+    assert tok["n_vocab"] == 512 and tok["sample_tokens"] > 0
+    pre = report.result("pretrain")
+    assert pre["steps"] == 8 and pre["tokens_seen"] == 8 * 16 * 64  # steps x batch x context
+    assert pre["train_loss"] < pre["uniform_loss"] + 0.5  # not diverged
+    assert pre["sample"].startswith("The")
+    fine = report.result("finetune")
+    assert fine["steps"] == 4 and fine["held_out"] == 6
+    assert 0.0 <= fine["accuracy_before"] <= 1.0 and 0.0 <= fine["accuracy_after"] <= 1.0
+    chat = json.loads((settings.run_dir / "finetune" / "chat.json").read_text())
+    assert chat["after"]["accuracy"] == fine["accuracy_after"]
+    exp = report.result("export")
+    assert exp["hf_class"] == "GPT2LMHeadModel" and exp["max_logit_diff"] <= 1e-3
+    assert exp["gguf_arch"] == "gpt2" and exp["gguf_embd_max_diff"] <= 2e-3
+    srv = report.result("serve")
+    assert srv["tokenizer_exit_code"] == 0 and srv["generation_exit_code"] == 0
+    assert srv["completion_tokens"] >= 1 and srv["stream_messages"] >= 1
+    assert srv["tokenizer_target"] != srv["generation_target"]
+
+
+def test_demo_prints_stage_summaries_and_the_commands_to_continue(demo_run) -> None:
+    settings, _, text = demo_run
+    run = settings.run_dir
+    for heading in ("1/6 Tokenizer", "2/6 Pre-training", "3/6 Instruction fine-tuning",
+                    "4/6 Export", "5/6 gRPC services", "6/6 Summary"):  # fmt: skip
+        assert heading in text
+    assert str(run / "pretrain" / "plots" / "loss.png") in text
+    assert "held-out accuracy" in text and "before ->" in text
+    assert f"gptforge chat --ckpt {run}/finetune" in text
+    assert f"gptforge serve generation --ckpt {run}/finetune" in text
+    assert f"gptforge train --resume {run}/pretrain" in text
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert [s["name"] for s in summary["stages"]] == STAGES
+    assert summary["settings"]["preset"] == "debug"
+    assert any(n["command"].startswith("gptforge chat") for n in summary["next"])
+
+
+def test_second_run_skips_every_completed_stage(demo_run) -> None:
+    settings, _, _ = demo_run
+    weights = settings.run_dir / "finetune" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    report, text = run_captured(settings)
+    assert [r.status for r in report.records] == ["skipped"] * len(STAGES)
+    assert text.count("skipped") >= len(STAGES) and "--redo pretrain" in text
+    assert weights.stat().st_mtime_ns == before
+    # the stored results are printed again, so the summary is complete
+    assert report.result("finetune")["held_out"] == 6
+    assert "held-out accuracy" in text
+
+
+def test_changed_steps_on_a_done_run_are_refused_with_the_fix(demo_run) -> None:
+    settings, _, _ = demo_run
+    changed = settings_for(settings.run_dir, Path(settings.data), steps=9)
+    with pytest.raises(DemoError, match=r"steps: 8 -> 9.*--redo pretrain"):
+        run_captured(changed)
+
+
+def test_demo_command_reproduces_the_settings(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "r un", tmp_path / "c.txt")
+    command = demo_command(settings)
+    assert command.startswith(f"gptforge demo --run-dir '{tmp_path}/r un' --preset debug --data ")
+    assert "--steps 8 --finetune-steps 4" in command and "--eval-examples 6 --device cpu" in command
+
+
+def test_cli_unknown_preset_fails_with_the_valid_names(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--run-dir", str(tmp_path / "r"), "--preset", "huge"])
+    assert result.exit_code == 1
+    assert "unknown model preset 'huge'" in result.output and "tiny" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_failed_stage_says_which_and_how_to_continue(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-corpus.txt"
+    result = CliRunner().invoke(
+        app, ["demo", "--run-dir", str(tmp_path / "r"), "--preset", "debug", "--data", str(missing)]
+    )
+    assert result.exit_code == 1
+    assert "stage 1/5 'tokenizer' failed" in result.output
+    assert f"gptforge demo --run-dir {tmp_path}/r --preset debug --data {missing}" in result.output

@@ -1,0 +1,64 @@
+"""`gptforge data prepare`, `train`, `finetune`, `chat` and `python -m gptforge.training`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gptforge.cli.main import app
+from gptforge.training.config import FinetuneConfig, TrainConfig
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(("command", "cls"), [("train", TrainConfig), ("finetune", FinetuneConfig)])
+def test_flags_are_the_config_fields(command, cls):
+    import re
+
+    result = runner.invoke(app, [command, "--help"], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    for f in dataclasses.fields(cls):
+        flag = "--from" if f.name == "from_run" else "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+    assert "--resume" in text
+
+
+def test_module_entry_parses_the_same_flags():
+    from gptforge.training.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+
+
+def test_prepare_train_resume_and_errors(tmp_path, tokenizer_dir, texts):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts[:80]))
+    data = tmp_path / "data"
+    result = runner.invoke(
+        app,
+        ["data", "prepare", "--input", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(data), "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "val tokens (uint16)" in result.output
+    run = tmp_path / "run"
+    common = ["--no-progress", "--eval-interval", "0", "--context-length", "32", "--batch-size", "4"]
+    result = runner.invoke(
+        app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run), "--max-steps", "2", *common]
+    )
+    assert result.exit_code == 0, result.output
+    assert "done: step 2" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "done: step 3" in result.output
+    saved = json.loads((run / "train_config.json").read_text())["config"]
+    assert saved["max_steps"] == 3 and saved["context_length"] == 32
+    # Errors are one line with the fix, not a traceback.
+    result = runner.invoke(app, ["train", "--preset", "debug", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "gptforge data prepare" in result.output
+    result = runner.invoke(app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run)])
+    assert result.exit_code == 1 and "--resume" in result.output
