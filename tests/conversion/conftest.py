@@ -52,7 +52,9 @@ def make_run_dir(
     return save_model_dir(model, path, tokenizer_dir=tokenizer_dir)
 
 
-def write_gpt2_files(tokenizer_dir: Path, out: Path, names: tuple[str, str] = ("vocab.json", "merges.txt")) -> None:
+def write_gpt2_files(
+    tokenizer_dir: Path, out: Path, names: tuple[str, str] = ("vocab.json", "merges.txt")
+) -> None:
     """Write a tokenizer in GPT-2's two-file format (HF: vocab.json + merges.txt, OpenAI:
     encoder.json + vocab.bpe), the way OpenAI's release and the hub's ``gpt2`` ship it."""
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text())

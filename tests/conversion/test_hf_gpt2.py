@@ -136,7 +136,10 @@ def test_from_hf_gpt2_directory(tmp_path: Path, tokenizer_dir: Path, layout: str
         torch.testing.assert_close(ours(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)
     text = "The quick brown fox 🙂<|endoftext|>"
     want = Tokenizer.from_dir(tokenizer_dir).encode(text, allowed_special="all")
-    assert Tokenizer.from_dir(tmp_path / "ours" / "tokenizer").encode(text, allowed_special="all") == want
+    assert (
+        Tokenizer.from_dir(tmp_path / "ours" / "tokenizer").encode(text, allowed_special="all")
+        == want
+    )
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path: Path, tokenizer_dir: Path) -> None:
@@ -205,3 +208,15 @@ def test_missing_tokenizer_files_are_named(tmp_path: Path) -> None:
         import_hf(tmp_path / "hf", tmp_path / "out")
     import_hf(tmp_path / "hf", tmp_path / "out", tokenizer=False)
     assert not (tmp_path / "out" / "tokenizer").exists()
+
+
+def test_nonzero_bias_is_not_dropped_silently(tmp_path: Path, tokenizer_dir: Path) -> None:
+    run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir, bias=False, qkv_bias=False)
+    export_hf(run, tmp_path / "hf")
+    sd = load_state_dict(tmp_path / "hf")
+    sd["transformer.h.1.mlp.c_fc.bias"] = torch.full_like(sd["transformer.h.1.mlp.c_fc.bias"], 0.1)
+    save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(
+        ConversionError, match=r"'transformer\.h\.1\.mlp\.c_fc\.bias' is a non-zero bias"
+    ):
+        import_hf(tmp_path / "hf", tmp_path / "back")

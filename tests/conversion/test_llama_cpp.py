@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import greedy, make_run_dir
-
 from gptforge.conversion.gguf_export import export_gguf
 from gptforge.modeling.io import load_model_dir
 
@@ -47,12 +46,21 @@ def llama_cpp_python() -> str:
     if override:
         return override
     py = VENV / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+    if (
+        py.exists()
+        and subprocess.run([str(py), "-c", "import llama_cpp"], capture_output=True).returncode == 0
+    ):
         return str(py)
-    uv = shutil.which("uv") or f"{sys.executable} -m uv"
-    subprocess.run([*uv.split(), "venv", "--python", sys.executable, str(VENV)], check=True)
-    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF", "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
-    subprocess.run([*uv.split(), "pip", "install", "--python", str(py), "llama-cpp-python", "numpy"], check=True, env=env)
+    uv = shutil.which("uv")
+    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=OFF", "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+    packages = ["llama-cpp-python", "numpy"]
+    if uv:
+        subprocess.run([uv, "venv", "--python", sys.executable, str(VENV)], check=True)
+        install = [uv, "pip", "install", "--python", str(py), *packages]
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        install = [str(py), "-m", "pip", "install", *packages]
+    subprocess.run(install, check=True, env=env)  # compiles llama.cpp: minutes
     return str(py)
 
 
@@ -73,11 +81,15 @@ def run_llama_cpp(gguf_path: Path, prompt: list[int], n_new: int) -> dict:
     ("preset", "dtype", "atol"),
     [("gpt", "f32", 5e-3), ("gpt", "f16", 3e-2), ("gpt", "q8_0", 1.5e-1), ("llama", "f32", 5e-3)],
 )
-def test_llama_cpp_matches_ours(tmp_path: Path, tokenizer_dir: Path, tokenizer, preset: str, dtype: str, atol: float) -> None:
+def test_llama_cpp_matches_ours(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer, preset: str, dtype: str, atol: float
+) -> None:
     overrides = dict(n_embd=128, n_head=4, n_layer=2, block_size=64)
     if preset == "llama":
         overrides.update(n_kv_head=2, intermediate_size=256)
-    run = make_run_dir(tmp_path / "run", "debug" if preset == "gpt" else "llama-debug", tokenizer_dir, **overrides)
+    run = make_run_dir(
+        tmp_path / "run", "debug" if preset == "gpt" else "llama-debug", tokenizer_dir, **overrides
+    )
     export_gguf(run, tmp_path / "m.gguf", dtype=dtype)  # type: ignore[arg-type]
     ours = load_model_dir(run)
     prompt = tokenizer.encode("The quick brown fox jumps over the lazy dog.")

@@ -18,6 +18,7 @@ from tf_bundle import write_tf_checkpoint
 transformers = pytest.importorskip("transformers")
 
 N_LAYER = 2
+DATA = Path(__file__).parent / "data"
 
 
 def _write_openai_dir(path: Path, hf: transformers.GPT2LMHeadModel, tokenizer_dir: Path) -> None:
@@ -76,6 +77,22 @@ def test_tf_checkpoint_reader_reads_every_tensor(tmp_path: Path) -> None:
     for name, value in tensors.items():
         got = ckpt.read(name, verify=True)
         assert got.shape == value.shape and np.array_equal(got.numpy(), value), name
+
+
+def test_tf_checkpoint_reader_reads_a_real_tensorflow_checkpoint() -> None:
+    """data/tf2_saver was written by TensorFlow 2.21's tf.compat.v1.train.Saver (5 KB)."""
+    ckpt = TFCheckpoint(DATA / "tf2_saver" / "model.ckpt")
+    want = {
+        f"model/h{i}/attn/c_attn/w": np.arange(48, dtype=np.float32).reshape(1, 4, 12) * 0.01 + i
+        for i in range(20)
+    }
+    want["model/wte"] = np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4)
+    want["model/ln_f/g"] = np.arange(4, dtype=np.float16)
+    want["global_step"] = np.array(1234, dtype=np.int64)
+    assert set(ckpt.keys()) == set(want)
+    for name, value in want.items():
+        got = ckpt.read(name, verify=True).numpy()
+        assert got.dtype == value.dtype and np.array_equal(got, value), name
 
 
 def test_tf_checkpoint_reader_detects_corruption(tmp_path: Path) -> None:

@@ -41,7 +41,10 @@ print(json.dumps({"baseline_kib": base, "peak_kib": peak, "seconds": seconds}))
 def measure(kind: str, src: Path, out: Path) -> dict[str, float]:
     """Run one conversion in a fresh interpreter and return its baseline and peak RSS (KiB)."""
     res = subprocess.run(
-        [sys.executable, "-c", CONVERT, kind, str(src), str(out)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CONVERT, kind, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(res.stdout.strip().splitlines()[-1])
 

@@ -99,3 +99,15 @@ def test_full_forward_ignores_caches_when_no_input_pos():
         model.setup_caches(1, 32)
         again, _ = model(idx)
     torch.testing.assert_close(again, ref)
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_int_input_pos_means_a_contiguous_range(preset):
+    model = _model(preset)
+    idx = torch.randint(0, model.config.vocab_size, (1, 9))
+    model.setup_caches(1, 16)
+    with torch.no_grad():
+        full, _ = model(idx)
+        a, _ = model(idx[:, :5], input_pos=0)
+        b, _ = model(idx[:, 5:], input_pos=5)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)

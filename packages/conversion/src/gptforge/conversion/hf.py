@@ -76,6 +76,7 @@ def _dtype(name: str | None) -> torch.dtype | None:
 def _cast(plan: list[PlannedTensor], dtype: torch.dtype | None) -> list[PlannedTensor]:
     if dtype is None:
         return plan
+
     def cast(make: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         return lambda: make().to(dtype)
 

@@ -217,6 +217,7 @@ def plan_hf_gpt2_to_ours(
                 weight_map[k] = None
     if not cfg.qkv_bias:
         weight_map["transformer.h.{}.attn.c_attn.bias"] = None
+    _check_dropped_biases_are_zero(src, lambda k: get(original[k]), weight_map)
     Vp = cfg.padded_vocab_size
 
     def transform(target: str, t: torch.Tensor) -> torch.Tensor:
@@ -243,6 +244,25 @@ def plan_hf_gpt2_to_ours(
         what="Hugging Face GPT-2",
         fill=fill,
     )
+
+
+def _check_dropped_biases_are_zero(
+    source: Mapping[str, TensorInfo],
+    get: Callable[[str], torch.Tensor],
+    weight_map: Mapping[str, str | None],
+) -> None:
+    """A config without biases may only drop biases that are zero (as our export writes them)."""
+    for key in source:
+        template, _ = split_layer(key)
+        dropped = (
+            weight_map.get(template, "") is None and HF_GPT2_WEIGHT_MAP.get(template) is not None
+        )
+        if dropped and key.endswith(".bias") and bool(get(key).any()):
+            raise ConversionError(
+                f"tensor {key!r} is a non-zero bias but the configuration has no biases "
+                "(bias=False / qkv_bias=False in config.json's 'gptforge' entry); dropping it would "
+                "change the model. Remove the 'gptforge' entry to import it with biases"
+            )
 
 
 def plan_ours_to_hf_gpt2(

@@ -85,7 +85,7 @@ class CausalLM(nn.Module):
         """Whether :meth:`setup_caches` has attached caches."""
         return any(layer.kv_cache is not None for layer in self._attention_layers())
 
-    def _check_inputs(self, idx: Tensor, input_pos: Tensor | None) -> Tensor | None:
+    def _check_inputs(self, idx: Tensor, input_pos: Tensor | int | None) -> Tensor | None:
         """Validate shapes and positions; returns ``input_pos`` as a (T,) long tensor."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
@@ -105,14 +105,14 @@ class CausalLM(nn.Module):
                 f"input_pos must have shape (T,)=({T},) or per-row (B, T)=({idx.size(0)}, {T}) "
                 f"matching idx, got {tuple(input_pos.shape)}"
             )
-        layers = list(self._attention_layers())
-        if not layers or layers[0].kv_cache is None:
+        first = next(self._attention_layers(), None)
+        if first is None or first.kv_cache is None:
             raise RuntimeError(
                 "forward(..., input_pos=...) needs KV caches; call "
                 "model.setup_caches(max_batch_size, max_seq_len) first"
             )
         if not torch.compiler.is_compiling():
-            layers[0].kv_cache.check(input_pos, idx.size(0))
+            first.kv_cache.check(input_pos, idx.size(0))
         return input_pos
 
     # ---- head and loss ------------------------------------------------------------------

@@ -132,7 +132,7 @@ class GPT(CausalLM):
         self,
         idx: Tensor,
         targets: Tensor | None = None,
-        input_pos: Tensor | None = None,
+        input_pos: Tensor | int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits for every position and, with ``targets``, the mean cross-entropy.
 
@@ -140,16 +140,17 @@ class GPT(CausalLM):
             idx: (B, T) token ids.
             targets: (B, T) next-token ids; ``-100`` positions are ignored.
             input_pos: (T,) absolute positions of ``idx`` for cached decoding (needs
-                :meth:`setup_caches`); None processes ``idx`` as a whole sequence from 0.
+                :meth:`setup_caches`; an int ``p`` means ``arange(p, p + T)``); None processes
+                ``idx`` as a whole sequence from position 0 without touching the caches.
 
         Returns:
             ``(logits, loss)``: logits (B, T, vocab_size), loss a scalar or None.
         """
-        input_pos = self._check_inputs(idx, input_pos)
+        pos_t = self._check_inputs(idx, input_pos)
         T = idx.size(1)
-        pos = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
+        pos = pos_t if pos_t is not None else torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
-            x = block(x, input_pos)  # (B, T, C)
+            x = block(x, pos_t)  # (B, T, C)
         x = self.ln_f(x)  # (B, T, C)
         return self._logits_and_loss(x, targets)

@@ -358,14 +358,17 @@ class Tokenizer:
         """
         try:
             return self._core.decode_bytes(tokens)
-        except (KeyError, OverflowError, TypeError):
+        except (KeyError, OverflowError, TypeError) as error:
             for t in tokens:
                 if not isinstance(t, int) or not 0 <= t < self.n_vocab:
                     raise TokenizerError(
-                        f"token id {t!r} is outside the vocabulary: valid ids are 0..{self.n_vocab - 1} "
-                        f"(n_vocab={self.n_vocab})"
+                        f"token id {t!r} is outside the vocabulary: valid ids are "
+                        f"0..{self.n_vocab - 1} (n_vocab={self.n_vocab})"
                     ) from None
-            raise
+            # Only tokenizer.json files with holes in their ids get here.
+            raise TokenizerError(
+                f"a token id is not assigned in this vocabulary: {error}"
+            ) from None
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
         """Decode ids to text; bytes that are not valid UTF-8 become U+FFFD (``errors``)."""

@@ -14,7 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from gptforge.api.errors import ResourceExhaustedError, ServiceError, UnavailableError, grpc_errors
+from gptforge.api.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServiceError,
+    UnavailableError,
+    grpc_errors,
+)
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
 from gptforge.sampling import TokenEvent
@@ -190,8 +196,6 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     @staticmethod
     def _raise_for(ev: EngineEvent) -> None:
         if ev.kind == "invalid":
-            from gptforge.api.errors import InvalidArgumentError
-
             raise InvalidArgumentError(ev.message)
         raise InternalError(f"generation failed: {ev.message}; the server has recovered, retry")
 
