@@ -34,7 +34,7 @@ sync: bootstrap ## Create .venv from uv.lock (uv sync --locked)
 	@$(UV) sync --locked --quiet
 
 demo: sync ## The whole pipeline on the embedded default corpus (PRESET= DATA= STEPS= RUN_DIR=)
-	$(RUN) gptforge demo --run-dir $(RUN_DIR) --preset $(PRESET) $(if $(DATA),--data $(DATA)) $(if $(STEPS),--steps $(STEPS))
+	$(RUN) gptforge demo --run-dir $(RUN_DIR) --preset $(PRESET) $(if $(DATA),--data '$(DATA)') $(if $(STEPS),--steps $(STEPS))
 
 test: sync ## Run the default test suite (no slow/gpu/load tests)
 	$(RUN) pytest -n 2 $(PYTEST_ARGS)
@@ -83,11 +83,11 @@ bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service
 bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
 	$(RUN) python bench/bench_mmrec.py
 
-train: sync ## Pre-train (ARCH= PRESET= DATA= OUT= STEPS=)
-	$(RUN) gptforge train --arch $(ARCH) --preset $(PRESET) --data $(DATA) --out $(or $(OUT),runs/train) $(if $(STEPS),--max-steps $(STEPS))
+train: sync ## Pre-train (ARCH= PRESET= DATA=prepared data dir, default RUN_DIR/data; OUT= STEPS=)
+	$(RUN) gptforge train --arch $(ARCH) --preset $(PRESET) --data $(or $(DATA),$(RUN_DIR)/data) --out $(or $(OUT),runs/train) $(if $(STEPS),--max-steps $(STEPS))
 
-finetune: sync ## Instruction fine-tune (CKPT= DATA=FILE.jsonl OUT=)
-	$(RUN) gptforge finetune --from $(CKPT) $(if $(DATA),--data $(DATA)) --out $(or $(OUT),runs/finetune)
+finetune: sync ## Instruction fine-tune (CKPT= DATA=FILE.jsonl OUT= STEPS=)
+	$(RUN) gptforge finetune --from $(CKPT) $(if $(DATA),--data $(DATA)) --out $(or $(OUT),runs/finetune) $(if $(STEPS),--max-steps $(STEPS))
 
 generate: sync ## Generate text (CKPT= PROMPT= MAX_NEW_TOKENS=)
 	$(RUN) gptforge generate --ckpt $(CKPT) --prompt "$(PROMPT)" --max-new-tokens $(MAX_NEW_TOKENS)
@@ -98,8 +98,8 @@ convert-hf: sync ## Export a run to a Hugging Face directory (CKPT= OUT=)
 convert-gguf: sync ## Export a run to GGUF (CKPT= OUT=model.gguf)
 	$(RUN) gptforge convert to-gguf --ckpt $(CKPT) --out $(or $(OUT),runs/model.gguf)
 
-convert-arch: sync ## Transfer weights into MM-Rec (CKPT= OUT= PRESET=)
-	$(RUN) gptforge convert arch --source $(CKPT) --target mmrec --preset $(or $(filter mmrec%,$(PRESET)),mmrec-tiny) --out $(or $(OUT),runs/mmrec-converted)
+convert-arch: sync ## Transfer weights into MM-Rec (CKPT= OUT= PRESET=mmrec-..., default: matched to CKPT)
+	$(RUN) gptforge convert arch --source $(CKPT) --target mmrec $(if $(filter mmrec%,$(PRESET)),--preset $(PRESET)) --out $(or $(OUT),runs/mmrec-converted)
 
 serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
 	$(RUN) gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)

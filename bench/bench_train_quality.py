@@ -47,13 +47,17 @@ def _val_at(rows: list[dict], seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--lr", type=float, default=None, help="peak LR of both (default: TrainConfig's)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="peak LR of both (default: TrainConfig's)"
+    )
     parser.add_argument("--eval-interval", type=int, default=25)
     parser.add_argument("--work-dir", default="runs/bench-train-quality")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -82,7 +86,11 @@ def main() -> None:
     runs = {
         "recipe": TrainConfig(out=str(work / "recipe"), **common),
         "baseline": TrainConfig(
-            out=str(work / "baseline"), lr_schedule="constant", warmup_steps=0, tie_weights=False, **common
+            out=str(work / "baseline"),
+            lr_schedule="constant",
+            warmup_steps=0,
+            tie_weights=False,
+            **common,
         ),
     }
     results = {}
@@ -106,9 +114,13 @@ def main() -> None:
         res["time_to_baseline_loss"] = _time_to(res["evals"], target)
     recipe_at_base_time = _val_at(results["recipe"]["evals"], base_time)
 
-    print(f"\n## Training quality ({args.preset}, {args.steps} steps, batch {args.batch_size}x{args.context_length}, "
-          f"vocab {args.vocab_size}, default corpus)\n")
-    print("| run | final val loss | loop time (s) | time to baseline's final val loss (s) | loop overhead |")
+    print(
+        f"\n## Training quality ({args.preset}, {args.steps} steps, batch {args.batch_size}x{args.context_length}, "
+        f"vocab {args.vocab_size}, default corpus)\n"
+    )
+    print(
+        "| run | final val loss | loop time (s) | time to baseline's final val loss (s) | loop overhead |"
+    )
     print("|---|---|---|---|---|")
     for name, res in results.items():
         ttb = res["time_to_baseline_loss"]
@@ -116,7 +128,9 @@ def main() -> None:
             f"| {name} | {res['val_loss']:.4f} | {res['loop_seconds']:.1f} | "
             f"{'not reached' if ttb is None else f'{ttb:.1f}'} | {res['overhead_fraction']:.1%} |"
         )
-    print(f"\nRecipe val loss at the baseline's wall time ({base_time:.1f} s): {recipe_at_base_time:.4f}")
+    print(
+        f"\nRecipe val loss at the baseline's wall time ({base_time:.1f} s): {recipe_at_base_time:.4f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -241,3 +241,30 @@ def test_config_errors_name_the_problem():
         MMRecConfig(n_memory=10, memory_pool=4, n_memory_levels=3)
     with pytest.raises(ValueError, match="norm='batchnorm'"):
         MMRecConfig(norm="batchnorm")  # type: ignore[arg-type]
+
+
+def test_rows_at_different_positions_decode_like_separate_sequences():
+    """Per-row (B, T) positions: continuous batching where every row is at its own position."""
+    model = _model()
+    a, b = _tokens(1, 12, seed=4), _tokens(1, 7, seed=5)
+    with torch.no_grad():
+        full_a, full_b = model(a)[0], model(b)[0]
+        model.setup_caches(2, 32)
+        # Prefill each row on its own through a batch-1 view of its slot, as the engine does.
+        from gptforge.sampling.slots import SlotCaches
+
+        slots = SlotCaches(model, 2, 32)
+        assert slots.num_buffers == 2 * model.config.n_layer  # h and next_pos per layer
+        with slots.rows(0, 1):
+            model(a[:, :10], input_pos=torch.arange(10))
+        with slots.rows(1, 2):
+            model(b[:, :5], input_pos=torch.arange(5))
+        pos = torch.tensor([[10], [5]])
+        step1 = model(torch.stack([a[0, 10:11], b[0, 5:6]]), input_pos=pos)[0]
+        step2 = model(torch.stack([a[0, 11:12], b[0, 6:7]]), input_pos=pos + 1)[0]
+        with pytest.raises(ValueError, match=r"continue at position 12 .* \(batch row 0\)"):
+            model(torch.stack([a[0, :1], b[0, :1]]), input_pos=torch.tensor([[5], [7]]))
+    torch.testing.assert_close(step1[0, 0], full_a[0, 10], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step1[1, 0], full_b[0, 5], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step2[0, 0], full_a[0, 11], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step2[1, 0], full_b[0, 6], atol=1e-5, rtol=0)

@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from gptforge.training.tasks import WORDS
 
 
@@ -16,7 +15,9 @@ def corpus_texts(n: int = 240, seed: int = 0) -> list[str]:
     docs = []
     for i in range(n):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
-        docs.append(f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}.\n{words.upper()[:40]}")
+        docs.append(
+            f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}.\n{words.upper()[:40]}"
+        )
     return docs
 
 
@@ -36,7 +37,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, texts: list[str]) ->
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, texts: list[str], tokenizer_dir: Path) -> Path:
+def data_dir(
+    tmp_path_factory: pytest.TempPathFactory, texts: list[str], tokenizer_dir: Path
+) -> Path:
     from gptforge.training.prepare import prepare_data
 
     out = tmp_path_factory.mktemp("data")
@@ -65,3 +68,14 @@ def debug_config(data_dir: Path, out: Path, **overrides):
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine more threads spin and slow every test."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

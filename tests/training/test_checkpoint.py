@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gptforge.training.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    rng_state,
+    set_rng_state,
+)
 from torch import nn
-
-from gptforge.training.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
 
 
 class Tied(nn.Module):
@@ -36,7 +40,9 @@ def test_roundtrip_keeps_weights_ties_and_state(tmp_path):
     assert torch.equal(fresh.emb.weight, model.emb.weight)
     assert fresh.head.weight is fresh.emb.weight  # tie survives loading
     assert loaded["step"] == 5
-    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"])
+    assert torch.equal(
+        loaded["optimizer"]["state"][0]["exp_avg"], state["optimizer"]["state"][0]["exp_avg"]
+    )
 
 
 def test_keeps_last_k_and_the_best(tmp_path):

@@ -6,10 +6,9 @@ import dataclasses
 import json
 
 import pytest
-from typer.testing import CliRunner
-
 from gptforge.cli.main import app
 from gptforge.training.config import FinetuneConfig, TrainConfig
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -41,24 +40,60 @@ def test_prepare_train_resume_and_errors(tmp_path, tokenizer_dir, texts):
     data = tmp_path / "data"
     result = runner.invoke(
         app,
-        ["data", "prepare", "--input", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(data), "--no-progress"],
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(data),
+            "--no-progress",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "val tokens (uint16)" in result.output
     run = tmp_path / "run"
-    common = ["--no-progress", "--eval-interval", "0", "--context-length", "32", "--batch-size", "4"]
+    common = [
+        "--no-progress",
+        "--eval-interval",
+        "0",
+        "--context-length",
+        "32",
+        "--batch-size",
+        "4",
+    ]
     result = runner.invoke(
-        app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run), "--max-steps", "2", *common]
+        app,
+        [
+            "train",
+            "--preset",
+            "debug",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--max-steps",
+            "2",
+            *common,
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "done: step 2" in result.output
-    result = runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "3", "--no-progress"])
+    result = runner.invoke(
+        app, ["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "done: step 3" in result.output
     saved = json.loads((run / "train_config.json").read_text())["config"]
     assert saved["max_steps"] == 3 and saved["context_length"] == 32
     # Errors are one line with the fix, not a traceback.
-    result = runner.invoke(app, ["train", "--preset", "debug", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["train", "--preset", "debug", "--data", str(tmp_path), "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code == 1 and "gptforge data prepare" in result.output
-    result = runner.invoke(app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run)])
+    result = runner.invoke(
+        app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run)]
+    )
     assert result.exit_code == 1 and "--resume" in result.output

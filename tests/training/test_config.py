@@ -7,7 +7,6 @@ import math
 import sys
 
 import pytest
-
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
 from gptforge.training.schedule import lr_at
 

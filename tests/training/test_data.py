@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from gptforge.training.data import (
     DataError,
     EpochSampler,
@@ -51,7 +50,9 @@ def test_shard_size_limit_and_special_text_is_plain(tmp_path, tokenizer_dir):
 
     tok = Tokenizer.from_dir(tokenizer_dir)
     docs = ["a <|endoftext|> b", "apple river stone " * 20]
-    meta = prepare_data(docs, tokenizer_dir, tmp_path, val_fraction=0.0, shard_tokens=16, progress=False)
+    meta = prepare_data(
+        docs, tokenizer_dir, tmp_path, val_fraction=0.0, shard_tokens=16, progress=False
+    )
     shards = meta["splits"]["train"]["shards"]
     assert len(shards) > 2 and all(s["tokens"] <= 16 for s in shards)
     ids = np.concatenate([np.asarray(s) for s in TokenShards(tmp_path, "train").shards]).tolist()
@@ -72,7 +73,9 @@ def test_parallel_map_gives_identical_shards(tmp_path, tokenizer_dir, texts):
     )
     assert seq["splits"] == par["splits"]
     for shard in seq["splits"]["train"]["shards"] + seq["splits"]["val"]["shards"]:
-        assert (tmp_path / "seq" / shard["file"]).read_bytes() == (tmp_path / "par" / shard["file"]).read_bytes()
+        assert (tmp_path / "seq" / shard["file"]).read_bytes() == (
+            tmp_path / "par" / shard["file"]
+        ).read_bytes()
     assert not list((tmp_path / "par").glob(".prepare-*"))  # the Arrow cache is cleaned up
 
 

@@ -10,10 +10,9 @@ import subprocess
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from gptforge.training.metrics import read_metrics
 from helpers import PYTHON, child_env
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # two torchrun jobs: ~30 s of CPU
 
@@ -22,12 +21,39 @@ STEPS = 4
 
 def _run(out, data_dir, nproc: int, batch_size: int) -> None:
     cmd = [
-        PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "gptforge.training", "train",
-        "--preset", "debug", "--data", str(data_dir), "--out", str(out),
-        "--max-steps", str(STEPS), "--batch-size", str(batch_size), "--grad-accum", "2",
-        "--context-length", "32", "--eval-interval", "2", "--eval-batches", "2",
-        "--checkpoint-interval", "2", "--log-interval", "1", "--no-progress", "--device", "cpu",
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "gptforge.training",
+        "train",
+        "--preset",
+        "debug",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(STEPS),
+        "--batch-size",
+        str(batch_size),
+        "--grad-accum",
+        "2",
+        "--context-length",
+        "32",
+        "--eval-interval",
+        "2",
+        "--eval-batches",
+        "2",
+        "--checkpoint-interval",
+        "2",
+        "--log-interval",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
 from conftest import debug_config
 from gptforge.training.instruct import (
     INST,
@@ -34,7 +32,10 @@ def test_templates_render_as_documented():
     rec = {"instruction": "Add the numbers.", "input": "2 + 3", "output": "5"}
     assert render_text(rec, "inst") == ("<INST>Add the numbers.\n2 + 3</INST><RESP>", "5</RESP>")
     prompt, resp = render_text(rec, "alpaca")
-    assert prompt.endswith("### Input:\n2 + 3\n\n### Response:\n") and "### Instruction:\nAdd the numbers." in prompt
+    assert (
+        prompt.endswith("### Input:\n2 + 3\n\n### Response:\n")
+        and "### Instruction:\nAdd the numbers." in prompt
+    )
     assert resp == "5<|endoftext|>"
     with pytest.raises(ValueError, match="allowed: \\['inst', 'alpaca'\\]"):
         render_text(rec, "chatml")
@@ -49,7 +50,9 @@ def test_encoding_uses_special_ids_and_never_injects_them(tok):
     assert tok.decode(prompt + response) == "<INST>say <INST> please</INST><RESP>ok </RESP></RESP>"
     assert stop_ids("inst", tok) == [tok.eot_token, tok.special_tokens[RESP_END]]
     a_prompt, a_resp = encode_record(rec, "alpaca", tok)
-    assert a_resp[-1] == tok.eot_token and tok.decode(a_prompt).startswith("Below is an instruction")
+    assert a_resp[-1] == tok.eot_token and tok.decode(a_prompt).startswith(
+        "Below is an instruction"
+    )
 
 
 def test_loss_only_on_response_tokens():
@@ -75,7 +78,12 @@ def test_generated_tasks_are_deterministic_and_checkable():
 
 def test_read_records_names_the_bad_record(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n" + json.dumps({"instruction": 3}) + "\n")
+    path.write_text(
+        json.dumps({"instruction": "a", "output": "b"})
+        + "\n"
+        + json.dumps({"instruction": 3})
+        + "\n"
+    )
     with pytest.raises(ValueError, match="record 1 of .*needs string fields"):
         read_records(path)
     path.write_text("{bad\n")
@@ -88,7 +96,17 @@ def base_run(tmp_path_factory, data_dir):
     from gptforge.training.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("base")
-    pretrain(debug_config(data_dir, out, max_steps=20, lr=3e-3, context_length=64, eval_interval=0, checkpoint_interval=0))
+    pretrain(
+        debug_config(
+            data_dir,
+            out,
+            max_steps=20,
+            lr=3e-3,
+            context_length=64,
+            eval_interval=0,
+            checkpoint_interval=0,
+        )
+    )
     return out
 
 
@@ -101,8 +119,15 @@ def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run)
 
     before = load_model_dir(base_run)
     cfg = FinetuneConfig(
-        from_run=str(base_run), out=str(tmp_path / "sft"), max_steps=3, batch_size=4,
-        num_examples=60, eval_examples=6, progress=False, eval_interval=0, max_length=65,
+        from_run=str(base_run),
+        out=str(tmp_path / "sft"),
+        max_steps=3,
+        batch_size=4,
+        num_examples=60,
+        eval_examples=6,
+        progress=False,
+        eval_interval=0,
+        max_length=65,
     )
     result = finetune(cfg)
     tok = Tokenizer.from_dir(tmp_path / "sft" / "tokenizer")
@@ -115,6 +140,18 @@ def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run)
     assert 0.0 <= result.after["accuracy"] <= 1.0
     bot = ChatModel(tmp_path / "sft")
     assert isinstance(bot.respond("Repeat the words.", "blue moon", max_new_tokens=4), str)
+    with pytest.raises(ValueError, match="not a fine-tuned run"):
+        ChatModel(base_run)
+
+    from typer.testing import CliRunner
+
+    from gptforge.cli.main import app
+
+    args = ["chat", "--ckpt", str(tmp_path / "sft"), "--prompt", "Add the numbers.", "--input", "1 + 2"]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["chat", "--ckpt", str(base_run), "--prompt", "hi"])
+    assert result.exit_code == 1 and "gptforge finetune" in result.output
 
 
 def _accuracy_gain(base_run, out, **overrides):
@@ -122,8 +159,16 @@ def _accuracy_gain(base_run, out, **overrides):
     from gptforge.training.finetune import finetune
 
     values = dict(
-        from_run=str(base_run), out=str(out), batch_size=32, lr=1e-2, num_examples=1500,
-        eval_examples=96, max_length=65, progress=False, eval_interval=0, checkpoint_interval=0,
+        from_run=str(base_run),
+        out=str(out),
+        batch_size=32,
+        lr=1e-2,
+        num_examples=1500,
+        eval_examples=96,
+        max_length=65,
+        progress=False,
+        eval_interval=0,
+        checkpoint_interval=0,
     )
     values.update(overrides)
     result = finetune(FinetuneConfig(**values))
@@ -132,7 +177,9 @@ def _accuracy_gain(base_run, out, **overrides):
 
 def test_held_out_exact_match_rises(tmp_path, base_run):
     """A debug model learns three easy task families in ~250 steps (~7 s of CPU)."""
-    before, after, per_task = _accuracy_gain(base_run, tmp_path / "sft", max_steps=250, tasks="add,successor,first")
+    before, after, per_task = _accuracy_gain(
+        base_run, tmp_path / "sft", max_steps=250, tasks="add,successor,first"
+    )
     assert before <= 0.05
     assert after >= before + 0.10, per_task
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import debug_config
 from gptforge.training.data import DataError
 from gptforge.training.loop import TrainingDiverged
@@ -18,7 +17,9 @@ from gptforge.training.pretrain import pretrain
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
-    cfg = debug_config(data_dir, out, max_steps=12, lr=3e-3, eval_interval=6, checkpoint_interval=4, keep_last=1)
+    cfg = debug_config(
+        data_dir, out, max_steps=12, lr=3e-3, eval_interval=6, checkpoint_interval=4, keep_last=1
+    )
     return cfg, pretrain(cfg)
 
 
@@ -94,6 +95,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
 
 
 def test_llama_preset_trains(tmp_path, data_dir):
-    cfg = debug_config(data_dir, tmp_path / "r", arch="llama", preset="llama-debug", max_steps=2, eval_interval=0)
+    cfg = debug_config(
+        data_dir, tmp_path / "r", arch="llama", preset="llama-debug", max_steps=2, eval_interval=0
+    )
     result = pretrain(cfg)
     assert result.step == 2 and math.isfinite(result.train_loss)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from gptforge.training.prepare import prepare_data
 from gptforge.training.remote import RemoteTokenizer, _split_long
 
@@ -33,7 +32,9 @@ def test_grpc_tokenizer_gives_identical_shards(tmp_path, service, tokenizer_dir,
     for split in ("train", "val"):
         for shard in local["splits"][split]["shards"]:
             name = shard["file"]
-            assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+            assert (tmp_path / "local" / name).read_bytes() == (
+                tmp_path / "remote" / name
+            ).read_bytes()
 
 
 def test_remote_reports_vocab_and_splits_long_texts(service, tokenizer_dir, texts):
@@ -41,7 +42,11 @@ def test_remote_reports_vocab_and_splits_long_texts(service, tokenizer_dir, text
 
     tok = Tokenizer.from_dir(tokenizer_dir)
     remote = RemoteTokenizer(service)
-    assert (remote.n_vocab, remote.eot_token, remote.fingerprint) == (tok.n_vocab, tok.eot_token, tok.fingerprint)
+    assert (remote.n_vocab, remote.eot_token, remote.fingerprint) == (
+        tok.n_vocab,
+        tok.eot_token,
+        tok.fingerprint,
+    )
     long_text = "\n".join(texts[:5])  # > 300 bytes: sent in pieces, joined back
     assert len(long_text.encode()) > 300
     assert remote.encode(long_text) == tok.encode(long_text)

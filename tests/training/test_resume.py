@@ -6,12 +6,11 @@ import signal
 import subprocess
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import debug_config
 from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import pretrain
 from helpers import PYTHON, child_env
+from safetensors.torch import load_file
 
 KILL_AT = 5  # checkpoints every 2 steps: the resumed run restarts from step 4
 STEPS = 8
@@ -33,13 +32,21 @@ pretrain(cfg, resume={resume}, callbacks=[kill])
 
 
 def _child(data_dir, out, resume: bool, kill_at: int) -> subprocess.CompletedProcess:
-    code = CHILD.format(kill_at=kill_at, data=str(data_dir), out=str(out), steps=STEPS, resume=resume)
-    return subprocess.run([PYTHON, "-c", code], env=child_env(), capture_output=True, text=True, timeout=240)
+    code = CHILD.format(
+        kill_at=kill_at, data=str(data_dir), out=str(out), steps=STEPS, resume=resume
+    )
+    return subprocess.run(
+        [PYTHON, "-c", code], env=child_env(), capture_output=True, text=True, timeout=240
+    )
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, data_dir):
     torch.set_num_threads(1)
-    reference = pretrain(debug_config(data_dir, tmp_path / "ref", max_steps=STEPS, checkpoint_interval=2, dropout=0.1))
+    reference = pretrain(
+        debug_config(
+            data_dir, tmp_path / "ref", max_steps=STEPS, checkpoint_interval=2, dropout=0.1
+        )
+    )
 
     killed = _child(data_dir, tmp_path / "run", resume=False, kill_at=KILL_AT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

@@ -289,13 +289,15 @@ def _check_hf(src: Path, hf_dir: Path) -> dict[str, Any]:
     """Load the export with transformers; compare logits and token ids with ours."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from gptforge.modeling.io import load_model_dir
     from gptforge.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(src / "tokenizer")
     ours = load_model_dir(src, dtype=torch.float32).eval()
-    theirs = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    hf_logging.disable_progress_bar()
+    theirs = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = tok.encode(SAMPLE_TEXT)[: int(ours.config.block_size)]
     x = torch.tensor([ids])  # (1, T)
     with torch.no_grad():

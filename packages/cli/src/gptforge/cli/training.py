@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
-
 from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
 
@@ -56,13 +55,18 @@ def _config_params(cls: type) -> list[inspect.Parameter]:
         option = typer.Option(None, *names, help=help_text, show_default=False)
         params.append(
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[base]  # noqa: UP045
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option,
+                annotation=Optional[base],  # noqa: UP045
             )
         )
     return params
 
 
-def _with_config_flags(cls: type, fn: Callable[..., None], extra: list[inspect.Parameter]) -> Callable[..., None]:
+def _with_config_flags(
+    cls: type, fn: Callable[..., None], extra: list[inspect.Parameter]
+) -> Callable[..., None]:
     """``fn(**kwargs)`` whose signature (what typer reads) is the dataclass fields + ``extra``."""
 
     def command(**kwargs: Any) -> None:
@@ -125,13 +129,25 @@ def finetune_command(**kwargs: Any) -> None:
 
 
 def prepare_command(
-    input: str = typer.Option(..., "--input", help="Corpus source: file, directory, glob, .jsonl, parquet, saved dataset, or 'default'."),  # noqa: A002
-    tokenizer: str = typer.Option(..., "--tokenizer", help="Tokenizer directory or grpc://host:port of a tokenizer service."),
+    input: str = typer.Option(
+        ...,
+        "--input",
+        help="Corpus source: file, directory, glob, .jsonl, parquet, saved dataset, or 'default'.",
+    ),  # noqa: A002
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", help="Tokenizer directory or grpc://host:port of a tokenizer service."
+    ),
     out: str = typer.Option(..., "--out", help="Output data directory."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of tokens held out for validation."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="Share of tokens held out for validation."
+    ),
     field: str = typer.Option("text", "--field", help="Text field of .jsonl / parquet records."),
-    num_proc: Optional[int] = typer.Option(None, "--num-proc", help="Processes for large inputs (default: CPUs, at most 8)."),  # noqa: UP045
-    block_tokens: int = typer.Option(1024, "--block-tokens", help="Granularity of the train/validation split in tokens."),
+    num_proc: Optional[int] = typer.Option(
+        None, "--num-proc", help="Processes for large inputs (default: CPUs, at most 8)."
+    ),  # noqa: UP045
+    block_tokens: int = typer.Option(
+        1024, "--block-tokens", help="Granularity of the train/validation split in tokens."
+    ),
     shard_tokens: int = typer.Option(1 << 27, "--shard-tokens", help="Most tokens per shard file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -164,9 +180,13 @@ def prepare_command(
 
 def chat_command(
     ckpt: str = typer.Option(..., "--ckpt", help="Run directory written by `gptforge finetune`."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Answer this instruction and exit (default: interactive)."),  # noqa: UP045
+    prompt: Optional[str] = typer.Option(
+        None, "--prompt", help="Answer this instruction and exit (default: interactive)."
+    ),  # noqa: UP045
     input: str = typer.Option("", "--input", help="Optional input of the instruction."),  # noqa: A002
-    template: Optional[str] = typer.Option(None, "--template", help="inst or alpaca (default: the run's)."),  # noqa: UP045
+    template: Optional[str] = typer.Option(
+        None, "--template", help="inst or alpaca (default: the run's)."
+    ),  # noqa: UP045
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 answers greedily."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -184,7 +204,9 @@ def chat_command(
         _fail(exc)
 
     def answer(instruction: str, extra: str) -> str:
-        return bot.respond(instruction, extra, max_new_tokens=max_new_tokens, temperature=temperature)
+        return bot.respond(
+            instruction, extra, max_new_tokens=max_new_tokens, temperature=temperature
+        )
 
     if prompt is not None:
         typer.echo(answer(prompt, input))
@@ -206,5 +228,7 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     data.command("prepare")(prepare_command)
     root.add_typer(data, name="data")
     root.command("train")(_with_config_flags(TrainConfig, train_command, [_resume_param()]))
-    root.command("finetune")(_with_config_flags(FinetuneConfig, finetune_command, [_resume_param()]))
+    root.command("finetune")(
+        _with_config_flags(FinetuneConfig, finetune_command, [_resume_param()])
+    )
     root.command("chat")(chat_command)

@@ -6,14 +6,37 @@ exactly what :meth:`num_params` reports for the real model, for every registered
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from gptforge.modeling.registry import build_model, config_from_dict, get_config
+
+_INIT_FNS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "xavier_uniform_",
+             "xavier_normal_", "zeros_", "ones_", "constant_")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` a no-op while a meta model is built.
+
+    Meta tensors hold no values, and on the meta device ``normal_`` runs a Python reference
+    that imports ``torch._dynamo`` (seconds) the first time; counting never needs values.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FNS}
+    try:
+        for name in _INIT_FNS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
 
 #: Bytes per parameter of an fp32 AdamW training state: weight, gradient, exp_avg, exp_avg_sq.
 ADAMW_FP32_BYTES_PER_PARAM = 16
@@ -31,7 +54,7 @@ def count_params(config: Any, non_embedding: bool = False, include_padding: bool
     >>> count_params(get_config("gpt2", tie_embeddings=False, qkv_bias=False))
     163009536
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model: Any = build_model(config)
     if include_padding:
         return model.num_params(non_embedding=non_embedding, include_padding=True)

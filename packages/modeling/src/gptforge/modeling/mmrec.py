@@ -212,18 +212,24 @@ class RecurrentStateCache(nn.Module):
     """The generation cache of one layer: the state ``h`` (constant size) and slot keys/values.
 
     Unlike a KV cache nothing grows with the sequence: ``h`` has shape (max_batch_size, D).
+    ``next_pos`` (max_batch_size, 1) is the position each row continues at. Both are
+    non-persistent buffers with the batch as dim 0, so slot views for continuous batching
+    (``gptforge.sampling.slots``) work and zeroing a row starts a new sequence in it.
     """
 
     def __init__(self, max_batch_size: int, dim: int, dtype: torch.dtype, device) -> None:
         super().__init__()
+        kw = {"device": device}
+        self.register_buffer("h", torch.zeros(max_batch_size, dim, dtype=dtype, **kw), False)
         self.register_buffer(
-            "h", torch.zeros(max_batch_size, dim, dtype=dtype, device=device), persistent=False
+            "next_pos", torch.zeros(max_batch_size, 1, dtype=torch.long, **kw), False
         )
         self.memory_kv: tuple[Tensor, Tensor] | None = None
 
     def reset(self) -> None:
-        """Zero the state and drop the cached slot keys/values."""
+        """Zero the state and positions and drop the cached slot keys/values."""
         self.h.zero_()
+        self.next_pos.zero_()
         self.memory_kv = None
 
 
@@ -250,9 +256,8 @@ class MMRec(CausalLM):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.caches: list[RecurrentStateCache] | None = None
+        self.caches: nn.ModuleList | None = None  # of RecurrentStateCache, by setup_caches
         self._max_seq_len = 0
-        self._next_pos = 0
         self.reset_parameters()
 
     # ----------------------------------------------------------------- initialisation
@@ -298,23 +303,20 @@ class MMRec(CausalLM):
         param = self.wte.weight
         dtype = torch.promote_types(dtype or param.dtype, torch.float32)
         device = device if device is not None else param.device
-        self.caches = [
+        self.caches = nn.ModuleList(
             RecurrentStateCache(max_batch_size, self.config.n_embd, dtype, device)
             for _ in self.h
-        ]
+        )
         self._max_seq_len = max_seq_len
-        self._next_pos = 0
 
     def reset_caches(self) -> None:
         """Zero every state so the next call with ``input_pos`` starts a new sequence."""
         for cache in self.caches or []:
             cache.reset()
-        self._next_pos = 0
 
     def remove_caches(self) -> None:
         """Drop the states."""
         self.caches = None
-        self._next_pos = 0
 
     @property
     def has_caches(self) -> bool:
@@ -338,7 +340,7 @@ class MMRec(CausalLM):
         kvs: list[tuple[Tensor, Tensor] | None] = [None] * len(self.h)
         if input_pos is not None:
             caches = self._caches_for(idx, input_pos)
-            states = [c.h[: idx.shape[0]] for c in caches]
+            states = [c.h[: idx.shape[0]].clone() for c in caches]  # (B, D) each
             kvs = [c.memory_kv for c in caches]
         x = self.drop(self.wte(idx))  # (B, T, D)
         new_states = []
@@ -367,54 +369,62 @@ class MMRec(CausalLM):
         return self.lm_head(self.ln_f(x))[..., : self.config.vocab_size], new_states
 
     # ----------------------------------------------------------------- cache plumbing
-    def _caches_for(self, idx: Tensor, input_pos: Tensor) -> list[RecurrentStateCache]:
+    def _caches_for(self, idx: Tensor, input_pos: Tensor | int) -> list[RecurrentStateCache]:
+        """Validate ``input_pos`` against each row's state; zero the rows that restart at 0."""
         if self.caches is None:
             raise RuntimeError(
                 "forward(..., input_pos=...) needs caches; call model.setup_caches("
                 "max_batch_size, max_seq_len) first"
             )
+        caches: list[RecurrentStateCache] = list(self.caches)  # type: ignore[arg-type]
         bsz, seq_len = idx.shape
         if isinstance(input_pos, int):
             input_pos = torch.arange(input_pos, input_pos + seq_len, device=idx.device)
-        pos = input_pos.reshape(-1)
-        if pos.numel() != seq_len:
+        if input_pos.shape not in ((seq_len,), (bsz, seq_len)):
             raise ValueError(
-                f"input_pos must hold one position per token ({seq_len}), got shape "
-                f"{tuple(input_pos.shape)!r}"
+                f"input_pos must have shape (T,) = ({seq_len},) or (B, T) = ({bsz}, {seq_len}), "
+                f"got {tuple(input_pos.shape)!r}"
             )
-        start = int(pos[0])
-        expected = torch.arange(start, start + seq_len, device=pos.device)
-        if not torch.equal(pos.to(expected.dtype), expected):
+        max_batch = caches[0].h.shape[0]
+        if bsz > max_batch:
+            raise CacheOverflowError(
+                f"batch size {bsz} exceeds the max_batch_size {max_batch} given to setup_caches; "
+                "call setup_caches again with a larger one"
+            )
+        pos = input_pos.to(torch.long).expand(bsz, seq_len)  # (B, T)
+        starts = pos[:, 0]  # (B,)
+        steps = torch.arange(seq_len, device=pos.device)
+        if not torch.equal(pos, starts[:, None] + steps):
             raise ValueError(
-                f"MM-Rec is recurrent: input_pos must be consecutive, got {pos.tolist()!r}; "
+                f"MM-Rec is recurrent: input_pos must be consecutive, got {input_pos.tolist()!r}; "
                 "pass positions start, start + 1, ..., start + T - 1"
             )
-        if start not in (0, self._next_pos):
+        expected = caches[0].next_pos[:bsz, 0].to(pos.device)  # (B,)
+        fresh = starts == 0
+        bad = ~(fresh | (starts == expected))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
             raise ValueError(
-                f"MM-Rec is recurrent: input_pos must continue at position {self._next_pos} "
-                f"(where the previous call stopped) or restart at 0, got {start}; a recurrent "
-                "state cannot go back to an earlier position"
+                f"MM-Rec is recurrent: input_pos must continue at position {int(expected[row])} "
+                f"(where the previous call stopped) or restart at 0, got {int(starts[row])} "
+                f"(batch row {row}); a recurrent state cannot go back to an earlier position"
             )
-        if bsz > self.caches[0].h.shape[0]:
+        if int(starts.max()) + seq_len > self._max_seq_len:
             raise CacheOverflowError(
-                f"batch size {bsz} exceeds the max_batch_size {self.caches[0].h.shape[0]} given "
-                "to setup_caches; call setup_caches again with a larger one"
+                f"positions up to {int(starts.max()) + seq_len - 1} exceed max_seq_len="
+                f"{self._max_seq_len} given to setup_caches (the state itself does not grow); "
+                "call setup_caches with a larger max_seq_len"
             )
-        if start + seq_len > self._max_seq_len:
-            raise CacheOverflowError(
-                f"positions up to {start + seq_len - 1} exceed max_seq_len={self._max_seq_len} "
-                "given to setup_caches (the state itself does not grow); call setup_caches with "
-                "a larger max_seq_len"
-            )
-        if start == 0:
-            self.reset_caches()
-            with torch.no_grad():
-                for cache, block in zip(self.caches, self.h, strict=True):
+        with torch.no_grad():
+            for cache, block in zip(caches, self.h, strict=True):
+                rows = fresh.to(cache.h.device)
+                cache.h[:bsz].masked_fill_(rows[:, None], 0.0)
+                cache.next_pos[:bsz, 0] = (starts + seq_len).to(cache.next_pos.device)
+                if cache.memory_kv is None or bool(fresh.all()):
                     mixer = block.mixer
                     k, v = mixer.mem_attn.memory_kv(mixer.memory())
                     cache.memory_kv = (k.detach(), v.detach())
-        self._next_pos = start + seq_len
-        return self.caches
+        return caches
 
     def _store(self, bsz: int, states: list[Tensor]) -> None:
         assert self.caches is not None

@@ -2,7 +2,7 @@
 
 >>> from gptforge.training import TrainConfig, lr_at
 >>> TrainConfig(preset="debug", max_steps=10).batch_size
-16
+8
 """
 
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.training.instruct import encode_record, stop_ids
 from gptforge.training.textgen import generate_ids
 
@@ -25,7 +24,9 @@ class ChatModel:
     'blue moon'
     """
 
-    def __init__(self, run_dir: str | Path, *, device: str = "cpu", template: str | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, device: str = "cpu", template: str | None = None
+    ) -> None:
         from gptforge.modeling.io import load_model_dir
         from gptforge.tokenizer import Tokenizer
 
@@ -34,6 +35,11 @@ class ChatModel:
         saved = json.loads(chat_file.read_text()) if chat_file.exists() else {}
         self.template: str = template or saved.get("template", "inst")
         self.tokenizer: Any = Tokenizer.from_dir(run_dir / "tokenizer")
+        if self.template == "inst" and "<INST>" not in self.tokenizer.special_tokens:
+            raise ValueError(
+                f"{str(run_dir)!r} is not a fine-tuned run (its tokenizer has no <INST> token); "
+                "fine-tune it first: gptforge finetune --from RUN_DIR --out RUN_DIR2"
+            )
         self.model = load_model_dir(run_dir, device=device, dtype=torch.float32)
 
     def respond(

@@ -182,7 +182,9 @@ class CheckpointManager:
                 manifest = json.loads((path / "manifest.json").read_text())
                 infos.append(CheckpointInfo(path, manifest))
             except (OSError, json.JSONDecodeError) as exc:
-                self.warn(f"checkpoint {path.name!r} has no readable manifest.json ({exc}); skipped")
+                self.warn(
+                    f"checkpoint {path.name!r} has no readable manifest.json ({exc}); skipped"
+                )
         return sorted(infos, key=lambda info: info.step)
 
     def best(self) -> CheckpointInfo | None:
@@ -250,6 +252,4 @@ class CheckpointManager:
                 )
                 continue
             return cand, state
-        raise CheckpointError(
-            f"no usable checkpoint in {self.dir}: " + "; ".join(errors)
-        )
+        raise CheckpointError(f"no usable checkpoint in {self.dir}: " + "; ".join(errors))

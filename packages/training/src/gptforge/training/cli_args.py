@@ -42,7 +42,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             )
         else:
             parser.add_argument(
-                *flags, dest=f.name, type=base, default=argparse.SUPPRESS, help=f"(default: {default})"
+                *flags,
+                dest=f.name,
+                type=base,
+                default=argparse.SUPPRESS,
+                help=f"(default: {default})",
             )
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -71,18 +71,18 @@ class LoopConfig:
     """
 
     out: str = "runs/train"
-    max_steps: int = 600
-    batch_size: int = 16
+    max_steps: int = 300
+    batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 50
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 30
     lr_schedule: str = "cosine"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    eval_interval: int = 100
+    eval_interval: int = 50
     eval_batches: int = 8
     sample_interval: int = 0
     sample_prompt: str = "The"
@@ -133,9 +133,7 @@ class LoopConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} fields {unknown!r}; allowed: {sorted(names)}"
-            )
+            raise ValueError(f"unknown {cls.__name__} fields {unknown!r}; allowed: {sorted(names)}")
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

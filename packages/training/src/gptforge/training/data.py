@@ -95,7 +95,9 @@ class TokenShards:
                 f"{self.data_dir} holds token id {recorded} but the model vocabulary has "
                 f"{n_vocab} ids; prepare the data with the model's tokenizer"
             )
-        for shard_meta, shard in zip(self.meta["splits"][self.split]["shards"], self.shards, strict=False):
+        for shard_meta, shard in zip(
+            self.meta["splits"][self.split]["shards"], self.shards, strict=False
+        ):
             for start in range(0, len(shard), chunk):
                 part = np.asarray(shard[start : start + chunk])
                 top = int(part.max())

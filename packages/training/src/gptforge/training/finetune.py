@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import init_distributed, shutdown
 from gptforge.training.instruct import (
@@ -80,7 +79,11 @@ def finetune(
             model.resize_token_embeddings(tokenizer.n_vocab)
         model.train()
         block = int(model.config.block_size)
-        records = read_records(cfg.data) if cfg.data else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+        records = (
+            read_records(cfg.data)
+            if cfg.data
+            else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+        )
         train_records, held_out = split_records(records, cfg.val_fraction, cfg.seed)
         limit = min(cfg.max_length, block + 1)
         encoded = {}
@@ -105,14 +108,18 @@ def finetune(
         before = None
         if not resume and info.is_main:
             before = exact_match(model, tokenizer, scored, cfg.template)
-            print(f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}")
+            print(
+                f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}"
+            )
 
         def save_top(m: torch.nn.Module) -> None:
             save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             got = exact_match(m, tokenizer, scored[:1], cfg.template)
-            return f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
+            return (
+                f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
+            )
 
         loop = train_loop(
             cfg,
@@ -133,7 +140,9 @@ def finetune(
         )
         after = exact_match(model, tokenizer, scored, cfg.template)
         if info.is_main:
-            print(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}")
+            print(
+                f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}"
+            )
             chat = {"template": cfg.template, "before": before, "after": after}
             if before is None and (run_dir / CHAT_FILE).exists():
                 chat["before"] = json.loads((run_dir / CHAT_FILE).read_text()).get("before")

@@ -34,7 +34,11 @@ ALPACA_HEADER_INPUT = (
 
 def render_text(record: dict[str, str], template: str) -> tuple[str, str]:
     """``(prompt, response)`` as text (for display; training uses :func:`encode_record`)."""
-    instruction, extra, output = record["instruction"], record.get("input", ""), record.get("output", "")
+    instruction, extra, output = (
+        record["instruction"],
+        record.get("input", ""),
+        record.get("output", ""),
+    )
     if template == "inst":
         body = f"{instruction}\n{extra}" if extra else instruction
         return f"{INST}{body}{INST_END}{RESP}", f"{output}{RESP_END}"
@@ -55,7 +59,11 @@ def encode_record(
     record: dict[str, str], template: str, tokenizer: Any
 ) -> tuple[list[int], list[int]]:
     """Token ids ``(prompt_ids, response_ids)``; the response ends with the stop token."""
-    instruction, extra, output = record["instruction"], record.get("input", ""), record.get("output", "")
+    instruction, extra, output = (
+        record["instruction"],
+        record.get("input", ""),
+        record.get("output", ""),
+    )
     special = tokenizer.special_tokens
     if template == "inst":
         missing = [t for t in SPECIAL_TOKENS if t not in special]
@@ -94,7 +102,11 @@ def read_records(path: str | Path) -> list[dict[str, str]]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{lineno} is not valid JSON ({exc})") from exc
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("instruction"), str)
+            or not isinstance(row.get("output"), str)
+        ):
             raise ValueError(
                 f"record {i} of {path} needs string fields 'instruction' and 'output' "
                 f"(and optionally 'input'); got {row!r:.200}"

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from gptforge.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from gptforge.training.config import LoopConfig
 from gptforge.training.data import BatchSource, EpochSampler, eval_indices
@@ -32,6 +30,7 @@ from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier
 from gptforge.training.metrics import MetricsLogger, write_plots
 from gptforge.training.optim import make_optimizer
 from gptforge.training.schedule import lr_at
+from torch import nn
 
 Callback = Callable[[int, nn.Module, dict[str, Any]], None]
 
@@ -173,7 +172,11 @@ def train_loop(
         write(f"resumed from {found.path} at step {step}")
     else:
         torch.manual_seed(cfg.seed + rank)
-    metrics = MetricsLogger(run_dir / "metrics.jsonl", resume_step=step if resume else None) if info.is_main else None
+    metrics = (
+        MetricsLogger(run_dir / "metrics.jsonl", resume_step=step if resume else None)
+        if info.is_main
+        else None
+    )
 
     raw_model = model
     train_model: nn.Module = model
@@ -305,8 +308,10 @@ def train_loop(
             t_overhead += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            if val is not None and len(val) and (
-                (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps
+            if (
+                val is not None
+                and len(val)
+                and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps)
             ):
                 val_loss = evaluate(
                     raw_model,
@@ -329,12 +334,19 @@ def train_loop(
                         elapsed=time.perf_counter() - t_start,
                     )
                 write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
-            if sample is not None and info.is_main and cfg.sample_interval and step % cfg.sample_interval == 0:
+            if (
+                sample is not None
+                and info.is_main
+                and cfg.sample_interval
+                and step % cfg.sample_interval == 0
+            ):
                 write(f"step {step} sample: {sample(raw_model)!r}")
             t_excluded += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            if (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.max_steps:
+            if (
+                cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0
+            ) or step == cfg.max_steps:
                 save(step, val_loss if evaluated_at == step else None)
             t_overhead += time.perf_counter() - t0
             for callback in callbacks:

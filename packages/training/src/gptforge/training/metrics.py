@@ -50,7 +50,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def _series(rows: list[dict[str, Any]], kind: str, key: str) -> tuple[list, list, list]:
     picked = [r for r in rows if r.get("kind") == kind and key in r]
-    return [r["step"] for r in picked], [r.get("tokens", 0) for r in picked], [r[key] for r in picked]
+    return (
+        [r["step"] for r in picked],
+        [r.get("tokens", 0) for r in picked],
+        [r[key] for r in picked],
+    )
 
 
 def write_plots(metrics_path: str | Path, plots_dir: str | Path) -> list[Path]:

@@ -12,9 +12,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Biases, normalisation weights (1-D) and embedding tables (``nn.Embedding``, including an LM
     head tied to one) are not decayed. Shared (tied) parameters appear once.
     """
-    embedding_params = {
-        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)
-    }
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay, seen = [], [], set()
     for _, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from gptforge.training.data import FORMAT, META, token_dtype
 from gptforge.training.io import atomic_write_text
 from gptforge.training.remote import GRPC_SCHEME, RemoteTokenizer
@@ -203,13 +202,16 @@ def prepare_data(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if block_tokens < 1 or shard_tokens < 1:
-        raise ValueError(f"block_tokens and shard_tokens must be >= 1, got {block_tokens!r}, {shard_tokens!r}")
+        raise ValueError(
+            f"block_tokens and shard_tokens must be >= 1, got {block_tokens!r}, {shard_tokens!r}"
+        )
+    from gptforge.corpus import iter_documents
     from tqdm.auto import tqdm
 
-    from gptforge.corpus import iter_documents
-
     tok = load_tokenizer(tokenizer)
-    tokenizer_dir = str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else None
+    tokenizer_dir = (
+        str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else None
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.bin"):

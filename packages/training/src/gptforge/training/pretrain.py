@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from gptforge.training.config import TrainConfig
 from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
 from gptforge.training.distributed import init_distributed, shutdown
@@ -134,14 +133,18 @@ def pretrain(
             model = build_model(mcfg)
         if info.is_main:
             n = model.num_params()
-            print(f"model {cfg.arch}/{cfg.preset}: {n / 1e6:.2f}M parameters, context {context}, "
-                  f"{len(train_data)} training windows, device {device}")
+            print(
+                f"model {cfg.arch}/{cfg.preset}: {n / 1e6:.2f}M parameters, context {context}, "
+                f"{len(train_data)} training windows, device {device}"
+            )
 
         def save_top(m: torch.nn.Module) -> None:
             save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
-            return sample_text(m, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+            return sample_text(
+                m, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed
+            )
 
         manifest = {
             "kind": "pretrain",

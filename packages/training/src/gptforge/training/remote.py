@@ -32,7 +32,9 @@ def _split_long(text: str, max_bytes: int) -> list[str]:
         # Characters are at most 4 bytes, so max_bytes // 4 characters always fit.
         limit = start + max(1, max_bytes // 4)
         cut = text.rfind(" ", start + 1, limit)
-        while cut > start and not (text[cut - 1].isalpha() and cut + 1 < len(text) and text[cut + 1].isalpha()):
+        while cut > start and not (
+            text[cut - 1].isalpha() and cut + 1 < len(text) and text[cut + 1].isalpha()
+        ):
             cut = text.rfind(" ", start + 1, cut)
         end = cut if cut > start else limit
         pieces.append(text[start:end])
@@ -55,7 +57,6 @@ class RemoteTokenizer:
 
     def __init__(self, address: str, *, token: str | None = None, timeout: float = 60.0) -> None:
         import grpc
-
         from gptforge.api.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
         self.address = address
@@ -127,13 +128,17 @@ class RemoteTokenizer:
         def flush() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                for (index, _), ids in zip(batch, self._encode_call([t for _, t in batch]), strict=True):
+                for (index, _), ids in zip(
+                    batch, self._encode_call([t for _, t in batch]), strict=True
+                ):
                     out[index].extend(ids)
             batch, batch_bytes = [], 0
 
         for index, part in pieces:
             size = len(part.encode("utf-8"))
-            if batch and (len(batch) >= self._max_batch or batch_bytes + size > self._max_request_bytes):
+            if batch and (
+                len(batch) >= self._max_batch or batch_bytes + size > self._max_request_bytes
+            ):
                 flush()
             batch.append((index, part))
             batch_bytes += size

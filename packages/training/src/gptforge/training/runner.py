@@ -8,7 +8,9 @@ from typing import Any
 from gptforge.training.config import FinetuneConfig, TrainConfig
 
 
-def build_config(kind: str, flags: dict[str, Any], resume: str | None) -> TrainConfig | FinetuneConfig:
+def build_config(
+    kind: str, flags: dict[str, Any], resume: str | None
+) -> TrainConfig | FinetuneConfig:
     """The config of a ``train``/``finetune`` job: the saved one on resume, overlaid by ``flags``.
 
     Args:

@@ -10,11 +10,44 @@ from __future__ import annotations
 
 import random
 
-WORDS = (
-    "apple river stone green cloud music paper light house water bird tree blue quiet fast "
-    "table garden window yellow winter summer sun moon night city road horse bread small "
-    "happy orange little silver forest ocean glass"
-).split()
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "green",
+    "cloud",
+    "music",
+    "paper",
+    "light",
+    "house",
+    "water",
+    "bird",
+    "tree",
+    "blue",
+    "quiet",
+    "fast",
+    "table",
+    "garden",
+    "window",
+    "yellow",
+    "winter",
+    "summer",
+    "sun",
+    "moon",
+    "night",
+    "city",
+    "road",
+    "horse",
+    "bread",
+    "small",
+    "happy",
+    "orange",
+    "little",
+    "silver",
+    "forest",
+    "ocean",
+    "glass",
+]
 
 TASK_NAMES = ("copy", "capitalise", "reverse", "add", "successor", "first")
 
@@ -30,7 +63,11 @@ def make_task(name: str, rng: random.Random) -> dict[str, str]:
         return {"instruction": "Repeat the words.", "input": text, "output": text}
     if name == "capitalise":
         text = " ".join(_words(rng, 1, 3))
-        return {"instruction": "Write the words in capital letters.", "input": text, "output": text.upper()}
+        return {
+            "instruction": "Write the words in capital letters.",
+            "input": text,
+            "output": text.upper(),
+        }
     if name == "reverse":
         words = _words(rng, 2, 3)
         return {
