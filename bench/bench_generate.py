@@ -28,18 +28,27 @@ from gptforge.sampling.precision import apply_weight_precision, check_logits
 HERE = Path(__file__).resolve().parent
 
 
-def decode_rate(run: Callable[[int], object], n_new: int, reps: int) -> float:
-    """Decode tokens/s of ``run(n)`` (generates n tokens), prefill subtracted, best of reps."""
-    run(2)  # warm-up: allocations, first-call kernels
-    t_n = t_1 = float("inf")
+def decode_rates(
+    runners: dict[str, Callable[[int], object]], n_new: int, reps: int
+) -> dict[str, float]:
+    """Decode tokens/s of each ``run(n)`` (generates n tokens), prefill subtracted.
+
+    Runners are interleaved within each repetition so a shared, noisy machine slows them alike;
+    the best time of ``reps`` is kept.
+    """
+    for run in runners.values():
+        run(2)  # warm-up: allocations, first-call kernels
+    t_n = dict.fromkeys(runners, float("inf"))
+    t_1 = dict.fromkeys(runners, float("inf"))
     for _ in range(reps):
-        t0 = time.perf_counter()
-        run(n_new)
-        t_n = min(t_n, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        run(1)
-        t_1 = min(t_1, time.perf_counter() - t0)
-    return (n_new - 1) / max(t_n - t_1, 1e-9)
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(n_new)
+            t_n[name] = min(t_n[name], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run(1)
+            t_1[name] = min(t_1[name], time.perf_counter() - t0)
+    return {k: (n_new - 1) / max(t_n[k] - t_1[k], 1e-9) for k in runners}
 
 
 def hf_twin(model: torch.nn.Module):
@@ -86,8 +95,6 @@ def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[d
     def ours(m: torch.nn.Module) -> Callable[[int], object]:
         return lambda n: generate(m, prompt, n, temperature=0.0)
 
-    base = decode_rate(ours(model), n_new, reps)
-    rows.append({"preset": preset, "impl": "gptforge fp32", "tok_s": base})
     hf = hf_twin(model)
 
     def hf_run(n: int) -> object:
@@ -96,24 +103,22 @@ def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[d
                 prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
             )
 
-    hf_rate = decode_rate(hf_run, n_new, reps)
-    rows.append({"preset": preset, "impl": "transformers fp32 (KV cache)", "tok_s": hf_rate})
     check_idx = torch.randint(0, model.config.vocab_size, (1, 64))
-    for mode in modes:
+    runners: dict[str, Callable[[int], object]] = {"transformers fp32 (KV cache)": hf_run}
+    checks = {}
+    for mode in ["float32", *modes]:
         reduced = apply_weight_precision(copy.deepcopy(model), mode)
-        check = check_logits(model, reduced, check_idx)
-        rate = decode_rate(ours(reduced), n_new, reps)
-        rows.append(
-            {
-                "preset": preset,
-                "impl": f"gptforge {mode}",
-                "tok_s": rate,
-                "top1": check.top1_agreement,
-                "kl": check.kl_divergence,
-                "max_abs": check.max_abs_diff,
-            }
-        )
-        del reduced
+        checks[f"gptforge {mode}"] = check_logits(model, reduced, check_idx)
+        runners[f"gptforge {mode}"] = ours(reduced)
+    print(f"[decode] {preset}: {', '.join(runners)} ...", file=sys.stderr, flush=True)
+    rates = decode_rates(runners, n_new, reps)
+    for name, rate in rates.items():
+        row: dict = {"preset": preset, "impl": name, "tok_s": rate}
+        if name in checks and name != "gptforge float32":
+            c = checks[name]
+            row.update(top1=c.top1_agreement, kl=c.kl_divergence, max_abs=c.max_abs_diff)
+        rows.append(row)
+    hf_rate = rates["transformers fp32 (KV cache)"]
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +133,7 @@ def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[d
                     {
                         "preset": preset,
                         "impl": f"llama.cpp {ftype.upper()}",
-                        "tok_s": decode_rate(run, n_new, reps),
+                        "tok_s": decode_rates({"llama.cpp": run}, n_new, reps)["llama.cpp"],
                     }
                 )
     for r in rows:
@@ -180,6 +185,7 @@ def bench_service(preset: str, n_new: int, concurrency: list[int], slots: int) -
     rows = []
     with serve_in_background(model, tok, ServerConfig(port=0), limits) as bg:
         for c in concurrency:
+            print(f"[service] {c} streams ...", file=sys.stderr, flush=True)
             results: list[tuple[float, list[float]]] = []
             lock = threading.Lock()
             barrier = threading.Barrier(c)

@@ -77,7 +77,9 @@ def batch(ids: np.ndarray, starts: np.ndarray, context: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def val_loss(model: torch.nn.Module, ids: np.ndarray, context: int, n_batches: int, bsz: int) -> float:
+def val_loss(
+    model: torch.nn.Module, ids: np.ndarray, context: int, n_batches: int, bsz: int
+) -> float:
     """Mean loss over fixed, evenly spread validation windows."""
     model.eval()
     starts = np.linspace(0, len(ids) - context - 2, n_batches * bsz).astype(np.int64)
@@ -101,7 +103,9 @@ def train(model: torch.nn.Module, ids: np.ndarray, args: argparse.Namespace, lab
     for step in range(args.steps):
         lr = args.lr * min(1.0, (step + 1) / warmup)
         if step >= warmup:
-            lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup))))
+            lr = args.lr * (
+                0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup)))
+            )
         for group in opt.param_groups:
             group["lr"] = lr
         starts = rng.integers(0, len(ids) - args.context - 2, args.batch_size)
@@ -111,7 +115,7 @@ def train(model: torch.nn.Module, ids: np.ndarray, args: argparse.Namespace, lab
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % max(1, args.steps // 5) == 0 or step == args.steps - 1:
-            log(f"  {label} step {step + 1}/{args.steps} loss {float(loss):.3f} "
+            log(f"  {label} step {step + 1}/{args.steps} loss {loss.item():.3f} "
                 f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
     return time.perf_counter() - start
 
@@ -232,23 +236,35 @@ def print_tables(q: dict[str, Any] | None, g: list[dict[str, Any]] | None, args)
         print(f"Default corpus, {q['tokens']:,} training tokens; {q['steps']} steps x "
               f"{q['batch_size']} x {q['context']} tokens, same batches and schedule.\n")  # fmt: skip
         print("| model | params | val loss | train time |\n|---|---:|---:|---:|")
-        print(f"| GPT `{args.gpt_preset}` | {q['gpt']['params']:,} | {q['gpt']['val_loss']:.3f} "
-              f"| {q['gpt']['s']:.0f} s |")
-        print(f"| MM-Rec `{args.mmrec_preset}` from scratch | {q['mmrec']['params']:,} | "
-              f"{q['mmrec']['val_loss']:.3f} | {q['mmrec']['s']:.0f} s |")
+        print(
+            f"| GPT `{args.gpt_preset}` | {q['gpt']['params']:,} | {q['gpt']['val_loss']:.3f} "
+            f"| {q['gpt']['s']:.0f} s |"
+        )
+        print(
+            f"| MM-Rec `{args.mmrec_preset}` from scratch | {q['mmrec']['params']:,} | "
+            f"{q['mmrec']['val_loss']:.3f} | {q['mmrec']['s']:.0f} s |"
+        )
         c = q["converted"]
-        print(f"| MM-Rec converted from that GPT, before fine-tuning | {c['params']:,} | "
-              f"{c['val_loss_before']:.3f} | - |")
-        print(f"| MM-Rec converted, fine-tuned {q['steps']} steps | {c['params']:,} | "
-              f"{c['val_loss']:.3f} | {c['s']:.0f} s |")
-        print(f"\n(transferred fraction of the converted model's parameters: "
-              f"{100 * c['transferred_fraction']:.1f}%)\n")
+        print(
+            f"| MM-Rec converted from that GPT, before fine-tuning | {c['params']:,} | "
+            f"{c['val_loss_before']:.3f} | - |"
+        )
+        print(
+            f"| MM-Rec converted, fine-tuned {q['steps']} steps | {c['params']:,} | "
+            f"{c['val_loss']:.3f} | {c['s']:.0f} s |"
+        )
+        print(
+            f"\n(transferred fraction of the converted model's parameters: "
+            f"{100 * c['transferred_fraction']:.1f}%)\n"
+        )
     if g:
         print("| context | model | cache | peak RSS | decode tok/s | prefill tok/s |")
         print("|---:|---|---:|---:|---:|---:|")
         for r in g:
-            print(f"| {r['context']:,} | {r['arch']} | {r['cache_mib']:.3f} MiB | "
-                  f"{r['peak_rss_mib']:.0f} MiB | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} |")
+            print(
+                f"| {r['context']:,} | {r['arch']} | {r['cache_mib']:.3f} MiB | "
+                f"{r['peak_rss_mib']:.0f} MiB | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} |"
+            )
 
 
 def main() -> None:

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         ours["shape"] = theirs["shape"] = shape
         results.append(Result(label, ours, theirs))
     setting = f"{args.device}, {args.dtype}" + (", compiled" if args.compile else ", eager")
-    setting += ", fused AdamW" if args.fused else ", AdamW (foreach)"
+    setting += ", fused AdamW" if args.fused else ", AdamW (torch default implementation)"
     print(f"Forward + backward + AdamW step, {setting}; same config, same batches, "
           f"best of {repeats} alternating runs per side. `gpt gpt2` is GPT-2 124M at T=256 "
           "on CPU. Training RSS = peak RSS minus the RSS after importing torch+transformers.\n")  # fmt: skip

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
-from typer.testing import CliRunner
-
 from gptforge.cli.demo import SUMMARY_FILE, demo_command, run_demo
 from gptforge.cli.main import app
 from gptforge.cli.pipeline import DemoError, PipelineReport
 from gptforge.cli.pipeline_stages import DemoSettings
 from gptforge.training.tasks import WORDS
+from rich.console import Console
+from typer.testing import CliRunner
 
 STAGES = ["tokenizer", "pretrain", "finetune", "export", "serve"]
 
@@ -32,7 +31,9 @@ def write_corpus(path: Path, n: int = 200, seed: int = 0) -> Path:
     lines = []
     for i in range(n):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 50)))
-        lines.append(f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}. {words.upper()[:30]}")
+        lines.append(
+            f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}. {words.upper()[:30]}"
+        )
     path.write_text("\n\n".join(lines), encoding="utf-8")
     return path
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import typer
-
 from gptforge.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +55,9 @@ def parse(args: list[str]) -> tuple[list[str], Any]:
     rest = list(args)
     while hasattr(command, "commands"):  # a group (typer vendors click, so no isinstance)
         name = rest.pop(0)
-        assert name in command.commands, f"no command {name!r} under {path}: {sorted(command.commands)}"
+        assert name in command.commands, (
+            f"no command {name!r} under {path}: {sorted(command.commands)}"
+        )
         path.append(name)
         command = command.commands[name]
     return path, command.make_context(" ".join(path), rest)

@@ -183,8 +183,7 @@ def test_single_file_sources_round_trip(tmp_path, suffix):
     assert analysis.layout == "gpt" and analysis.detected_from.startswith("keys")
     assert analysis.n_head is None and "head counts unknown" in analysis.notes[0]
     (tmp_path / "config.json").write_text(json.dumps({"arch": "gpt", **vars(gpt.config)}))
-    out, report = convert_to_mmrec_dir(f, tmp_path / "mmrec", config={"n_memory": 16,
-                                       "memory_pool": 2, "decay_hidden": 16})  # fmt: skip
+    out, report = convert_to_mmrec_dir(f, tmp_path / "mmrec", preset="mmrec-debug")
     assert report["source"]["n_head"] == gpt.config.n_head
     assert (out / REPORT_FILE).is_file() and (out / "model.safetensors").is_file()
     assert json.loads((out / REPORT_FILE).read_text())["converted"] == report["converted"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import torch
-from typer.testing import CliRunner
-
 from gptforge.cli.main import app
 from gptforge.modeling import build_model, get_config
 from gptforge.modeling.io import load_model_dir, save_model_dir
+from typer.testing import CliRunner
 
 
 def test_convert_arch_cli_writes_model_and_report(tmp_path):
@@ -27,8 +26,8 @@ def test_convert_arch_cli_writes_model_and_report(tmp_path):
 
     # A preset that does not match: the transfer is partial, and --strict refuses it.
     res = runner.invoke(app, ["convert", "arch", "--source", str(tmp_path / "src"), "--target",
-                              "mmrec", "--preset", "mmrec-debug", "--out", str(tmp_path / "p"),
-                              "--strict"])  # fmt: skip
+                              "mmrec", "--preset", "mmrec-debug", "--no-match-source", "--out",
+                              str(tmp_path / "p"), "--strict"])  # fmt: skip
     assert res.exit_code == 2 and "--strict" in res.output
     assert not (tmp_path / "p").exists()  # nothing half-written
     res = runner.invoke(app, ["convert", "arch", "--source", str(tmp_path / "src"), "--target",

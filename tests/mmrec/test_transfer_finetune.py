@@ -5,12 +5,27 @@ from __future__ import annotations
 import random
 
 import torch
-
 from gptforge.conversion.arch import convert_weights, mmrec_config_for_source
 from gptforge.conversion.arch_sources import load_source
 from gptforge.modeling import build_model, get_config
 
-WORDS = "the a model state memory token decays slowly while gates open and close over time".split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "state",
+    "memory",
+    "token",
+    "decays",
+    "slowly",
+    "while",
+    "gates",
+    "open",
+    "and",
+    "close",
+    "over",
+    "time",
+]
 
 
 def _corpus(n_tokens: int, seed: int) -> torch.Tensor:

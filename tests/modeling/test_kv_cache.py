@@ -111,3 +111,20 @@ def test_int_input_pos_means_a_contiguous_range(preset):
         a, _ = model(idx[:, :5], input_pos=0)
         b, _ = model(idx[:, 5:], input_pos=5)
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_per_row_positions_decode_each_row_at_its_own_position(preset):
+    """(B, T) input_pos (continuous batching): row 0 continues at 6, row 1 rewinds to 3."""
+    model = _model(preset)
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (2, 6))
+    new = torch.randint(0, V, (2, 1))
+    model.setup_caches(max_batch_size=2, max_seq_len=16)
+    with torch.no_grad():
+        model(idx, input_pos=torch.arange(6))
+        got, _ = model(new, input_pos=torch.tensor([[6], [3]]))
+        row0, _ = model(torch.cat([idx[0], new[0]])[None])
+        row1, _ = model(torch.cat([idx[1, :3], new[1]])[None])
+    torch.testing.assert_close(got[0, -1], row0[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, -1], row1[0, -1], atol=1e-5, rtol=1e-5)

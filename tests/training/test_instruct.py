@@ -147,7 +147,15 @@ def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run)
 
     from gptforge.cli.main import app
 
-    args = ["chat", "--ckpt", str(tmp_path / "sft"), "--prompt", "Add the numbers.", "--input", "1 + 2"]
+    args = [
+        "chat",
+        "--ckpt",
+        str(tmp_path / "sft"),
+        "--prompt",
+        "Add the numbers.",
+        "--input",
+        "1 + 2",
+    ]
     result = CliRunner().invoke(app, [*args, "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["chat", "--ckpt", str(base_run), "--prompt", "hi"])

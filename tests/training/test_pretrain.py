@@ -100,3 +100,37 @@ def test_llama_preset_trains(tmp_path, data_dir):
     )
     result = pretrain(cfg)
     assert result.step == 2 and math.isfinite(result.train_loss)
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path, data_dir):
+    cfg = debug_config(data_dir, tmp_path / "r", max_steps=2, dtype="bfloat16", eval_interval=0)
+    assert math.isfinite(pretrain(cfg).train_loss)
+
+
+def test_out_of_memory_suggests_smaller_batch_with_accumulation(tmp_path):
+    from gptforge.training.config import LoopConfig
+    from gptforge.training.data import SlidingWindowDataset
+    from gptforge.training.distributed import DistInfo
+    from gptforge.training.loop import train_loop
+
+    class Hungry(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, y):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cfg = LoopConfig(out=str(tmp_path / "r"), max_steps=1, batch_size=4, progress=False)
+    data = SlidingWindowDataset(list(range(50)), max_length=8, stride=8)
+    with pytest.raises(RuntimeError, match=r"lower --batch-size \(and raise --grad-accum"):
+        train_loop(
+            cfg,
+            Hungry(),
+            data,
+            None,
+            info=DistInfo(),
+            device=torch.device("cpu"),
+            resume=False,
+            save_top_level=lambda m: None,
+        )

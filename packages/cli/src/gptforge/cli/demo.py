@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from gptforge.cli.pipeline import PipelineReport, StageRecord
+    from rich.console import Console
 
 SUMMARY_FILE = "demo_summary.json"
 
@@ -39,15 +38,30 @@ def stage_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
     if name == "tokenizer":
         return [
             ("directory", r["dir"]),
-            ("vocabulary", f"{r['n_vocab']} tokens ({r['merges']} merges), fingerprint {r['fingerprint']}"),
-            ("sample", f"{r['sample_text']!r} -> {r['sample_tokens']} tokens ({r['bytes_per_token']} bytes/token)"),
+            (
+                "vocabulary",
+                f"{r['n_vocab']} tokens ({r['merges']} merges), fingerprint {r['fingerprint']}",
+            ),
+            (
+                "sample",
+                f"{r['sample_text']!r} -> {r['sample_tokens']} tokens ({r['bytes_per_token']} bytes/token)",
+            ),
         ]
     if name == "pretrain":
         return [
-            ("data", f"{r['documents']} documents -> {r['train_tokens']:,} train + {r['val_tokens']:,} val tokens in {r['data_dir']}"),
+            (
+                "data",
+                f"{r['documents']} documents -> {r['train_tokens']:,} train + {r['val_tokens']:,} val tokens in {r['data_dir']}",
+            ),
             ("run", f"{r['run_dir']} (context {r['context']}, vocab {r['vocab_size']})"),
-            ("training", f"{r['steps']} steps, {r['tokens_seen']:,} tokens in {r['train_seconds']}s ({r['tokens_per_second']:,} tok/s)"),
-            ("loss", f"train {_fmt(r['first_train_loss'])} -> {_fmt(r['train_loss'])}, validation {_fmt(r['val_loss'])} (uniform guess {r['uniform_loss']})"),
+            (
+                "training",
+                f"{r['steps']} steps, {r['tokens_seen']:,} tokens in {r['train_seconds']}s ({r['tokens_per_second']:,} tok/s)",
+            ),
+            (
+                "loss",
+                f"train {_fmt(r['first_train_loss'])} -> {_fmt(r['train_loss'])}, validation {_fmt(r['val_loss'])} (uniform guess {r['uniform_loss']})",
+            ),
             ("loss curve", r["loss_png"]),
             ("sample", repr(r["sample"])),
         ]
@@ -55,25 +69,52 @@ def stage_rows(name: str, r: dict[str, Any]) -> list[tuple[str, str]]:
         ex = r["example"]
         return [
             ("run", r["run_dir"]),
-            ("training", f"{r['steps']} steps in {r['train_seconds']}s, train loss {_fmt(r['train_loss'])}, val loss {_fmt(r['val_loss'])}"),
-            ("held-out accuracy", f"{_pct(r['accuracy_before'])} before -> {_pct(r['accuracy_after'])} after ({r['held_out']} exact-match questions)"),
+            (
+                "training",
+                f"{r['steps']} steps in {r['train_seconds']}s, train loss {_fmt(r['train_loss'])}, val loss {_fmt(r['val_loss'])}",
+            ),
+            (
+                "held-out accuracy",
+                f"{_pct(r['accuracy_before'])} before -> {_pct(r['accuracy_after'])} after ({r['held_out']} exact-match questions)",
+            ),
             ("per task after", ", ".join(f"{k} {v:.0%}" for k, v in r["per_task_after"].items())),
-            ("example", f"{ex['instruction']} {ex['input']!r} -> {ex['answer']!r} (expected {ex['output']!r})"),
+            (
+                "example",
+                f"{ex['instruction']} {ex['input']!r} -> {ex['answer']!r} (expected {ex['output']!r})",
+            ),
         ]
     if name == "export":
         if "skipped" in r:
             return [("skipped", r["skipped"])]
         return [
-            ("Hugging Face", f"{r['hf_dir']} ({r['hf_class']} loads it; max |logit diff| {r['max_logit_diff']:.2g} over {r['tokens_compared']} tokens)"),
-            ("GGUF", f"{r['gguf']} ({r['gguf_mb']} MB, arch {r['gguf_arch']}, {r['gguf_tensors']} tensors, {r['gguf_tokens']} tokens; embedding max diff {r['gguf_embd_max_diff']:.2g})"),
+            (
+                "Hugging Face",
+                f"{r['hf_dir']} ({r['hf_class']} loads it; max |logit diff| {r['max_logit_diff']:.2g} over {r['tokens_compared']} tokens)",
+            ),
+            (
+                "GGUF",
+                f"{r['gguf']} ({r['gguf_mb']} MB, arch {r['gguf_arch']}, {r['gguf_tensors']} tensors, {r['gguf_tokens']} tokens; embedding max diff {r['gguf_embd_max_diff']:.2g})",
+            ),
         ]
     if name == "serve":
         return [
-            ("tokenizer service", f"{r['tokenizer_target']} SERVING after {r['tokenizer_ready_s']}s; {r['sample_tokens']} tokens, exact round trip"),
-            ("generation service", f"{r['generation_target']} SERVING after {r['generation_ready_s']}s"),
+            (
+                "tokenizer service",
+                f"{r['tokenizer_target']} SERVING after {r['tokenizer_ready_s']}s; {r['sample_tokens']} tokens, exact round trip",
+            ),
+            (
+                "generation service",
+                f"{r['generation_target']} SERVING after {r['generation_ready_s']}s",
+            ),
             ("prompt", f"{r['prompt']!r} ({r['prompt_tokens']} tokens via the tokenizer service)"),
-            ("streamed answer", f"{r['decoded_by_service']!r} (expected {r['expected']!r}); {r['completion_tokens']} tokens in {r['stream_messages']} messages, first after {r['time_to_first_token_ms']} ms, finish {r['finish_reason']}"),
-            ("shutdown", f"SIGTERM -> exit codes {r['tokenizer_exit_code']} / {r['generation_exit_code']}; logs in {r['logs']}"),
+            (
+                "streamed answer",
+                f"{r['decoded_by_service']!r} (expected {r['expected']!r}); {r['completion_tokens']} tokens in {r['stream_messages']} messages, first after {r['time_to_first_token_ms']} ms, finish {r['finish_reason']}",
+            ),
+            (
+                "shutdown",
+                f"SIGTERM -> exit codes {r['tokenizer_exit_code']} / {r['generation_exit_code']}; logs in {r['logs']}",
+            ),
         ]
     return [(k, _fmt(v)) for k, v in r.items()]
 
@@ -84,12 +125,24 @@ def next_commands(run_dir: Path, preset: str) -> list[tuple[str, str]]:
     return [
         ("chat with the fine-tuned model", f"gptforge chat --ckpt {rd}/finetune"),
         ("generate text (pre-trained)", f'gptforge generate --ckpt {rd}/pretrain --prompt "The"'),
-        ("serve the tokenizer", f"gptforge serve tokenizer --tokenizer {rd}/finetune/tokenizer  # or make serve-tokenizer TOKENIZER={rd}/finetune/tokenizer"),
-        ("serve the model", f"gptforge serve generation --ckpt {rd}/finetune  # or make serve-generation CKPT={rd}/finetune"),
+        (
+            "serve the tokenizer",
+            f"gptforge serve tokenizer --tokenizer {rd}/finetune/tokenizer  # or make serve-tokenizer TOKENIZER={rd}/finetune/tokenizer",
+        ),
+        (
+            "serve the model",
+            f"gptforge serve generation --ckpt {rd}/finetune  # or make serve-generation CKPT={rd}/finetune",
+        ),
         ("call the services", 'gptforge client tokenize "Hello" ; gptforge client generate "The"'),
         ("train longer (resume)", f"gptforge train --resume {rd}/pretrain --max-steps 1000"),
-        ("convert to HF / GGUF", f"gptforge convert to-hf --ckpt {rd}/finetune --out runs/hf ; gptforge convert to-gguf --ckpt {rd}/finetune --out runs/model.gguf --dtype q8_0"),
-        ("run llama.cpp / Ollama", f"llama-cli -m {rd}/export/gguf/model.gguf -p The ; ollama create demo -f {rd}/export/gguf/Modelfile"),
+        (
+            "convert to HF / GGUF",
+            f"gptforge convert to-hf --ckpt {rd}/finetune --out runs/hf ; gptforge convert to-gguf --ckpt {rd}/finetune --out runs/model.gguf --dtype q8_0",
+        ),
+        (
+            "run llama.cpp / Ollama",
+            f"llama-cli -m {rd}/export/gguf/model.gguf -p The ; ollama create demo -f {rd}/export/gguf/Modelfile",
+        ),
         ("rerun a stage", f"gptforge demo --run-dir {rd} --preset {preset} --redo finetune"),
     ]
 
@@ -126,7 +179,10 @@ class DemoPrinter:
             table.add_row(f"  {key}", value)
         self.console.print(table)
         if record.status == "ran":
-            self.console.print(f"  [green]done[/green] in {record.seconds:.1f}s", highlight=False)
+            cpu = f", {record.cpu_seconds:.1f}s CPU" if record.cpu_seconds is not None else ""
+            self.console.print(
+                f"  [green]done[/green] in {record.seconds:.1f}s{cpu}", highlight=False
+            )
 
     def summary(self, run_dir: Path, preset: str, report: PipelineReport) -> None:
         """Stage 6: the time table, where everything is, and what to run next."""
@@ -137,9 +193,11 @@ class DemoPrinter:
         times.add_column("stage")
         times.add_column("status")
         times.add_column("wall time", justify="right")
+        times.add_column("CPU time", justify="right")
         for r in report.records:
-            times.add_row(r.name, r.status, f"{r.seconds:.1f}s")
-        times.add_row("total (this run)", "", f"{report.seconds:.1f}s")
+            cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}s"
+            times.add_row(r.name, r.status, f"{r.seconds:.1f}s", cpu)
+        times.add_row("total (this run)", "", f"{report.seconds:.1f}s", "")
         self.console.print(times)
         where = Table.grid(padding=(0, 2))
         where.add_column(style="cyan", no_wrap=True)
@@ -162,7 +220,9 @@ class DemoPrinter:
         self.console.print(where)
         self.console.print("[bold]Continue with[/bold]")
         for what, command in next_commands(run_dir, preset):
-            self.console.print(f"  [cyan]{what}[/cyan]\n    {command}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"  [cyan]{what}[/cyan]\n    {command}", highlight=False, soft_wrap=True
+            )
 
 
 def write_summary(run_dir: Path, settings: dict[str, Any], report: PipelineReport) -> Path:
@@ -176,10 +236,18 @@ def write_summary(run_dir: Path, settings: dict[str, Any], report: PipelineRepor
             "settings": settings,
             "total_seconds": round(report.seconds, 2),
             "stages": [
-                {"name": r.name, "status": r.status, "seconds": round(r.seconds, 2), "result": r.result}
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 2),
+                    "cpu_seconds": None if r.cpu_seconds is None else round(r.cpu_seconds, 2),
+                    "result": r.result,
+                }
                 for r in report.records
             ],
-            "next": [{"what": w, "command": c} for w, c in next_commands(run_dir, settings["preset"])],
+            "next": [
+                {"what": w, "command": c} for w, c in next_commands(run_dir, settings["preset"])
+            ],
         },
     )
     return path
@@ -217,10 +285,9 @@ def run_demo(
     >>> from gptforge.cli.pipeline_stages import DemoSettings
     >>> run_demo(DemoSettings(Path("runs/demo"), preset="debug", steps=20))  # doctest: +SKIP
     """
-    from rich.console import Console
-
     from gptforge.cli.pipeline import run_pipeline
     from gptforge.cli.pipeline_stages import build_stages
+    from rich.console import Console
 
     console = console or Console()
     stages = build_stages()
@@ -250,17 +317,32 @@ def run_demo(
 
 
 def demo(
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run folder that receives everything.")] = Path("runs/demo"),
-    preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny (default), debug, llama-tiny, ...")] = "tiny",
+    run_dir: Annotated[
+        Path, typer.Option("--run-dir", help="Run folder that receives everything.")
+    ] = Path("runs/demo"),
+    preset: Annotated[
+        str, typer.Option("--preset", help="Model preset: tiny (default), debug, llama-tiny, ...")
+    ] = "tiny",
     data: Annotated[
-        str, typer.Option("--data", help="Corpus: file, directory, glob, .jsonl, parquet, saved dataset, or 'default'.")
+        str,
+        typer.Option(
+            "--data",
+            help="Corpus: file, directory, glob, .jsonl, parquet, saved dataset, or 'default'.",
+        ),
     ] = "default",
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Pre-training steps (default: 200 for tiny, fits 10 min on 2 CPU cores).")
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Pre-training steps (default: 200 for tiny, fits 10 min on 2 CPU cores).",
+        ),
     ] = None,
     redo: Annotated[
         list[str] | None,
-        typer.Option("--redo", help="Run this stage again even if done, and the stages after it (repeatable): tokenizer, pretrain, finetune, export, serve."),
+        typer.Option(
+            "--redo",
+            help="Run this stage again even if done, and the stages after it (repeatable): tokenizer, pretrain, finetune, export, serve.",
+        ),
     ] = None,
     finetune_steps: Annotated[int | None, typer.Option("--finetune-steps", hidden=True)] = None,
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", hidden=True)] = None,

@@ -40,6 +40,18 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def serving_device(run_dir: Path) -> str:
+    """The device pre-training used (``auto`` resolved), so the server runs where training did."""
+    import torch
+
+    from gptforge.training.pretrain import load_run_config
+
+    name = str(load_run_config(run_dir / "pretrain")["config"].get("device", "auto"))
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 class ServerProcess:
     """A ``gptforge serve ...`` subprocess with its log file; stopped with SIGTERM on exit.
 
@@ -113,12 +125,11 @@ class ServerProcess:
 
 def serve_stage(ctx: StageContext) -> dict[str, Any]:
     """Start both services on the fine-tuned model, use them through the clients, stop them."""
+    from gptforge.cli.pipeline_stages import DEMO_INSTRUCTION, SAMPLE_TEXT
     from gptforge.services.generation import GenerationClient
     from gptforge.services.tokenizer import TokenizerClient
     from gptforge.tokenizer import Tokenizer
     from gptforge.training.instruct import RESP_END, encode_record, render_text
-
-    from gptforge.cli.pipeline_stages import DEMO_INSTRUCTION, SAMPLE_TEXT
 
     model_dir = ctx.run_dir / "finetune"
     tok_dir = model_dir / "tokenizer"
@@ -135,34 +146,57 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
         gen_srv = stack.enter_context(
             ServerProcess(
                 "generation",
-                ["--ckpt", str(model_dir), "--max-batch-size", "4", "--default-max-new-tokens", "32"],
+                [
+                    "--ckpt",
+                    str(model_dir),
+                    "--max-batch-size",
+                    "4",
+                    "--default-max-new-tokens",
+                    "32",
+                    "--device",
+                    serving_device(ctx.run_dir),
+                ],
                 logs / "generation.log",
             )
         )
-        ctx.log(f"started tokenizer service on {tok_srv.target}, generation service on {gen_srv.target}")
+        ctx.log(
+            f"started tokenizer service on {tok_srv.target}, generation service on {gen_srv.target}"
+        )
         tok_client = stack.enter_context(TokenizerClient(tok_srv.target))
         gen_client = stack.enter_context(GenerationClient(gen_srv.target))
         result["tokenizer_target"] = tok_srv.target
         result["generation_target"] = gen_srv.target
-        result["tokenizer_ready_s"] = round(tok_srv.wait_serving(tok_client.health, TOKENIZER_START_TIMEOUT), 2)
-        result["generation_ready_s"] = round(gen_srv.wait_serving(gen_client.health, GENERATION_START_TIMEOUT), 2)
+        result["tokenizer_ready_s"] = round(
+            tok_srv.wait_serving(tok_client.health, TOKENIZER_START_TIMEOUT), 2
+        )
+        result["generation_ready_s"] = round(
+            gen_srv.wait_serving(gen_client.health, GENERATION_START_TIMEOUT), 2
+        )
         ctx.log("both services report health SERVING")
 
         # Tokenizer service: the same ids as the local tokenizer, and an exact round trip.
         ids = tok_client.encode(SAMPLE_TEXT)
         if ids != local.encode(SAMPLE_TEXT):
-            raise RuntimeError(f"the tokenizer service encodes {SAMPLE_TEXT!r} as {ids}, locally {local.encode(SAMPLE_TEXT)}")
+            raise RuntimeError(
+                f"the tokenizer service encodes {SAMPLE_TEXT!r} as {ids}, locally {local.encode(SAMPLE_TEXT)}"
+            )
         if tok_client.decode(ids) != SAMPLE_TEXT:
-            raise RuntimeError(f"the tokenizer service decodes {ids} to {tok_client.decode(ids)!r}, not {SAMPLE_TEXT!r}")
+            raise RuntimeError(
+                f"the tokenizer service decodes {ids} to {tok_client.decode(ids)!r}, not {SAMPLE_TEXT!r}"
+            )
         info = tok_client.info()
         if info.fingerprint != local.fingerprint:
-            raise RuntimeError(f"served tokenizer fingerprint {info.fingerprint[:16]} != local {local.fingerprint[:16]}")
+            raise RuntimeError(
+                f"served tokenizer fingerprint {info.fingerprint[:16]} != local {local.fingerprint[:16]}"
+            )
         result["sample_tokens"] = len(ids)
 
         # Generation service: prompt ids from the tokenizer service, answer streamed greedily.
         prompt_ids = tok_client.encode(prompt_text, special_tokens="allow_all")
         if prompt_ids != want_prompt_ids:
-            raise RuntimeError(f"the tokenizer service encodes the prompt {prompt_text!r} as {prompt_ids}, expected {want_prompt_ids}")
+            raise RuntimeError(
+                f"the tokenizer service encodes the prompt {prompt_text!r} as {prompt_ids}, expected {want_prompt_ids}"
+            )
         t0 = time.perf_counter()
         first: float | None = None
         chunks, new_ids, finish = [], [], ""
@@ -174,9 +208,12 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
             chunks.append(chunk.text)
             new_ids.extend(chunk.token_ids)
             if chunk.finish_reason:
-                finish = type(chunk).DESCRIPTOR.fields_by_name["finish_reason"].enum_type.values_by_number[
-                    chunk.finish_reason
-                ].name
+                finish = (
+                    type(chunk)
+                    .DESCRIPTOR.fields_by_name["finish_reason"]
+                    .enum_type.values_by_number[chunk.finish_reason]
+                    .name
+                )
         seconds = time.perf_counter() - t0
         answer_ids = [i for i in new_ids if i != stop_id]
         result.update(
@@ -193,7 +230,9 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
                 "stream_seconds": round(seconds, 3),
             }
         )
-        ctx.log(f"streamed {len(new_ids)} tokens in {len(chunks)} messages; stopping both with SIGTERM")
+        ctx.log(
+            f"streamed {len(new_ids)} tokens in {len(chunks)} messages; stopping both with SIGTERM"
+        )
     result["tokenizer_exit_code"] = tok_srv.exit_code
     result["generation_exit_code"] = gen_srv.exit_code
     for srv in (tok_srv, gen_srv):

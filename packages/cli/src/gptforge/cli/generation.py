@@ -33,6 +33,13 @@ StopOpt = Annotated[
     list[str] | None, typer.Option("--stop", help="Stop string (repeatable); may span tokens.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="Decode weight mode: float32, float16 (fast on CPU), bfloat16, int8-dynamic "
+        "(CPU; logits checked against fp32 in bench-generate). Default: as loaded."
+    ),
+]
 DtypeOpt = Annotated[
     str, typer.Option(help=f"Weight dtype: one of {', '.join(DTYPES)} (default: as saved).")
 ]
@@ -103,6 +110,7 @@ def generate(
     ] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "",
+    precision: PrecisionOpt = "",
 ) -> None:
     """Generate text from a trained model and stream it to the terminal.
 
@@ -110,6 +118,7 @@ def generate(
     An empty --prompt starts from the end-of-text token.
     """
     from gptforge.sampling import SamplingParams
+    from gptforge.sampling.core import model_config
     from gptforge.sampling.loading import load_checkpoint
 
     try:
@@ -124,16 +133,20 @@ def generate(
             stop=tuple(stop or ()),
         )
         model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
+        if precision:
+            from gptforge.sampling.precision import apply_weight_precision
+
+            model = apply_weight_precision(model, precision)
         ids = (
             tok.encode(prompt, allowed_special="all" if allow_special_tokens else frozenset())
             if prompt
             else [tok.eot_token]
         )
-        room = model.config.block_size - len(ids)
+        room = model_config(model).block_size - len(ids)
         if params.max_new_tokens > room:
             raise ValueError(
                 f"--max-new-tokens {max_new_tokens} + {len(ids)} prompt tokens exceed the context "
-                f"of {model.config.block_size}; use --max-new-tokens {max(room, 1)} or a shorter prompt"
+                f"of {model_config(model).block_size}; use --max-new-tokens {max(room, 1)} or a shorter prompt"
             )
     except (ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
@@ -163,6 +176,7 @@ def serve_generation(
     ] = 0,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "",
+    precision: PrecisionOpt = "",
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate chain.")
     ] = None,
@@ -199,7 +213,14 @@ def serve_generation(
             default_max_new_tokens=default_max_new_tokens,
             context_length=context_length or None,
         )
-        serve(ckpt, config, limits, device=device, dtype=_torch_dtype(dtype))
+        serve(
+            ckpt,
+            config,
+            limits,
+            device=device,
+            dtype=_torch_dtype(dtype),
+            precision=precision or None,
+        )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from exc

@@ -27,15 +27,20 @@ def arch(
     out: Annotated[Path, typer.Option(help="New MM-Rec model directory (report written inside).")],
     target: Annotated[str, typer.Option(help="Target architecture.")] = "mmrec",
     preset: Annotated[
-        str | None,
-        typer.Option(help="Use this MM-Rec preset exactly (e.g. mmrec-tiny); mismatches reported."),
-    ] = None,
+        str,
+        typer.Option(help="MM-Rec preset the target starts from (memory slots, decay MLP, ...)."),
+    ] = "mmrec-tiny",
+    match_source: Annotated[
+        bool,
+        typer.Option(
+            help="Take vocab, width, layers, heads, FFN and norm from the source so "
+            "everything with a counterpart transfers; --no-match-source uses the preset "
+            "as it is and reports the mismatches."
+        ),  # fmt: skip
+    ] = True,
     config: Annotated[
         Path | None,
-        typer.Option(
-            help="JSON file of MMRecConfig fields, applied on top of --preset (or of the "
-            "target matched to the source when --preset is left out)."
-        ),  # fmt: skip
+        typer.Option(help="JSON file of MMRecConfig fields, applied last."),
     ] = None,
     source_config: Annotated[
         Path | None,
@@ -51,8 +56,8 @@ def arch(
 ) -> None:
     """Transfer a transformer's weights into MM-Rec and write conversion_report.json beside them.
 
-    Without --preset/--config the target copies every dimension of the source (vocab, width,
-    layers, heads, FFN kind and width, norm), so everything with a counterpart transfers.
+    By default the target copies every shared dimension of the source (vocab, width, layers,
+    heads, FFN kind and width, norm) and takes the rest from --preset.
     """
     from gptforge.conversion.arch import REPORT_FILE, convert_to_mmrec_dir
 
@@ -73,6 +78,7 @@ def arch(
             source,
             out,
             preset=preset,
+            match_source=match_source,
             config=overrides,
             source_config=source_config,
             strict=strict,

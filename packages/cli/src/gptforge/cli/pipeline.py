@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -115,7 +116,8 @@ class StageRecord:
     """How a stage went in this invocation: ``ran`` or ``skipped``, its seconds and result.
 
     ``seconds`` is the wall time of the run that produced the result (for a skipped stage: the
-    earlier run's, read from the marker).
+    earlier run's, read from the marker); ``cpu_seconds`` the CPU time it used (all threads, and
+    subprocesses it waited for), which depends less on other load on the machine.
     """
 
     name: str
@@ -124,6 +126,7 @@ class StageRecord:
     seconds: float
     result: dict[str, Any]
     marker: Path
+    cpu_seconds: float | None = None
 
 
 @dataclass
@@ -139,6 +142,13 @@ class PipelineReport:
             if record.name == name:
                 return record.result
         raise KeyError(f"no stage {name!r}; stages: {[r.name for r in self.records]}")
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process and its waited-for children (user + system)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def marker_path(run_dir: Path, index: int, stage: Stage) -> Path:
@@ -239,7 +249,13 @@ def run_pipeline(
                     "after it, or pass a new --run-dir"
                 )
             record = StageRecord(
-                stage.name, stage.title, "skipped", float(marker["seconds"]), marker["result"], path
+                stage.name,
+                stage.title,
+                "skipped",
+                float(marker["seconds"]),
+                marker["result"],
+                path,
+                marker.get("cpu_seconds"),
             )
         else:
             rerun_rest = True
@@ -270,7 +286,7 @@ def _run_stage(
         results={r.name: r.result for r in report.records},
         log=log,
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_time()
     try:
         result = stage.run(ctx)
     except (KeyboardInterrupt, SystemExit):
@@ -292,7 +308,7 @@ def _run_stage(
             f"{again} to continue from this stage.{hint}",
             log_path,
         ) from exc
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_time() - cpu0
     result = _jsonable(result)
     atomic_write_json(
         path,
@@ -301,11 +317,12 @@ def _run_stage(
             "stage": stage.name,
             "settings": current,
             "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu, 3),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "result": result,
         },
     )
-    return StageRecord(stage.name, stage.title, "ran", seconds, result, path)
+    return StageRecord(stage.name, stage.title, "ran", seconds, result, path, cpu)
 
 
 def dataclass_settings(obj: Any, fields: Sequence[str]) -> dict[str, Any]:

@@ -73,7 +73,9 @@ class DemoSettings:
         for name in ("steps", "finetune_steps", "vocab_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}; drop it or pass a positive number")
+                raise ValueError(
+                    f"{name} must be >= 1, got {value!r}; drop it or pass a positive number"
+                )
         if self.eval_examples < 1:
             raise ValueError(f"eval_examples must be >= 1, got {self.eval_examples!r}")
 
@@ -87,7 +89,8 @@ class DemoSettings:
             "arch": mcfg.arch,
             "preset": self.preset,
             "data": self.data,
-            "vocab_size": self.vocab_size or DEMO_VOCAB.get(self.preset, min(mcfg.vocab_size, 8192)),
+            "vocab_size": self.vocab_size
+            or DEMO_VOCAB.get(self.preset, min(mcfg.vocab_size, 8192)),
             "steps": self.steps or DEMO_STEPS.get(self.preset, TrainConfig.max_steps),
             "finetune_steps": self.finetune_steps
             or DEMO_FINETUNE_STEPS.get(self.preset, FinetuneConfig.max_steps),
@@ -123,7 +126,9 @@ def tokenizer_stage(ctx: StageContext) -> dict[str, Any]:
     tok.save(out)
     ids = tok.encode(SAMPLE_TEXT)
     if tok.decode(ids) != SAMPLE_TEXT:
-        raise RuntimeError(f"the tokenizer does not round-trip {SAMPLE_TEXT!r}: {tok.decode(ids)!r}")
+        raise RuntimeError(
+            f"the tokenizer does not round-trip {SAMPLE_TEXT!r}: {tok.decode(ids)!r}"
+        )
     return {
         "dir": str(out),
         "n_vocab": tok.n_vocab,
@@ -163,6 +168,7 @@ def _sample(model_dir: Path, prompt: str, seed: int, max_new_tokens: int = 40) -
     from gptforge.sampling import SamplingParams, stream_generate
     from gptforge.sampling.loading import load_checkpoint
 
+    model: Any
     model, tok = load_checkpoint(model_dir)
     ids = tok.encode(prompt) or [tok.eot_token]
     room = max(1, min(max_new_tokens, int(model.config.block_size) - len(ids)))
@@ -184,7 +190,11 @@ def pretrain_stage(ctx: StageContext) -> dict[str, Any]:
     from gptforge.training.pretrain import pretrain
 
     s = ctx.settings
-    tok_dir, data_dir, run = ctx.run_dir / "tokenizer", ctx.run_dir / "data", ctx.run_dir / "pretrain"
+    tok_dir, data_dir, run = (
+        ctx.run_dir / "tokenizer",
+        ctx.run_dir / "data",
+        ctx.run_dir / "pretrain",
+    )
     meta = _prepare(ctx, tok_dir, data_dir)
     splits = meta["splits"]
     ctx.log(
@@ -206,7 +216,9 @@ def pretrain_stage(ctx: StageContext) -> dict[str, Any]:
         seed=s["seed"],
         progress=_progress(),
     )
-    ctx.log(f"{'resuming' if resume else 'pre-training'} {s['preset']} for {s['steps']} steps into {run}")
+    ctx.log(
+        f"{'resuming' if resume else 'pre-training'} {s['preset']} for {s['steps']} steps into {run}"
+    )
     loop = pretrain(cfg, resume=resume)
     from gptforge.modeling.io import read_config
 
@@ -262,10 +274,13 @@ def finetune_stage(ctx: StageContext) -> dict[str, Any]:
     )
     result = finetune(cfg, resume=resume)
     before = result.before
-    if before is None:  # resumed: the first attempt recorded it
-        before = json.loads((run / "chat.json").read_text()).get("before")
+    chat_file = run / "chat.json"
+    if before is None and chat_file.is_file():  # resumed: an earlier attempt may have scored it
+        before = json.loads(chat_file.read_text()).get("before")
     bot = ChatModel(run)
-    answer = bot.respond(DEMO_INSTRUCTION["instruction"], DEMO_INSTRUCTION["input"], max_new_tokens=16)
+    answer = bot.respond(
+        DEMO_INSTRUCTION["instruction"], DEMO_INSTRUCTION["input"], max_new_tokens=16
+    )
     return {
         "run_dir": str(run),
         "steps": result.loop.step,
@@ -288,14 +303,13 @@ def _gguf_field(reader: Any, key: str) -> Any:
 def _check_hf(src: Path, hf_dir: Path) -> dict[str, Any]:
     """Load the export with transformers; compare logits and token ids with ours."""
     import torch
+    from gptforge.modeling.io import load_model_dir
+    from gptforge.tokenizer import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from gptforge.modeling.io import load_model_dir
-    from gptforge.tokenizer import Tokenizer
-
     tok = Tokenizer.from_dir(src / "tokenizer")
-    ours = load_model_dir(src, dtype=torch.float32).eval()
+    ours: Any = load_model_dir(src, dtype=torch.float32).eval()
     hf_logging.disable_progress_bar()
     theirs = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = tok.encode(SAMPLE_TEXT)[: int(ours.config.block_size)]
@@ -304,7 +318,9 @@ def _check_hf(src: Path, hf_dir: Path) -> dict[str, Any]:
         want, _ = ours(x)  # (1, T, V)
         got = theirs(x).logits  # (1, T, V)
     if got.shape != want.shape:
-        raise RuntimeError(f"transformers logits have shape {tuple(got.shape)}, ours {tuple(want.shape)}")
+        raise RuntimeError(
+            f"transformers logits have shape {tuple(got.shape)}, ours {tuple(want.shape)}"
+        )
     diff = float((got - want).abs().max())
     if not diff <= HF_LOGITS_ATOL:
         raise RuntimeError(
@@ -313,7 +329,9 @@ def _check_hf(src: Path, hf_dir: Path) -> dict[str, Any]:
         )
     hf_ids = AutoTokenizer.from_pretrained(hf_dir)(SAMPLE_TEXT)["input_ids"]
     if hf_ids != tok.encode(SAMPLE_TEXT):
-        raise RuntimeError(f"AutoTokenizer encodes {SAMPLE_TEXT!r} as {hf_ids}, ours as {tok.encode(SAMPLE_TEXT)}")
+        raise RuntimeError(
+            f"AutoTokenizer encodes {SAMPLE_TEXT!r} as {hf_ids}, ours as {tok.encode(SAMPLE_TEXT)}"
+        )
     return {"hf_class": type(theirs).__name__, "max_logit_diff": diff, "tokens_compared": len(ids)}
 
 
@@ -322,17 +340,18 @@ def _check_gguf(src: Path, path: Path) -> dict[str, Any]:
     import gguf
     import numpy as np
     import torch
+    from gptforge.modeling.io import load_model_dir
     from torch import nn
 
-    from gptforge.modeling.io import load_model_dir
-
-    model = load_model_dir(src, dtype=torch.float32)
+    model: Any = load_model_dir(src, dtype=torch.float32)
     cfg = model.config
     reader = gguf.GGUFReader(path)
     arch = _gguf_field(reader, "general.architecture")
     n_layer = getattr(cfg, "n_layer", None)
     if n_layer is not None and _gguf_field(reader, f"{arch}.block_count") != n_layer:
-        raise RuntimeError(f"GGUF {path} has {_gguf_field(reader, f'{arch}.block_count')} blocks, ours {n_layer}")
+        raise RuntimeError(
+            f"GGUF {path} has {_gguf_field(reader, f'{arch}.block_count')} blocks, ours {n_layer}"
+        )
     tokens = _gguf_field(reader, "tokenizer.ggml.tokens")
     if len(tokens) != cfg.vocab_size:
         raise RuntimeError(f"GGUF {path} has {len(tokens)} tokens, our model {cfg.vocab_size}")
@@ -341,12 +360,16 @@ def _check_gguf(src: Path, path: Path) -> dict[str, Any]:
     got = np.asarray(gguf.quants.dequantize(emb.data, emb.tensor_type), dtype=np.float32)
     got = got.reshape([int(d) for d in reversed(emb.shape)])  # (V, C)
     table = next(
-        m for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings >= cfg.vocab_size
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and m.num_embeddings >= cfg.vocab_size
     )
     want = table.weight.detach()[: cfg.vocab_size].numpy()  # (V, C)
     diff = float(np.abs(got - want).max())
     if not diff <= GGUF_ATOL:
-        raise RuntimeError(f"GGUF token_embd differs from ours by {diff:.3g} (> {GGUF_ATOL}) in {path}")
+        raise RuntimeError(
+            f"GGUF token_embd differs from ours by {diff:.3g} (> {GGUF_ATOL}) in {path}"
+        )
     return {
         "gguf_arch": arch,
         "gguf_tensors": len(tensors),

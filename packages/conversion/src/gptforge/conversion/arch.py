@@ -142,7 +142,7 @@ class _Transfer:
     """Accumulates the converted state dict and the report while roles are placed."""
 
     def __init__(self, target: nn.Module, analysis: SourceAnalysis) -> None:
-        self.cfg = target.config
+        self.cfg: Any = target.config
         self.analysis = analysis
         self.sd = {k: v.detach().clone() for k, v in target.state_dict().items()}
         self.tied = bool(getattr(self.cfg, "tie_embeddings", False))
@@ -213,13 +213,12 @@ class _Transfer:
             notes.append(
                 f"source has {a.n_head} heads, target {c.n_head}: projection kept, head grouping changes"
             )
-        grouped = role in ("k", "v") and a.n_kv_head and a.n_head and a.n_kv_head < a.n_head
-        if grouped and t.shape[0] * a.n_head // a.n_kv_head == dst.shape[0]:
-            t = expand_kv_heads(t, a.n_kv_head, a.n_head)
+        n_head, n_kv = a.n_head or 0, a.n_kv_head or 0
+        grouped = role in ("k", "v") and 0 < n_kv < n_head
+        if grouped and t.shape[0] * n_head // n_kv == dst.shape[0]:
+            t = expand_kv_heads(t, n_kv, n_head)
             compat = "partial"
-            notes.append(
-                f"{a.n_kv_head} grouped KV heads repeated to {a.n_head} heads (same function)"
-            )
+            notes.append(f"{n_kv} grouped KV heads repeated to {n_head} heads (same function)")
         if (role.startswith("norm") or role == "final_norm") and a.norm != c.norm:
             compat, lossless = "partial", False
             notes.append(f"source {a.norm} gain into target {c.norm}")
@@ -260,7 +259,7 @@ class _Transfer:
                 {"source_key": src.source_keys[0], "target_key": key, "source_shape": list(t.shape),
                  "target_shape": list(dst.shape), "action": f"partial: {keep} shared token rows copied"}
             )  # fmt: skip
-        self._record(key, src, compat, "; ".join(notes), keep * dst.shape[1], v_tgt >= v_src)
+        self._record(key, src, compat, "; ".join(notes), keep * dst.shape[1], bool(v_tgt >= v_src))
 
     def _fit_ffn(self, key: str, role: str, src: Role, t: torch.Tensor, notes: list[str]) -> bool:
         """Hidden units of an FFN are independent: keep the first min(H_src, H_tgt) of them."""
@@ -408,7 +407,8 @@ def convert_to_mmrec_dir(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    preset: str | None = None,
+    preset: str = "mmrec-tiny",
+    match_source: bool = True,
     config: dict[str, Any] | None = None,
     source_config: dict[str, Any] | str | os.PathLike[str] | None = None,
     strict: bool = False,
@@ -421,9 +421,11 @@ def convert_to_mmrec_dir(
         source: as for :func:`convert_weights`.
         out: the new model directory (``config.json``, ``model.safetensors``, ``tokenizer/``
             when the source has one, ``conversion_report.json``).
-        preset: use this MM-Rec preset exactly (mismatches are reported);
-        config: or these MMRecConfig fields on top of the preset (or of the matched config);
-            with neither, the target matches every dimension of the source.
+        preset: the MM-Rec preset the target starts from.
+        match_source: replace the preset's shared dimensions (vocab, width, layers, heads, FFN,
+            norm, bias, tying) by the source's, so everything with a counterpart transfers;
+            False uses the preset as it is (mismatches are reported).
+        config: MMRecConfig fields applied last.
         source_config: as for :func:`convert_weights`.
         strict: as for :func:`convert_weights`.
         force: replace an existing ``out``.
@@ -433,11 +435,11 @@ def convert_to_mmrec_dir(
     from gptforge.modeling import MMRecConfig, build_model
     from gptforge.modeling.io import save_model_dir
 
-    if preset is not None:
-        cfg = MMRecConfig.from_name(preset, **(config or {}))
-    else:
+    if match_source:
         _, analysis = load_source(source, source_config)
-        cfg = mmrec_config_for_source(analysis, **(config or {}))
+        cfg = mmrec_config_for_source(analysis, base=preset, **(config or {}))
+    else:
+        cfg = MMRecConfig.from_name(preset, **(config or {}))
     torch.manual_seed(seed)
     model = build_model(cfg)
     state, report = convert_weights(source, model, source_config=source_config, strict=strict)

@@ -268,13 +268,11 @@ def _normalise_keys(sd: dict[str, torch.Tensor], layout: Layout) -> dict[str, to
 
 
 def _count_params(sd: dict[str, torch.Tensor]) -> int:
-    seen: set[tuple[int, tuple[int, ...]]] = set()
+    seen: set[tuple[int, tuple[int, ...]]] = set()  # (address, shape): ties counted once
     total = 0
     for t in sd.values():
-        ident = (
-            t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(),
-            tuple(t.shape),
-        )
+        address = t.untyped_storage().data_ptr() + int(t.storage_offset()) * t.element_size()
+        ident = (address, tuple(int(d) for d in t.shape))
         if ident not in seen:
             seen.add(ident)
             total += t.numel()

@@ -140,11 +140,7 @@ def causal_attention(
             mask = mask[:, None]  # (B, 1, T, S)
     groups = q.size(1) // k.size(1)
     if impl == "sdpa":
-        if groups > 1 and mask is None and q.device.type == "cpu":
-            # CPU flash attention has no GQA path; expanding K/V is faster than the math fallback.
-            k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
-            groups = 1
+        # enable_gqa lets the kernel share each K/V head across its query group (no copy).
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None,
             enable_gqa=groups > 1,
@@ -156,7 +152,7 @@ def causal_attention(
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # (T, S)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
     att = att.masked_fill(~mask, float("-inf"))
-    att = F.softmax(att, dim=-1)
+    att = F.softmax(att.float(), dim=-1).to(q.dtype)  # fp32 softmax keeps bf16 stable
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v  # (B, nh, T, hs)

@@ -90,7 +90,7 @@ class HierarchicalMemory(nn.Module):
 
     def forward(self) -> Tensor:
         """All levels' slots concatenated, shape (M + M/p + ..., D)."""
-        levels = [self.slots]
+        levels: list[Tensor] = [self.slots]
         for i in range(1, self.n_levels):
             group = self.pool**i
             m, d = self.slots.shape
@@ -217,6 +217,9 @@ class RecurrentStateCache(nn.Module):
     (``gptforge.sampling.slots``) work and zeroing a row starts a new sequence in it.
     """
 
+    h: Tensor
+    next_pos: Tensor
+
     def __init__(self, max_batch_size: int, dim: int, dtype: torch.dtype, device) -> None:
         super().__init__()
         kw = {"device": device}
@@ -277,7 +280,9 @@ class MMRec(CausalLM):
         for block in self.h:
             assert isinstance(block, MMRecBlock)
             nn.init.normal_(block.mixer.w_out.weight, std=residual_std)
-            mlp_out = block.mlp.down_proj if cfg.ffn == "swiglu" else block.mlp.c_proj
+            mlp = block.mlp
+            mlp_out = mlp.down_proj if isinstance(mlp, SwiGLUMLP) else mlp.c_proj
+            assert isinstance(mlp_out, nn.Linear)
             nn.init.normal_(mlp_out.weight, std=residual_std)
             nn.init.normal_(block.mixer.memory.slots)
             init_decay_bias(block.mixer.decay.fc2.bias, cfg.decay_init_min, cfg.decay_init_max)
@@ -304,14 +309,14 @@ class MMRec(CausalLM):
         dtype = torch.promote_types(dtype or param.dtype, torch.float32)
         device = device if device is not None else param.device
         self.caches = nn.ModuleList(
-            RecurrentStateCache(max_batch_size, self.config.n_embd, dtype, device)
-            for _ in self.h
+            RecurrentStateCache(max_batch_size, self.config.n_embd, dtype, device) for _ in self.h
         )
         self._max_seq_len = max_seq_len
 
     def reset_caches(self) -> None:
         """Zero every state so the next call with ``input_pos`` starts a new sequence."""
         for cache in self.caches or []:
+            assert isinstance(cache, RecurrentStateCache)
             cache.reset()
 
     def remove_caches(self) -> None:
@@ -417,6 +422,7 @@ class MMRec(CausalLM):
             )
         with torch.no_grad():
             for cache, block in zip(caches, self.h, strict=True):
+                assert isinstance(block, MMRecBlock)
                 rows = fresh.to(cache.h.device)
                 cache.h[:bsz].masked_fill_(rows[:, None], 0.0)
                 cache.next_pos[:bsz, 0] = (starts + seq_len).to(cache.next_pos.device)
@@ -430,7 +436,7 @@ class MMRec(CausalLM):
         assert self.caches is not None
         with torch.no_grad():
             for cache, state in zip(self.caches, states, strict=True):
-                cache.h[:bsz].copy_(state)
+                cache.h[:bsz].copy_(state)  # type: ignore[index]
 
 
 def init_decay_bias(bias: Tensor, low: float, high: float) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from gptforge.sampling.core import decode_one_token, prefill, suppress_tokens
+from gptforge.sampling.core import decode_one_token, model_config, prefill, suppress_tokens
 from gptforge.sampling.params import SamplingParams
 from gptforge.sampling.processing import apply_repetition_penalty, sample, token_logprobs
 from gptforge.sampling.slots import SlotCaches
@@ -115,8 +115,8 @@ class BatchGenerator:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
         self.model = model
-        self.vocab_size: int = model.config.vocab_size
-        self.max_seq_len: int = max_seq_len or model.config.block_size
+        self.vocab_size: int = model_config(model).vocab_size
+        self.max_seq_len: int = max_seq_len or model_config(model).block_size
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eot_token", None)
         self.device = next(model.parameters()).device
@@ -394,7 +394,7 @@ def generate_batch(
     gen = BatchGenerator(
         model,
         max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
-        max_seq_len=min(need, model.config.block_size),
+        max_seq_len=min(need, model_config(model).block_size),
         tokenizer=tokenizer,
         eos_id=eos_id,
     )
@@ -436,7 +436,7 @@ def stream_generate(
     gen = BatchGenerator(
         model,
         max_batch_size=1,
-        max_seq_len=min(len(prompt_ids) + params.max_new_tokens, model.config.block_size),
+        max_seq_len=min(len(prompt_ids) + params.max_new_tokens, model_config(model).block_size),
         tokenizer=tokenizer,
         eos_id=eos_id,
     )

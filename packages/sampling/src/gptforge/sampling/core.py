@@ -7,10 +7,16 @@ These functions only use the model interface of ``docs/contracts.md``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from gptforge.sampling.processing import NEG_INF, apply_repetition_penalty, sample
 from torch import Tensor, nn
+
+
+def model_config(model: nn.Module) -> Any:
+    """The model's config (``Any``: each architecture has its own dataclass)."""
+    return model.config
 
 
 def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
@@ -112,7 +118,7 @@ def generate(
         raise ValueError("prompt_ids is empty; give at least one token (e.g. the EOS/BOS id)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
-    block = getattr(model.config, "block_size", None)
+    block = getattr(model_config(model), "block_size", None)
     if block is not None and t_prompt + max_new_tokens > block:
         raise ValueError(
             f"prompt ({t_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
@@ -121,9 +127,9 @@ def generate(
     stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     gens = _generators(batch, seed, generator)
-    vocab = model.config.vocab_size
+    vocab = model_config(model).vocab_size
 
-    model.setup_caches(batch, t_prompt + max_new_tokens)
+    cast(Any, model).setup_caches(batch, t_prompt + max_new_tokens)
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
     seen = None
     if repetition_penalty != 1.0:

@@ -3,7 +3,8 @@
 Decoding one token reads every weight once, so on CPU it is bound by memory bandwidth and
 tokens/s scales with the bytes of weights read per token. Modes:
 
-- ``float32``: the reference.
+- ``float32``: the reference weights; the LM head (the largest matrix) gets a transposed
+  ``(in, out)`` copy because MKL's single-row GEMV reads that layout ~1.4x faster on x86.
 - ``float16``: half the bytes; on x86 CPUs PyTorch's fp16 GEMV is fast (F16C/AVX-512) while its
   bf16 path for a single row is not, so fp16 is the CPU choice (llama.cpp's F16 is the peer).
 - ``bfloat16``: half the bytes, the GPU choice (same range as fp32).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -37,7 +38,11 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
         raise ValueError(f"precision mode {mode!r} is not one of {list(MODES)}")
     model.eval()
     if mode == "float32":
-        return model.float()
+        model.float()
+        head = getattr(model, "lm_head", None)
+        if isinstance(head, nn.Linear) and head.bias is None:
+            model.lm_head = _TransposedHead(head.weight)
+        return model
     if mode in ("float16", "bfloat16"):
         return model.to(getattr(torch, mode))
     # int8-dynamic: swap every Linear (the tied LM head included: it gets its own int8 copy).
@@ -50,8 +55,24 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
 
         quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     if shape is not None:
-        model.lm_head = _QuantizedHead(model.lm_head, shape)
+        model.lm_head = _QuantizedHead(cast(nn.Module, model.lm_head), shape)
     return model
+
+
+class _TransposedHead(nn.Module):
+    """A bias-free LM head computing ``x @ W_t`` from a contiguous ``(in, out)`` copy.
+
+    ``weight`` stays the original (tied) parameter so the model interface still reads the
+    padded vocabulary size and dtype from it; only ``forward`` uses the copy.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+        self.register_buffer("weight_t", weight.detach().t().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight_t  # (..., C) @ (C, Vp) -> (..., Vp)
 
 
 class _QuantizedHead(nn.Module):

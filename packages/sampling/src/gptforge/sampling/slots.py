@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ class SlotCaches:
         self.max_seq_len = max_seq_len
         # Keep the old tensors alive so a new buffer cannot reuse an old one's id.
         before = dict(model.named_buffers())
-        model.setup_caches(max_batch_size, max_seq_len)
+        cast(Any, model).setup_caches(max_batch_size, max_seq_len)
         self._entries: list[tuple[nn.Module, str, Tensor]] = []
         fallback: list[tuple[nn.Module, str, Tensor]] = []
         for mod_name, module in model.named_modules():

@@ -40,7 +40,7 @@ class ChatModel:
                 f"{str(run_dir)!r} is not a fine-tuned run (its tokenizer has no <INST> token); "
                 "fine-tune it first: gptforge finetune --from RUN_DIR --out RUN_DIR2"
             )
-        self.model = load_model_dir(run_dir, device=device, dtype=torch.float32)
+        self.model: Any = load_model_dir(run_dir, device=device, dtype=torch.float32)
 
     def respond(
         self,

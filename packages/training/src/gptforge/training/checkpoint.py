@@ -73,7 +73,7 @@ def _fsync_file(path: Path) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step can touch, as tensors (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
@@ -174,7 +174,7 @@ class CheckpointManager:
 
     def list(self) -> list[CheckpointInfo]:
         """Checkpoints with a readable manifest, oldest first (file contents not verified)."""
-        infos = []
+        infos: list[CheckpointInfo] = []
         if not self.dir.is_dir():
             return infos
         for path in sorted(self.dir.glob(f"{PREFIX}*")):

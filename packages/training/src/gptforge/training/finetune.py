@@ -74,7 +74,7 @@ def finetune(
         src, run_dir = Path(cfg.from_run), Path(cfg.out)
         tokenizer = Tokenizer.from_dir(src / "tokenizer")
         tokenizer.add_special_tokens(SPECIAL_TOKENS)
-        model = load_model_dir(src, device=device, dtype=torch.float32)
+        model: Any = load_model_dir(src, device=device, dtype=torch.float32)
         if tokenizer.n_vocab > model.config.vocab_size:
             model.resize_token_embeddings(tokenizer.n_vocab)
         model.train()

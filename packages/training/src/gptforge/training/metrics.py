@@ -87,7 +87,11 @@ def write_plots(metrics_path: str | Path, plots_dir: str | Path) -> list[Path]:
                 ax.set_yscale("log")
         fig.tight_layout()
         out = plots_dir / f"{name}.png"
-        atomic_write(out, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=90))
+
+        def save_png(tmp: Path, fig: Any = fig) -> None:
+            fig.savefig(tmp, format="png", dpi=90)
+
+        atomic_write(out, save_png)
         plt.close(fig)
         written.append(out)
     return written

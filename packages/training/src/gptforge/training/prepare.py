@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from gptforge.training.data import FORMAT, META, token_dtype
@@ -65,7 +65,7 @@ class _ShardWriter:
     def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
         self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
         self.shards: list[dict[str, Any]] = []
-        self._file = None
+        self._file: BinaryIO | None = None
         self._tmp: Path | None = None
         self._count = 0
 
@@ -91,7 +91,8 @@ class _ShardWriter:
                 self._open()
             room = self.shard_tokens - self.shards[-1]["tokens"]
             part, ids = ids[:room], ids[room:]
-            self._file.write(part.astype(self.dtype).tobytes())  # type: ignore[union-attr]
+            assert self._file is not None
+            self._file.write(part.astype(self.dtype).tobytes())
             self.shards[-1]["tokens"] += len(part)
             self._count += len(part)
 

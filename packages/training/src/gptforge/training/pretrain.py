@@ -130,7 +130,7 @@ def pretrain(
             save_run_config(run_dir, "pretrain", cfg)
         torch.manual_seed(cfg.seed)
         with torch.device(device):
-            model = build_model(mcfg)
+            model: Any = build_model(mcfg)
         if info.is_main:
             n = model.num_params()
             print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ def generate_ids(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    block = int(model.config.block_size)
+    config: Any = model.config
+    block = int(config.block_size)
     gen = torch.Generator(device=device).manual_seed(seed)
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     out: list[list[int]] = [[] for _ in prompts]

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 from gptforge.sampling import BatchGenerator, SamplingParams, TokenEvent
+from gptforge.sampling.core import model_config
 
 log = logging.getLogger("gptforge.services.generation")
 
@@ -95,7 +96,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.max_seq_len = max_seq_len or model.config.block_size
+        self.max_seq_len = max_seq_len or model_config(model).block_size
         self.max_tokens_in_flight = max_tokens_in_flight or 2 * max_batch_size * self.max_seq_len
         self.gen = BatchGenerator(
             model,

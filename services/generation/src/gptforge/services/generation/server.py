@@ -27,6 +27,7 @@ from gptforge.api.server import (
     start_server,
 )
 from gptforge.sampling import SamplingParams
+from gptforge.sampling.core import model_config
 from gptforge.services.generation.engine import Engine, EngineEvent, Job
 from gptforge.services.generation.requests import GenerationLimits
 from gptforge.services.generation.servicer import SERVICE_NAME, GenerationServicer
@@ -134,7 +135,7 @@ def _build_engine(
     if tokenizer is None:
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
     model.eval()
-    resolved = limits.resolved(model.config.block_size)
+    resolved = limits.resolved(model_config(model).block_size)
     try:
         engine = Engine(
             model,
@@ -189,6 +190,7 @@ def serve(
     *,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    precision: str | None = None,
 ) -> None:
     """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
 
@@ -198,15 +200,27 @@ def serve(
         limits: request limits and batching.
         device: ``cpu`` or ``cuda``.
         dtype: weight dtype (default: as saved).
+        precision: a decode weight mode of ``gptforge.sampling.precision`` (``float16``,
+            ``int8-dynamic``, ...), applied after loading.
     """
     from gptforge.sampling.loading import find_model_dir, load_checkpoint
+    from gptforge.sampling.precision import MODES, apply_weight_precision
 
     find_model_dir(ckpt)  # fail before binding when the path is wrong
+    if precision is not None and precision not in MODES:
+        raise ValueError(f"precision {precision!r} is not one of {list(MODES)}")
+
+    def load() -> tuple[torch.nn.Module, Any]:
+        model, tok = load_checkpoint(ckpt, device=device, dtype=dtype)
+        if precision is not None:
+            model = apply_weight_precision(model, precision)
+        return model, tok
+
     config = config or ServerConfig(port=50052)
 
     async def main() -> None:
         server = await start(
-            lambda: load_checkpoint(ckpt, device=device, dtype=dtype),
+            load,
             config=config,
             limits=limits,
             model_id=Path(ckpt).resolve().name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from gptforge.api.errors import (
@@ -24,6 +24,7 @@ from gptforge.api.errors import (
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
 from gptforge.sampling import TokenEvent
+from gptforge.sampling.core import model_config
 from gptforge.services.generation.engine import (
     Engine,
     EngineClosedError,
@@ -72,7 +73,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         """Serve ``engine`` with resolved ``limits`` (calls are UNAVAILABLE until :attr:`ready`)."""
         self.engine = engine
         self.limits = limits
-        self.vocab_size = engine.model.config.vocab_size
+        self.vocab_size = model_config(engine.model).vocab_size
 
     def _engine(self) -> Engine:
         if self.engine is None or not self.ready:
@@ -146,10 +147,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         param = next(model.parameters())
         return pb.GetModelInfoResponse(
             model_id=self.model_id,
-            architecture=getattr(model.config, "arch", type(model).__name__.lower()),
+            architecture=getattr(model_config(model), "arch", type(model).__name__.lower()),
             context_length=lim.context_length,
             vocab_size=self.vocab_size,
-            num_parameters=int(model.num_params()),
+            num_parameters=int(cast(Any, model).num_params()),
             dtype=str(param.dtype).removeprefix("torch."),
             device=str(param.device),
             eos_token_id=int(tok.eot_token),
@@ -182,7 +183,10 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
         def sink(ev: EngineEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, ev)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, ev)
+            except RuntimeError:  # the loop is closed: the server is gone, nobody listens
+                pass
 
         job = Job(parsed.prompt_ids, parsed.params, sink)
         try:
@@ -199,7 +203,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             raise InvalidArgumentError(ev.message)
         raise InternalError(f"generation failed: {ev.message}; the server has recovered, retry")
 
-    def _finish(self, parsed: ParsedRequest, reason: str | None) -> int:
+    def _finish(self, parsed: ParsedRequest, reason: str | None) -> Any:
         if reason == "length" and parsed.cut_to_context:
             return pb.FINISH_REASON_CONTEXT_LENGTH
         return _FINISH.get(reason or "", pb.FINISH_REASON_UNSPECIFIED)
