@@ -33,7 +33,7 @@ SUITES: dict[str, list[tuple[str, str, int, int, int]]] = {
     "full": [
         ("gpt tiny", "tiny", 8, 10, 2),
         ("llama tiny", "llama-tiny", 8, 10, 2),
-        ("gpt gpt2", "gpt2-ctx256", 2, 3, 1),
+        ("gpt gpt2", "gpt2-ctx256", 1, 2, 1),  # CPU: a few steps are enough
     ],
     "quick": [
         ("gpt tiny", "tiny", 4, 3, 1),

@@ -18,6 +18,7 @@ from gptforge.cli.demo import SUMMARY_FILE, demo_command, run_demo
 from gptforge.cli.main import app
 from gptforge.cli.pipeline import DemoError, PipelineReport
 from gptforge.cli.pipeline_stages import DemoSettings
+from gptforge.training import TrainConfig
 from gptforge.training.tasks import WORDS
 from rich.console import Console
 from typer.testing import CliRunner
@@ -97,7 +98,9 @@ def test_demo_stage_results_hold_the_checked_numbers(demo_run) -> None:
     tok = report.result("tokenizer")
     assert tok["n_vocab"] == 512 and tok["sample_tokens"] > 0
     pre = report.result("pretrain")
-    assert pre["steps"] == 8 and pre["tokens_seen"] == 8 * 16 * 64  # steps x batch x context
+    batch = TrainConfig().batch_size  # the default recipe's
+    assert pre["steps"] == 8 and pre["tokens_seen"] == 8 * batch * pre["context"]
+    assert pre["context"] == 64 and pre["val_tokens"] > 0
     assert pre["train_loss"] < pre["uniform_loss"] + 0.5  # not diverged
     assert pre["sample"].startswith("The")
     fine = report.result("finetune")

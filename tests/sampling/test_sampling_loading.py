@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from gptforge.sampling import SamplingParams, generate_batch
 from gptforge.sampling.loading import find_model_dir, load_checkpoint
 

@@ -6,20 +6,26 @@ import copy
 
 import pytest
 import torch
-
 from gptforge.sampling import SamplingParams, generate, generate_batch
 from gptforge.sampling.precision import MODES, apply_weight_precision, check_logits
 
 
 @pytest.fixture
 def idx(debug_model):
-    return torch.randint(0, debug_model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, debug_model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0)
+    )
 
 
-@pytest.mark.parametrize(("mode", "min_top1", "max_kl"), [
-    ("float32", 1.0, 1e-9), ("float16", 0.98, 1e-4), ("bfloat16", 0.9, 1e-3),
-    ("int8-dynamic", 0.8, 5e-3),
-])
+@pytest.mark.parametrize(
+    ("mode", "min_top1", "max_kl"),
+    [
+        ("float32", 1.0, 1e-9),
+        ("float16", 0.98, 1e-4),
+        ("bfloat16", 0.9, 1e-3),
+        ("int8-dynamic", 0.8, 5e-3),
+    ],
+)
 def test_reduced_precision_logits_stay_close_to_fp32(debug_model, idx, mode, min_top1, max_kl):
     reduced = apply_weight_precision(copy.deepcopy(debug_model), mode)
     check = check_logits(debug_model, reduced, idx)
@@ -31,7 +37,13 @@ def test_generation_runs_in_reduced_precision(debug_model, mode):
     reduced = apply_weight_precision(copy.deepcopy(debug_model), mode)
     out = generate(reduced, [1, 2, 3], 8, temperature=0.0)
     assert out.shape == (11,)
-    (c,) = generate_batch(reduced, [[4, 5], ], SamplingParams(max_new_tokens=5, temperature=0.0))
+    (c,) = generate_batch(
+        reduced,
+        [
+            [4, 5],
+        ],
+        SamplingParams(max_new_tokens=5, temperature=0.0),
+    )
     assert len(c.token_ids) == 5
 
 
@@ -46,3 +58,16 @@ def test_unknown_mode_lists_the_modes(debug_model):
     with pytest.raises(ValueError, match="int4") as err:
         apply_weight_precision(debug_model, "int4")
     assert all(m in str(err.value) for m in MODES)
+
+
+@pytest.mark.parametrize("preset", ["debug", "llama-debug"])
+def test_float32_decode_layout_generates_the_same_greedy_tokens(tokenizer, preset):
+    from gptforge.modeling import build_model, get_config
+
+    torch.manual_seed(0)
+    model = build_model(get_config(preset, vocab_size=tokenizer.n_vocab)).eval()
+    fast = apply_weight_precision(copy.deepcopy(model), "float32")
+    assert not any(isinstance(m, torch.nn.Linear) for m in fast.modules())
+    a = generate(model, [5, 6, 7], 16, temperature=0.0)
+    b = generate(fast, [5, 6, 7], 16, temperature=0.0)
+    assert torch.equal(a, b)

@@ -43,7 +43,6 @@ def _tail(path: Path, lines: int = 15) -> str:
 def serving_device(run_dir: Path) -> str:
     """The device pre-training used (``auto`` resolved), so the server runs where training did."""
     import torch
-
     from gptforge.training.pretrain import load_run_config
 
     name = str(load_run_config(run_dir / "pretrain")["config"].get("device", "auto"))

@@ -3,8 +3,9 @@
 Decoding one token reads every weight once, so on CPU it is bound by memory bandwidth and
 tokens/s scales with the bytes of weights read per token. Modes:
 
-- ``float32``: the reference weights; the LM head (the largest matrix) gets a transposed
-  ``(in, out)`` copy because MKL's single-row GEMV reads that layout ~1.4x faster on x86.
+- ``float32``: the reference weights, stored transposed ``(in, out)`` (the layout of HF's
+  ``Conv1D``) because MKL's single-row GEMV reads it faster on x86 (~1.4x for the LM head);
+  the tied LM head keeps its weight and gets a transposed copy.
 - ``float16``: half the bytes; on x86 CPUs PyTorch's fp16 GEMV is fast (F16C/AVX-512) while its
   bf16 path for a single row is not, so fp16 is the CPU choice (llama.cpp's F16 is the peer).
 - ``bfloat16``: half the bytes, the GPU choice (same range as fp32).
@@ -40,6 +41,10 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
     if mode == "float32":
         model.float()
         head = getattr(model, "lm_head", None)
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear) and child is not head:
+                    setattr(parent, name, _TransposedLinear(child))
         if isinstance(head, nn.Linear) and head.bias is None:
             model.lm_head = _TransposedHead(head.weight)
         return model
@@ -57,6 +62,25 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
     if shape is not None:
         model.lm_head = _QuantizedHead(cast(nn.Module, model.lm_head), shape)
     return model
+
+
+class _TransposedLinear(nn.Module):
+    """``nn.Linear`` for decoding: ``bias + x @ W_t`` from a contiguous ``(in, out)`` weight."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        bias = linear.bias.detach().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))  # (N, in)
+        out = (
+            torch.addmm(self.bias, flat, self.weight_t)
+            if self.bias is not None
+            else flat @ self.weight_t
+        )
+        return out.view(*x.shape[:-1], out.size(-1))  # (..., out)
 
 
 class _TransposedHead(nn.Module):

@@ -10,44 +10,12 @@ from __future__ import annotations
 
 import random
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "green",
-    "cloud",
-    "music",
-    "paper",
-    "light",
-    "house",
-    "water",
-    "bird",
-    "tree",
-    "blue",
-    "quiet",
-    "fast",
-    "table",
-    "garden",
-    "window",
-    "yellow",
-    "winter",
-    "summer",
-    "sun",
-    "moon",
-    "night",
-    "city",
-    "road",
-    "horse",
-    "bread",
-    "small",
-    "happy",
-    "orange",
-    "little",
-    "silver",
-    "forest",
-    "ocean",
-    "glass",
-]
+# Common words that a byte-level BPE trained on English/technical text (the default corpus)
+# keeps as single tokens, so copying a word is copying one token.
+WORDS = (
+    "file list name value type string number class object data line text time path code "
+    "test error function module key word index user order block group event point"
+).split()
 
 TASK_NAMES = ("copy", "capitalise", "reverse", "add", "successor", "first")
 

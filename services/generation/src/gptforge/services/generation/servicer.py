@@ -9,6 +9,7 @@ before the next decode step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -183,10 +184,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
         def sink(ev: EngineEvent) -> None:
-            try:
+            # A closed loop means the server is gone and nobody listens any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, ev)
-            except RuntimeError:  # the loop is closed: the server is gone, nobody listens
-                pass
 
         job = Job(parsed.prompt_ids, parsed.params, sink)
         try:
