@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> dict:
     def step() -> float:
         with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
             if args.impl == "gptforge":
-                _, loss = step_fn(x, y)
+                loss = step_fn(x, y)[1]  # drop the logits now, as transformers' caller does
             else:
                 # transformers shifts the labels itself: same tokens, same loss work.
                 loss = step_fn(input_ids=x, labels=x).loss

@@ -25,9 +25,12 @@ def _solo(model, prompt, params, tokenizer=None):
     return list(stream_generate(model, prompt, params, tokenizer=tokenizer))
 
 
-@pytest.fixture(scope="module", params=["debug", "llama-debug"])
+@pytest.fixture(scope="module", params=["debug", "llama-debug", "mmrec-debug"])
 def any_model(request, tokenizer):
-    from gptforge.modeling import build_model, get_config
+    from gptforge.modeling import ARCHITECTURES, build_model, get_config
+
+    if request.param.startswith("mmrec") and "mmrec" not in ARCHITECTURES:
+        pytest.skip("mmrec is not registered yet")
 
     torch.manual_seed(0)
     return build_model(get_config(request.param, vocab_size=tokenizer.n_vocab)).eval()

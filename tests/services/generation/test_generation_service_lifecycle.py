@@ -183,19 +183,28 @@ def test_cli_generate_streams_the_library_output(model_dir, tokenizer):
     assert result.stdout == "hello" + ref.text + "\n"
 
 
-def test_recurrent_mmrec_is_served_one_sequence_at_a_time(tokenizer):
+def test_recurrent_mmrec_is_served_with_continuous_batching(tokenizer):
     import torch
-
     from gptforge.modeling import ARCHITECTURES, build_model, get_config
+    from gptforge.sampling import SamplingParams, stream_generate
 
     if "mmrec" not in ARCHITECTURES:
         pytest.skip("mmrec is not registered yet")
-    torch.manual_seed(0)
-    model = build_model(get_config("mmrec-debug", vocab_size=tokenizer.n_vocab)).eval()
-    with serve_in_background(model, tokenizer, ServerConfig(port=0), LIMITS) as bg, \
-            GenerationClient(bg.address) as c:
-        assert c.model_info().limits.max_batch_size == 1
-        a = c.generate_stream([1, 2, 3], max_new_tokens=6, temperature=0.0, ignore_eos=True)
-        b = c.generate([1, 2, 3], max_new_tokens=6, temperature=0.0, ignore_eos=True)
-        ids_a = [t for ch in a for t in ch.token_ids]
-        assert ids_a == list(b.completions[0].token_ids) and len(ids_a) == 6
+
+    def build():
+        torch.manual_seed(0)
+        return build_model(get_config("mmrec-debug", vocab_size=tokenizer.n_vocab)).eval()
+
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11]]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    ref = build()
+    expected = [[e.token_id for e in stream_generate(ref, p, params)] for p in prompts]
+    with (
+        serve_in_background(build(), tokenizer, ServerConfig(port=0), LIMITS) as bg,
+        GenerationClient(bg.address) as c,
+    ):
+        assert c.model_info().limits.max_batch_size == LIMITS.max_batch_size
+        first = c.generate_stream(prompts[0], max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        second = c.generate(prompts[1], max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        assert [t for ch in first for t in ch.token_ids] == expected[0]
+        assert list(second.completions[0].token_ids) == expected[1]
