@@ -31,8 +31,8 @@ from dataclasses import dataclass
 #: (label, gptforge preset, batch size, timed steps, warmup steps) per family and size.
 SUITES: dict[str, list[tuple[str, str, int, int, int]]] = {
     "full": [
-        ("gpt tiny", "tiny", 8, 10, 2),
-        ("llama tiny", "llama-tiny", 8, 10, 2),
+        ("gpt tiny", "tiny", 8, 6, 1),
+        ("llama tiny", "llama-tiny", 8, 6, 1),
         ("gpt gpt2", "gpt2-ctx256", 1, 2, 1),  # CPU: a few steps are enough
     ],
     "quick": [

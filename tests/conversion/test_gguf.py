@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_run_dir
 from gptforge.conversion import ConversionError, export_hf
 from gptforge.conversion.gguf_export import export_gguf
 from gptforge.conversion.meta_llama import hf_to_meta_rope_permute
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import read_config
 from gptforge.tokenizer import CHAT_TOKENS, Tokenizer
+
+from .conftest import make_run_dir
 
 gguf = pytest.importorskip("gguf")
 

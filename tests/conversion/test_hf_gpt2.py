@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import greedy, make_run_dir, randomize, write_gpt2_files
 from gptforge.conversion import ConversionError, export_hf, import_hf
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import load_model_dir, read_config
 from gptforge.tokenizer import Tokenizer
 from safetensors.torch import save_file
+
+from .conftest import greedy, make_run_dir, randomize, write_gpt2_files
 
 transformers = pytest.importorskip("transformers")
 

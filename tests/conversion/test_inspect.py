@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_run_dir
 from gptforge.cli.main import app
 from gptforge.conversion import ConversionError, detect_family, export_hf, load_any, load_state_dict
 from gptforge.conversion.gguf_export import export_gguf
@@ -15,6 +14,8 @@ from gptforge.conversion.inspect import inspect_checkpoint
 from gptforge.modeling.io import read_config
 from safetensors.torch import save_file
 from typer.testing import CliRunner
+
+from .conftest import make_run_dir
 
 runner = CliRunner()
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import greedy, make_run_dir, randomize
 from gptforge.conversion import (
     ConversionError,
     export_hf,
@@ -25,6 +24,8 @@ from gptforge.conversion.meta_llama import (
 )
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import load_model_dir, read_config
+
+from .conftest import greedy, make_run_dir, randomize
 
 transformers = pytest.importorskip("transformers")
 

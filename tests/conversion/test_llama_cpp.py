@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import greedy, make_run_dir
 from gptforge.conversion.gguf_export import export_gguf
 from gptforge.modeling.io import load_model_dir
+
+from .conftest import greedy, make_run_dir
 
 VENV = Path.home() / ".cache" / "gptforge" / "llama-cpp-venv"
 # Runs inside the llama-cpp-python environment: logits of every prompt position + greedy tokens.

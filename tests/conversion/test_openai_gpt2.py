@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomize, write_gpt2_files
 from gptforge.conversion import ConversionError, import_openai, load_any
 from gptforge.conversion.tf_checkpoint import TFCheckpoint
 from gptforge.modeling.io import load_model_dir
 from gptforge.tokenizer import Tokenizer
-from tf_bundle import write_tf_checkpoint
+
+from .conftest import randomize, write_gpt2_files
+from .tf_bundle import write_tf_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

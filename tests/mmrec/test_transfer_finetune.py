@@ -85,5 +85,4 @@ def test_converted_gpt_finetuned_beats_mmrec_from_scratch():
     # Embeddings and FFNs carry over (the new mixer starts silent), so the converted model
     # starts far ahead and is still clearly ahead after N steps.
     assert start < scratch_loss
-    print(f"converted {start:.3f} -> {converted_loss:.3f}, scratch {scratch_loss:.3f}")
-    assert converted_loss < scratch_loss - 0.2, (converted_loss, scratch_loss)
+    assert converted_loss < scratch_loss - 0.5, (start, converted_loss, scratch_loss)

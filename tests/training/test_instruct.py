@@ -143,9 +143,8 @@ def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run)
     with pytest.raises(ValueError, match="not a fine-tuned run"):
         ChatModel(base_run)
 
-    from typer.testing import CliRunner
-
     from gptforge.cli.main import app
+    from typer.testing import CliRunner
 
     args = [
         "chat",

@@ -142,7 +142,7 @@ def prepare_command(
         0.1, "--val-fraction", help="Share of tokens held out for validation."
     ),
     field: str = typer.Option("text", "--field", help="Text field of .jsonl / parquet records."),
-    num_proc: Optional[int] = typer.Option(
+    num_proc: int | None = typer.Option(
         None, "--num-proc", help="Processes for large inputs (default: CPUs, at most 8)."
     ),  # noqa: UP045
     block_tokens: int = typer.Option(
@@ -180,11 +180,11 @@ def prepare_command(
 
 def chat_command(
     ckpt: str = typer.Option(..., "--ckpt", help="Run directory written by `gptforge finetune`."),
-    prompt: Optional[str] = typer.Option(
+    prompt: str | None = typer.Option(
         None, "--prompt", help="Answer this instruction and exit (default: interactive)."
     ),  # noqa: UP045
     input: str = typer.Option("", "--input", help="Optional input of the instruction."),  # noqa: A002
-    template: Optional[str] = typer.Option(
+    template: str | None = typer.Option(
         None, "--template", help="inst or alpaca (default: the run's)."
     ),  # noqa: UP045
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),

@@ -12,10 +12,36 @@ import random
 
 # Common words that a byte-level BPE trained on English/technical text (the default corpus)
 # keeps as single tokens, so copying a word is copying one token.
-WORDS = (
-    "file list name value type string number class object data line text time path code "
-    "test error function module key word index user order block group event point"
-).split()
+WORDS = [
+    "file",
+    "list",
+    "name",
+    "value",
+    "type",
+    "string",
+    "number",
+    "class",
+    "object",
+    "data",
+    "line",
+    "text",
+    "time",
+    "path",
+    "code",
+    "test",
+    "error",
+    "function",
+    "module",
+    "key",
+    "word",
+    "index",
+    "user",
+    "order",
+    "block",
+    "group",
+    "event",
+    "point",
+]
 
 TASK_NAMES = ("copy", "capitalise", "reverse", "add", "successor", "first")
 
