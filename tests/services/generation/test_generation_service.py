@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
-from conftest import LIMITS, build_debug, slow_down
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.server import ServerConfig
 from gptforge.sampling import SamplingParams, stream_generate
 from gptforge.services.generation import GenerationClient, GenerationLimits, serve_in_background
+
+from .conftest import LIMITS, build_debug, slow_down
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,16 @@ def _engine(bg):
     return bg.running.engine
 
 
+def _wait_idle(bg, timeout: float = 5.0) -> None:
+    """Wait until cancelled work has left the engine (cancel reaches it asynchronously)."""
+    engine = _engine(bg)
+    deadline = time.monotonic() + timeout
+    while (engine.tokens_in_flight or engine.num_active) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_cancel_mid_stream_frees_the_slot(slow_server):
+    _wait_idle(slow_server)
     with GenerationClient(slow_server.address) as c:
         call = c.generate_stream([1, 2, 3], max_new_tokens=50, ignore_eos=True)
         next(call)
@@ -186,6 +196,7 @@ def test_cancel_mid_stream_frees_the_slot(slow_server):
 
 
 def test_deadline_frees_the_slot(slow_server):
+    _wait_idle(slow_server)
     with GenerationClient(slow_server.address) as c:
         with pytest.raises(grpc.RpcError) as err:
             list(c.generate_stream([1, 2], max_new_tokens=60, ignore_eos=True, timeout=0.3))
@@ -198,6 +209,7 @@ def test_deadline_frees_the_slot(slow_server):
 
 
 def test_twice_the_capacity_is_refused_at_once_and_health_stays_serving(slow_server):
+    _wait_idle(slow_server)
     with GenerationClient(slow_server.address) as c:
         # Each request books 1 + 49 = 50 tokens; the budget is 200, so 4 fit and 4 do not.
         streams = [c.generate_stream([1], max_new_tokens=49, ignore_eos=True) for _ in range(4)]
@@ -218,6 +230,7 @@ def test_twice_the_capacity_is_refused_at_once_and_health_stays_serving(slow_ser
         assert max(refused) < 0.5
         for s in streams:
             s.cancel()
+    _wait_idle(slow_server)
 
 
 def test_handlers_never_run_the_model_on_the_event_loop(slow_server):
@@ -226,6 +239,7 @@ def test_handlers_never_run_the_model_on_the_event_loop(slow_server):
     def spy(module, args):
         names.append(threading.current_thread().name)
 
+    _wait_idle(slow_server)
     model = _engine(slow_server).model
     h = model.register_forward_pre_hook(spy)
     try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import LIMITS
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.services.generation import build_request
+
+from .conftest import LIMITS
 
 CTX = 64  # the debug preset's block_size
 

@@ -11,10 +11,11 @@ import time
 
 import grpc
 import pytest
-from conftest import LIMITS, build_debug
 from gptforge.api.server import BackgroundServer, ServerConfig
 from gptforge.services.generation import GenerationClient, serve_in_background, start
 from typer.testing import CliRunner
+
+from .conftest import LIMITS, build_debug
 
 
 def test_health_is_not_serving_until_loaded_and_warm(tokenizer):
@@ -208,3 +209,14 @@ def test_recurrent_mmrec_is_served_with_continuous_batching(tokenizer):
         second = c.generate(prompts[1], max_new_tokens=6, temperature=0.0, ignore_eos=True)
         assert [t for ch in first for t in ch.token_ids] == expected[0]
         assert list(second.completions[0].token_ids) == expected[1]
+
+
+def test_reflection_lists_the_generation_service(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(server.address) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert "gptforge.api.generation.v1.GenerationService" in services
+    assert "grpc.health.v1.Health" in services

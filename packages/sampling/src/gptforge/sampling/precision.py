@@ -67,6 +67,9 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
 class _TransposedLinear(nn.Module):
     """``nn.Linear`` for decoding: ``bias + x @ W_t`` from a contiguous ``(in, out)`` weight."""
 
+    weight_t: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
@@ -89,6 +92,8 @@ class _TransposedHead(nn.Module):
     ``weight`` stays the original (tied) parameter so the model interface still reads the
     padded vocabulary size and dtype from it; only ``forward`` uses the copy.
     """
+
+    weight_t: torch.Tensor
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
