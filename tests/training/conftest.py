@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
-from gptforge.training.tasks import WORDS
 
-
-def corpus_texts(n: int = 240, seed: int = 0) -> list[str]:
-    """Small documents with the task words, digits and some punctuation (deterministic)."""
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
-        docs.append(
-            f"Note {i}: {words}. {i % 10} + {i % 7} = {i % 10 + i % 7}.\n{words.upper()[:40]}"
-        )
-    return docs
+from tests.training.helpers import corpus_texts
 
 
 @pytest.fixture(scope="session")
@@ -45,29 +33,6 @@ def data_dir(
     out = tmp_path_factory.mktemp("data")
     prepare_data(texts, tokenizer_dir, out, block_tokens=256, progress=False)
     return out
-
-
-def debug_config(data_dir: Path, out: Path, **overrides):
-    """A few-step debug-preset TrainConfig (context 32, batch 4, no progress bar)."""
-    from gptforge.training.config import TrainConfig
-
-    values = dict(
-        preset="debug",
-        data=str(data_dir),
-        out=str(out),
-        max_steps=6,
-        batch_size=4,
-        context_length=32,
-        warmup_steps=2,
-        eval_interval=3,
-        eval_batches=2,
-        checkpoint_interval=3,
-        log_interval=1,
-        progress=False,
-        device="cpu",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 @pytest.fixture(autouse=True)

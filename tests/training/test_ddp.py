@@ -11,8 +11,9 @@ import subprocess
 import pytest
 import torch
 from gptforge.training.metrics import read_metrics
-from helpers import PYTHON, child_env
 from safetensors.torch import load_file
+
+from tests.training.helpers import PYTHON, child_env
 
 pytestmark = pytest.mark.slow  # two torchrun jobs: ~30 s of CPU
 

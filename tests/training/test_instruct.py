@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import debug_config
 from gptforge.training.instruct import (
     INST,
     RESP_END,
@@ -17,6 +16,8 @@ from gptforge.training.instruct import (
     stop_ids,
 )
 from gptforge.training.tasks import TASK_NAMES, generate_tasks
+
+from tests.training.helpers import debug_config
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from conftest import debug_config
 from gptforge.training.data import DataError
 from gptforge.training.loop import TrainingDiverged
 from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import pretrain
+
+from tests.training.helpers import debug_config
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import signal
 import subprocess
 
 import torch
-from conftest import debug_config
 from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import pretrain
-from helpers import PYTHON, child_env
 from safetensors.torch import load_file
+
+from tests.training.helpers import PYTHON, child_env, debug_config
 
 KILL_AT = 5  # checkpoints every 2 steps: the resumed run restarts from step 4
 STEPS = 8
@@ -19,7 +19,7 @@ CHILD = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from conftest import debug_config
+from tests.training.helpers import debug_config
 from gptforge.training.pretrain import pretrain
 
 def kill(step, model, row):
