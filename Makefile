@@ -106,3 +106,6 @@ serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
 
 serve-generation: sync ## Serve generation over gRPC (CKPT= HOST= PORT=)
 	$(RUN) gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
+
+readme: sync ## Splice docs/*.md user guides into README.md
+	$(RUN) python tools/build_readme.py

@@ -260,12 +260,14 @@ def print_tables(q: dict[str, Any] | None, g: list[dict[str, Any]] | None, args)
             f"{100 * c['transferred_fraction']:.1f}%)\n"
         )
     if g:
+        print("One thread; tok/s per CPU-second of the process (wall-clock tok/s in brackets).\n")
         print("| context | model | cache | peak RSS | decode tok/s | prefill tok/s |")
         print("|---:|---|---:|---:|---:|---:|")
         for r in g:
             print(
                 f"| {r['context']:,} | {r['arch']} | {r['cache_mib']:.3f} MiB | "
-                f"{r['peak_rss_mib']:.0f} MiB | {r['decode_tok_s']:.1f} | {r['prefill_tok_s']:.0f} |"
+                f"{r['peak_rss_mib']:.0f} MiB | {r['decode_tok_s']:.1f} "
+                f"({r['decode_tok_s_wall']:.1f}) | {r['prefill_tok_s']:.0f} |"
             )
 
 

@@ -207,6 +207,41 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def interleaved(args: argparse.Namespace, suite: list[tuple[str, str, int, int, int]]) -> str:
+    """Both models in one process, steps alternated, CPU time per step (shared-machine mode)."""
+    import torch
+    from gptforge.modeling import build_model, get_config
+
+    torch.set_num_threads(args.threads or 1)
+    lines = ["| model | batch x T | gptforge CPU-s/step | transformers CPU-s/step | ratio |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for label, preset, batch, steps, warmup in suite:
+        config = get_config(preset)
+        torch.manual_seed(0)
+        models = {"gptforge": build_model(config), "transformers": hf_model(config, "cpu")}
+        data = torch.randint(0, config.vocab_size, (batch, config.block_size + 1))
+        x, y = data[:, :-1], data[:, 1:]
+        opts = {k: torch.optim.AdamW(m.parameters(), lr=3e-4) for k, m in models.items()}
+        cpu: dict[str, list[float]] = {k: [] for k in models}
+        for i in range(warmup + 2 * steps):
+            for impl, model in models.items():
+                c0 = time.process_time()
+                if impl == "gptforge":
+                    loss = model(x, y)[1]
+                else:
+                    loss = model(input_ids=x, labels=x).loss
+                loss.backward()
+                opts[impl].step()
+                opts[impl].zero_grad(set_to_none=True)
+                if i >= warmup:
+                    cpu[impl].append(time.process_time() - c0)
+        ours, theirs = (sorted(cpu[k])[len(cpu[k]) // 2] for k in models)
+        log(f"{label}: gptforge {ours:.3f} CPU-s/step, transformers {theirs:.3f}")
+        lines.append(f"| {label} | {batch} x {config.block_size} | {ours:.3f} | {theirs:.3f} | "
+                     f"**{theirs / ours:.2f}x** |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few steps of the tiny presets only")
@@ -217,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fused", action="store_true", help="AdamW(fused=True) on both sides")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--only", default="", help="comma-separated labels, e.g. 'gpt tiny'")
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="one process, alternating steps, median CPU time (for busy shared machines)",
+    )
     # worker-only flags
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=["gptforge", "transformers"], help=argparse.SUPPRESS)
@@ -236,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}
         suite = [s for s in suite if s[0] in wanted]
+    if args.interleaved:
+        print(f"Forward + backward + AdamW, fp32 CPU, {args.threads or 1} thread(s), both models "
+              "in one process with alternating steps; median CPU seconds per step.\n")  # fmt: skip
+        print(interleaved(args, suite))
+        return 0
     repeats = args.repeats or (1 if args.quick else 2)
     results = []
     for label, preset, batch, steps, warmup in suite:

@@ -206,8 +206,8 @@ class FinetuneConfig(LoopConfig):
     max_length: int = 96
     max_steps: int = 300
     batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    lr: float = 2e-3
+    min_lr: float = 2e-4
     warmup_steps: int = 20
     weight_decay: float = 0.0
     eval_interval: int = 100
