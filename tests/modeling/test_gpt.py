@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
-from _modeling_hf import gpt_from_hf, hf_gpt2, hf_num_params
 from gptforge.modeling import GPT, GPTConfig, get_config
 from gptforge.modeling.introspect import count_params
+
+from ._modeling_hf import gpt_from_hf, hf_gpt2, hf_num_params
 
 torch.manual_seed(0)
 

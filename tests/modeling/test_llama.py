@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _modeling_hf import hf_llama, hf_num_params, llama_from_hf
 from gptforge.modeling import Llama, LlamaConfig, get_config
 from gptforge.modeling.config import llama_intermediate_size
 from gptforge.modeling.introspect import count_params
 from gptforge.modeling.llama import rope_inv_freq
+
+from ._modeling_hf import hf_llama, hf_num_params, llama_from_hf
 
 SCALING = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                original_max_position_embeddings=16)  # fmt: skip

@@ -15,7 +15,7 @@ from gptforge.training.instruct import (
     render_text,
     stop_ids,
 )
-from gptforge.training.tasks import TASK_NAMES, generate_tasks
+from gptforge.training.tasks import DEFAULT_TASKS, OPPOSITES, TASK_NAMES, generate_tasks
 
 from tests.training.helpers import debug_config
 
@@ -64,17 +64,86 @@ def test_loss_only_on_response_tokens():
 
 
 def test_generated_tasks_are_deterministic_and_checkable():
-    a, b = generate_tasks(60, seed=4), generate_tasks(60, seed=4)
-    assert a == b and a != generate_tasks(60, seed=5)
+    a, b = generate_tasks(200, seed=4, tasks=TASK_NAMES), generate_tasks(200, seed=4, tasks=TASK_NAMES)
+    assert a == b and a != generate_tasks(200, seed=5, tasks=TASK_NAMES)
     assert {r["task"] for r in a} == set(TASK_NAMES)
     for r in a:
+        words = r["input"].split()
         if r["task"] == "add":
             x, y = r["input"].split(" + ")
             assert int(r["output"]) == int(x) + int(y)
         if r["task"] == "capitalise":
             assert r["output"] == r["input"].upper()
         if r["task"] == "reverse":
-            assert r["output"].split() == r["input"].split()[::-1]
+            assert r["output"].split() == words[::-1]
+        if r["task"] == "first":
+            assert r["output"] == words[0]
+        if r["task"] == "last":
+            assert r["output"] == words[-1] and len(words) >= 2
+        if r["task"] == "count":
+            assert r["output"] == str(len(words))
+        if r["task"] == "next_letter":
+            assert ord(r["output"]) == ord(r["input"]) + 1 and r["output"].isalpha()
+        if r["task"] == "opposite":
+            assert (r["input"], r["output"]) in OPPOSITES or (r["output"], r["input"]) in OPPOSITES
+
+
+def test_default_task_mix_is_the_short_answer_families():
+    assert set(DEFAULT_TASKS) <= set(TASK_NAMES)
+    assert {r["task"] for r in generate_tasks(50, seed=0)} == set(DEFAULT_TASKS)
+    from gptforge.training.config import FinetuneConfig
+
+    assert FinetuneConfig(from_run="x").task_names == DEFAULT_TASKS
+    assert FinetuneConfig(from_run="x", tasks="add, copy").task_names == ("add", "copy")
+    with pytest.raises(ValueError, match="unknown families \\['nope'\\]; choose from"):
+        generate_tasks(3, tasks=("first", "nope"))
+
+
+def test_exact_match_counts_stripped_answers_and_caps_decoding(tok):
+    """A stub model that always answers one fixed token: exact match per task, short decode."""
+    import torch
+    from gptforge.training.instruct import exact_match
+
+    from gptforge.training.tasks import WORDS
+
+    # a word the test tokenizer keeps as one token with its leading space (" file" -> "file")
+    word = next(w for w in WORDS if len(tok.encode(" " + w)) == 1)
+    answer = tok.encode(" " + word)
+    stop = tok.special_tokens[RESP_END]
+
+    class Fixed(torch.nn.Module):
+        """Emits ``answer`` then the stop token; counts forward calls."""
+
+        def __init__(self, vocab: int, stops: bool = True) -> None:
+            super().__init__()
+            self.stops = stops
+            self.config = type("C", (), {"block_size": 64, "vocab_size": vocab})()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def forward(self, idx, targets=None):
+            self.calls += 1
+            logits = torch.zeros(idx.shape[0], idx.shape[1], self.config.vocab_size)  # (B, T, V)
+            said = idx[:, -1] == answer[0]  # (B,) answered already: stop next
+            logits[:, -1, answer[0]] = 1.0
+            if self.stops:
+                logits[said, -1, stop] = 2.0
+            return logits, None
+
+    recs = [
+        {"instruction": "Opposite.", "input": "up", "output": word, "task": "opposite"},
+        {"instruction": "Opposite.", "input": "on", "output": "off", "task": "opposite"},
+        {"instruction": "Last word.", "input": f"a {word}", "output": word, "task": "last"},
+    ]
+    model = Fixed(tok.n_vocab)
+    got = exact_match(model, tok, recs, "inst")
+    assert got["correct"] == 2 and got["total"] == 3
+    assert got["per_task"] == {"last": 1.0, "opposite": 0.5}
+    assert model.calls == 2 * 2  # two prompt lengths, two tokens each (answer, stop)
+    never_stops = Fixed(tok.n_vocab, stops=False)
+    assert exact_match(never_stops, tok, recs[:1], "inst")["correct"] == 0
+    longest = len(encode_record(recs[0], "inst", tok)[1])  # answer ids + the stop id
+    assert never_stops.calls == longest + 3 < 32
 
 
 def test_read_records_names_the_bad_record(tmp_path):
@@ -186,7 +255,7 @@ def _accuracy_gain(base_run, out, **overrides):
 def test_held_out_exact_match_rises(tmp_path, base_run):
     """A debug model learns three easy task families in ~250 steps (~7 s of CPU)."""
     before, after, per_task = _accuracy_gain(
-        base_run, tmp_path / "sft", max_steps=250, tasks="add,successor,first"
+        base_run, tmp_path / "sft", max_steps=250
     )
     assert before <= 0.05
     assert after >= before + 0.10, per_task

@@ -189,8 +189,9 @@ class FinetuneConfig(LoopConfig):
         template: ``inst`` (``<INST>..</INST><RESP>..</RESP>``) or ``alpaca`` prompt style.
         val_fraction: Held-out fraction of the records for loss and exact-match evaluation.
         num_examples: Size of the generated task set when ``data`` is not given.
-        tasks: Comma-separated task families of the generated set (default: all of
-            ``copy,capitalise,reverse,add,successor,first``).
+        tasks: Comma-separated task families of the generated set (default:
+            ``first,last,next_letter,opposite,count``; all: ``TASK_NAMES`` of
+            :mod:`gptforge.training.tasks`).
         eval_examples: Held-out records scored for exact match before and after training.
         max_length: Longest rendered record in tokens (longer ones are refused by index).
     """
@@ -233,8 +234,8 @@ class FinetuneConfig(LoopConfig):
     @property
     def task_names(self) -> tuple[str, ...]:
         """The generated task families to use (all when ``tasks`` is None)."""
-        from gptforge.training.tasks import TASK_NAMES
+        from gptforge.training.tasks import DEFAULT_TASKS
 
         if self.tasks is None:
-            return TASK_NAMES
+            return DEFAULT_TASKS
         return tuple(t.strip() for t in self.tasks.split(",") if t.strip())

@@ -150,16 +150,31 @@ def exact_match(
     records: Sequence[dict[str, str]],
     template: str,
     *,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Greedy-decode each record's prompt and compare the answer with ``output`` (stripped).
+
+    Decoding stops at the template's stop token (:func:`stop_ids`).
+
+    Args:
+        model: The model to score (put back in its previous train/eval mode afterwards).
+        tokenizer: Tokenizer with the template's special tokens.
+        records: Records with ``output`` (and optionally ``task`` for the per-task breakdown).
+        template: ``inst`` or ``alpaca``.
+        max_new_tokens: Most tokens generated per record; ``None``: the longest expected
+            answer plus 4 tokens, which is enough for any correct answer (an untrained model
+            that never emits the stop token would otherwise decode 32+ tokens per record).
 
     Returns:
         ``{"accuracy": float, "correct": int, "total": int, "per_task": {task: accuracy}}``.
     """
     from gptforge.training.textgen import generate_ids
 
-    prompts = [encode_record(r, template, tokenizer)[0] for r in records]
+    encoded = [encode_record(r, template, tokenizer) for r in records]
+    prompts = [prompt for prompt, _ in encoded]
+    if max_new_tokens is None:
+        # (the response ids end with the stop token, which is not generated)
+        max_new_tokens = max((len(response) for _, response in encoded), default=1) + 3
     outs = generate_ids(
         model, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids(template, tokenizer)
     )
