@@ -1,6 +1,6 @@
 """``gptforge demo`` end to end with the ``debug`` preset and a handful of steps.
 
-One module-scoped run (about 20-30 s of CPU: tokenizer, data, pre-training, fine-tuning, HF and
+One run (about 20-25 s of CPU: tokenizer, data, pre-training, fine-tuning, HF and
 GGUF export with read-back, both gRPC services as subprocesses) feeds the checks; a second run
 over the same folder must skip every stage.
 """
@@ -59,16 +59,20 @@ def run_captured(settings: DemoSettings, **kwargs: Any) -> tuple[PipelineReport,
     return report, out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoSettings, PipelineReport, str]:
-    root = tmp_path_factory.mktemp("demo")
-    settings = settings_for(root / "run", write_corpus(root / "corpus.txt"))
+def test_demo_end_to_end_then_a_second_run_skips_completed_stages(tmp_path: Path) -> None:
+    """One demo run feeds every check (a single test, so pytest-xdist never runs it twice)."""
+    settings = settings_for(tmp_path / "run", write_corpus(tmp_path / "corpus.txt"))
     report, text = run_captured(settings)
-    return settings, report, text
+    check_every_stage_left_its_outputs_in_one_folder(settings, report)
+    check_stage_results_hold_the_checked_numbers(settings, report)
+    check_printed_summaries_and_commands_to_continue(settings, text)
+    check_second_run_skips_every_completed_stage(settings)
+    check_changed_steps_are_refused_with_the_fix(settings)
 
 
-def test_demo_runs_every_stage_and_leaves_outputs_in_one_folder(demo_run) -> None:
-    settings, report, _ = demo_run
+def check_every_stage_left_its_outputs_in_one_folder(
+    settings: DemoSettings, report: PipelineReport
+) -> None:
     run = settings.run_dir
     assert [(r.name, r.status) for r in report.records] == [(s, "ran") for s in STAGES]
     for rel in (
@@ -93,14 +97,17 @@ def test_demo_runs_every_stage_and_leaves_outputs_in_one_folder(demo_run) -> Non
     assert (run / "pretrain" / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_stage_results_hold_the_checked_numbers(demo_run) -> None:
-    settings, report, _ = demo_run
+def check_stage_results_hold_the_checked_numbers(
+    settings: DemoSettings, report: PipelineReport
+) -> None:
     tok = report.result("tokenizer")
-    assert tok["n_vocab"] == 512 and tok["sample_tokens"] > 0
+    assert (
+        256 < tok["n_vocab"] <= 512 and tok["sample_tokens"] > 0
+    )  # the corpus may run out of merges
     pre = report.result("pretrain")
     batch = TrainConfig().batch_size  # the default recipe's
     assert pre["steps"] == 8 and pre["tokens_seen"] == 8 * batch * pre["context"]
-    assert pre["context"] == 64 and pre["val_tokens"] > 0
+    assert pre["context"] == 64 and pre["val_tokens"] > 0 and pre["vocab_size"] >= tok["n_vocab"]
     assert pre["train_loss"] < pre["uniform_loss"] + 0.5  # not diverged
     assert pre["sample"].startswith("The")
     fine = report.result("finetune")
@@ -117,8 +124,7 @@ def test_demo_stage_results_hold_the_checked_numbers(demo_run) -> None:
     assert srv["tokenizer_target"] != srv["generation_target"]
 
 
-def test_demo_prints_stage_summaries_and_the_commands_to_continue(demo_run) -> None:
-    settings, _, text = demo_run
+def check_printed_summaries_and_commands_to_continue(settings: DemoSettings, text: str) -> None:
     run = settings.run_dir
     for heading in ("1/6 Tokenizer", "2/6 Pre-training", "3/6 Instruction fine-tuning",
                     "4/6 Export", "5/6 gRPC services", "6/6 Summary"):  # fmt: skip
@@ -134,8 +140,7 @@ def test_demo_prints_stage_summaries_and_the_commands_to_continue(demo_run) -> N
     assert any(n["command"].startswith("gptforge chat") for n in summary["next"])
 
 
-def test_second_run_skips_every_completed_stage(demo_run) -> None:
-    settings, _, _ = demo_run
+def check_second_run_skips_every_completed_stage(settings: DemoSettings) -> None:
     weights = settings.run_dir / "finetune" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     report, text = run_captured(settings)
@@ -147,8 +152,7 @@ def test_second_run_skips_every_completed_stage(demo_run) -> None:
     assert "held-out accuracy" in text
 
 
-def test_changed_steps_on_a_done_run_are_refused_with_the_fix(demo_run) -> None:
-    settings, _, _ = demo_run
+def check_changed_steps_are_refused_with_the_fix(settings: DemoSettings) -> None:
     changed = settings_for(settings.run_dir, Path(settings.data), steps=9)
     with pytest.raises(DemoError, match=r"steps: 8 -> 9.*--redo pretrain"):
         run_captured(changed)
