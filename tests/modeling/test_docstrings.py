@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "config", "gpt", "llama", "registry", "introspect", "io"]
+MODULES = ["__init__", "config", "gpt", "llama", "registry", "introspect", "io", "loss"]
 
 
 @pytest.mark.parametrize("name", MODULES)

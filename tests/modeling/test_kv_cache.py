@@ -128,3 +128,49 @@ def test_per_row_positions_decode_each_row_at_its_own_position(preset):
         row1, _ = model(torch.cat([idx[1, :3], new[1]])[None])
     torch.testing.assert_close(got[0, -1], row0[0, -1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1, -1], row1[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def _reference_attention(q, k, v, input_pos):
+    """Masked softmax over the whole cache: query at position p sees keys 0..p."""
+    S = k.size(2)
+    mask = torch.arange(S)[None, :] <= input_pos[..., None]  # ([B,] T, S)
+    if mask.dim() == 3:
+        mask = mask[:, None]  # (B, 1, T, S)
+    att = (q @ k.transpose(-2, -1)) / q.size(-1) ** 0.5  # (B, nh, T, S)
+    return att.masked_fill(~mask, float("-inf")).softmax(-1) @ v  # (B, nh, T, hs)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+@pytest.mark.parametrize(
+    "input_pos",
+    [torch.tensor([9]), torch.tensor([3, 4, 5]), torch.tensor([[2, 3], [7, 8]]),
+     torch.tensor([[5], [1]])],
+    ids=["decode", "chunk", "per-row-chunk", "per-row-decode"],
+)  # fmt: skip
+def test_attention_plan_equals_masked_softmax_over_the_whole_cache(input_pos, impl):
+    from gptforge.modeling.kv_cache import attention_plan, causal_attention
+
+    torch.manual_seed(0)
+    B, T, S = 2, input_pos.size(-1), 12
+    q = torch.randn(B, 4, T, 8)  # (B, nh, T, hs)
+    k, v = torch.randn(B, 4, S, 8), torch.randn(B, 4, S, 8)  # (B, nh, S, hs)
+    plan = attention_plan(input_pos, S)
+    assert plan.kv_len == int(input_pos.max()) + 1
+    if input_pos.dim() == 1 and T == 1:
+        assert plan.mask is None, "a shared single-token decode step needs no mask"
+    out = causal_attention(q, k, v, input_pos=input_pos, impl=impl, plan=plan)
+    torch.testing.assert_close(out, _reference_attention(q, k, v, input_pos), atol=1e-5, rtol=1e-5)
+
+
+def test_model_builds_one_attention_plan_per_forward(monkeypatch):
+    import gptforge.modeling.base as base
+
+    calls = []
+    real = base.attention_plan
+    monkeypatch.setattr(base, "attention_plan", lambda *a: calls.append(a) or real(*a))
+    model = _model("debug")
+    model.setup_caches(1, 16)
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long), input_pos=0)
+        model(torch.zeros(1, 1, dtype=torch.long), input_pos=4)
+    assert len(calls) == 2, f"expected one plan per forward, got {len(calls)} for 2 forwards"

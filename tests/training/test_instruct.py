@@ -64,7 +64,10 @@ def test_loss_only_on_response_tokens():
 
 
 def test_generated_tasks_are_deterministic_and_checkable():
-    a, b = generate_tasks(200, seed=4, tasks=TASK_NAMES), generate_tasks(200, seed=4, tasks=TASK_NAMES)
+    a, b = (
+        generate_tasks(200, seed=4, tasks=TASK_NAMES),
+        generate_tasks(200, seed=4, tasks=TASK_NAMES),
+    )
     assert a == b and a != generate_tasks(200, seed=5, tasks=TASK_NAMES)
     assert {r["task"] for r in a} == set(TASK_NAMES)
     for r in a:
@@ -103,7 +106,6 @@ def test_exact_match_counts_stripped_answers_and_caps_decoding(tok):
     """A stub model that always answers one fixed token: exact match per task, short decode."""
     import torch
     from gptforge.training.instruct import exact_match
-
     from gptforge.training.tasks import WORDS
 
     # a word the test tokenizer keeps as one token with its leading space (" file" -> "file")
@@ -253,16 +255,19 @@ def _accuracy_gain(base_run, out, **overrides):
 
 
 def test_held_out_exact_match_rises(tmp_path, base_run):
-    """A debug model learns three easy task families in ~250 steps (~7 s of CPU)."""
-    before, after, per_task = _accuracy_gain(
-        base_run, tmp_path / "sft", max_steps=250
-    )
+    """A debug model learns the default task mix in 250 steps (~8 s of CPU): measured 0% -> 21%."""
+    before, after, per_task = _accuracy_gain(base_run, tmp_path / "sft", max_steps=250)
     assert before <= 0.05
     assert after >= before + 0.10, per_task
 
 
 @pytest.mark.slow
-def test_held_out_exact_match_rises_on_every_family_mix(tmp_path, base_run):
-    """All six families, 600 steps (~25 s of CPU): measured 0% -> 27.5%."""
-    before, after, per_task = _accuracy_gain(base_run, tmp_path / "sft", max_steps=600)
+def test_held_out_exact_match_rises_on_the_multi_token_families(tmp_path, base_run):
+    """The six multi-token families, 600 steps (~25 s of CPU): measured 0% -> 27.5%."""
+    before, after, per_task = _accuracy_gain(
+        base_run,
+        tmp_path / "sft",
+        max_steps=600,
+        tasks="copy,capitalise,reverse,add,successor,first",
+    )
     assert after >= before + 0.15, per_task

@@ -12,8 +12,13 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from gptforge.modeling.kv_cache import CacheOverflowError, KVCache
+from gptforge.modeling.kv_cache import (
+    AttentionPlan,
+    CacheOverflowError,
+    KVCache,
+    attention_plan,
+)
+from gptforge.modeling.loss import cross_entropy
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
@@ -115,6 +120,13 @@ class CausalLM(nn.Module):
             first.kv_cache.check(input_pos, idx.size(0))
         return input_pos
 
+    def _attention_plan(self, input_pos: Tensor | None) -> AttentionPlan:
+        """The mask and cache length every layer of this forward shares (built once)."""
+        if input_pos is None:
+            return attention_plan(None, 0)
+        first = next(self._attention_layers())
+        return attention_plan(input_pos, first.kv_cache.max_seq_len)
+
     # ---- head and loss ------------------------------------------------------------------
     def _logits_and_loss(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """LM head over the padded vocabulary; padding columns never reach the caller.
@@ -131,9 +143,8 @@ class CausalLM(nn.Module):
             logits[..., V:] = float("-inf")
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
+            # Chunked: same value and gradient as F.cross_entropy, far less memory traffic.
+            loss = cross_entropy(logits.flatten(0, 1), targets.flatten(), IGNORE_INDEX)
         return (logits[..., :V] if Vp != V else logits), loss
 
     # ---- parameters ---------------------------------------------------------------------

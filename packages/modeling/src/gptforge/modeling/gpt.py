@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.config import GPTConfig
-from gptforge.modeling.kv_cache import KVCache, causal_attention
+from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
 from torch import Tensor, nn
 
 
@@ -34,7 +34,9 @@ class CausalSelfAttention(nn.Module):
         self.attention_impl = config.attention_impl
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, input_pos: Tensor | None = None, plan: AttentionPlan | None = None
+    ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -44,7 +46,7 @@ class CausalSelfAttention(nn.Module):
             assert self.kv_cache is not None, "checked by CausalLM._check_inputs"
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
         y = causal_attention(
-            q, k, v, input_pos=input_pos, impl=self.attention_impl,
+            q, k, v, input_pos=input_pos, impl=self.attention_impl, plan=plan,
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
@@ -77,8 +79,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(C, eps=eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, input_pos: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos)  # (B, T, C)
+    def forward(
+        self, x: Tensor, input_pos: Tensor | None = None, plan: AttentionPlan | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos, plan)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -149,8 +153,9 @@ class GPT(CausalLM):
         pos_t = self._check_inputs(idx, input_pos)
         T = idx.size(1)
         pos = pos_t if pos_t is not None else torch.arange(T, device=idx.device)
+        plan = self._attention_plan(pos_t)  # one mask for all layers
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
-            x = block(x, pos_t)  # (B, T, C)
+            x = block(x, pos_t, plan)  # (B, T, C)
         x = self.ln_f(x)  # (B, T, C)
         return self._logits_and_loss(x, targets)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.config import LlamaConfig
-from gptforge.modeling.kv_cache import KVCache, causal_attention
+from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
 from torch import Tensor, nn
 
 
@@ -88,7 +88,12 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None = None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        input_pos: Tensor | None = None,
+        plan: AttentionPlan | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         hd = self.head_dim
@@ -100,7 +105,7 @@ class Attention(nn.Module):
             assert self.kv_cache is not None, "checked by CausalLM._check_inputs"
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, S, hs)
         y = causal_attention(
-            q, k, v, input_pos=input_pos, impl=self.attention_impl,
+            q, k, v, input_pos=input_pos, impl=self.attention_impl, plan=plan,
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)  # (B, T, nh*hs)
@@ -133,8 +138,15 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None) -> Tensor:
-        h = self.self_attn(self.input_layernorm(x), cos, sin, input_pos)
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        input_pos: Tensor | None,
+        plan: AttentionPlan | None = None,
+    ) -> Tensor:
+        h = self.self_attn(self.input_layernorm(x), cos, sin, input_pos, plan)
         x = x + self.resid_dropout(h)  # (B, T, C)
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))  # (B, T, C)
 
@@ -204,8 +216,9 @@ class Llama(CausalLM):
         T = idx.size(1)
         pos = pos_t if pos_t is not None else torch.arange(T, device=idx.device)
         cos, sin = rope_cos_sin(rope_inv_freq(self.config, idx.device), pos)  # (T, hs) each
+        plan = self._attention_plan(pos_t)  # one mask for all layers
         x = self.drop(self.embed_tokens(idx))  # (B, T, C)
         for layer in self.layers:
-            x = layer(x, cos, sin, pos_t)  # (B, T, C)
+            x = layer(x, cos, sin, pos_t, plan)  # (B, T, C)
         x = self.norm(x)  # (B, T, C)
         return self._logits_and_loss(x, targets)

@@ -137,7 +137,11 @@ def make_task(name: str, rng: random.Random) -> dict[str, str]:
         return {"instruction": "Opposite.", "input": word, "output": _OPPOSITE[word]}
     if name == "count":
         words = _words(rng, 1, 5)
-        return {"instruction": "Count the words.", "input": " ".join(words), "output": str(len(words))}
+        return {
+            "instruction": "Count the words.",
+            "input": " ".join(words),
+            "output": str(len(words)),
+        }
     raise ValueError(f"unknown task {name!r}; known tasks: {list(TASK_NAMES)}")
 
 
