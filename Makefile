@@ -22,7 +22,7 @@ PORT ?=
 
 .PHONY: help bootstrap sync demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
 	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec \
-	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
+	readme train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -64,6 +64,7 @@ proto: sync ## Regenerate the protobuf/gRPC code from proto/ (pinned grpcio-tool
 
 proto-check: proto ## Fail if the committed generated code is stale
 	git diff --exit-code -- packages/api/src
+	@test -z "$$(git status --porcelain -- packages/api/src)" || { git status --short -- packages/api/src; echo "generated files are not committed: run make proto and commit"; exit 1; }
 
 bench: sync ## Run every benchmark and write bench/results.md
 	$(RUN) python bench/run_all.py

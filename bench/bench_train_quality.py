@@ -61,7 +61,12 @@ def main() -> None:
     parser.add_argument("--eval-interval", type=int, default=25)
     parser.add_argument("--work-dir", default="runs/bench-train-quality")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny for 100 steps at batch 8 (a few CPU-minutes)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch_size, args.eval_interval = 100, 8, 20
 
     from gptforge.training.config import TrainConfig
     from gptforge.training.metrics import read_metrics
