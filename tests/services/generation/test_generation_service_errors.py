@@ -62,9 +62,10 @@ def test_special_tokens_allowed_on_request(client):
 
 
 def test_engine_failure_is_internal_and_the_service_recovers(tokenizer):
-    from .conftest import build_debug
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationClient, serve_in_background
+
+    from .conftest import build_debug
 
     model = build_debug(tokenizer)
     fail = {"on": False}

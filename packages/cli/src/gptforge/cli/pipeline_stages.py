@@ -28,7 +28,7 @@ from gptforge.cli.pipeline import Stage, StageContext
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Ünïcödé 🙂 works too."
 SAMPLE_PROMPT = "The"
 #: The held-out-style instruction shown after fine-tuning and streamed through the service.
-DEMO_INSTRUCTION = {"instruction": "Add the numbers.", "input": "3 + 4", "output": "7"}
+DEMO_INSTRUCTION = {"instruction": "Count the words.", "input": "file key word", "output": "3"}
 #: Largest difference allowed between our logits and transformers' on the exported model (fp32).
 HF_LOGITS_ATOL = 1e-3
 #: Largest difference allowed between the GGUF embedding read back and ours (f16 storage).
@@ -40,7 +40,7 @@ DEMO_VOCAB = {"debug": 512, "tiny": 4096, "llama-debug": 512, "llama-tiny": 4096
 #: (``--steps`` overrides); presets not listed use the training recipe's default.
 DEMO_STEPS = {"debug": 300, "tiny": 200}
 #: Fine-tuning steps per preset (hidden option ``--finetune-steps`` overrides).
-DEMO_FINETUNE_STEPS = {"debug": 200, "tiny": 150}
+DEMO_FINETUNE_STEPS = {"debug": 200, "tiny": 500}
 
 
 @dataclass
