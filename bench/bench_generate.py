@@ -5,7 +5,8 @@ All models are randomly initialised (decode speed does not depend on the weights
 transformers model gets the *same* weights through ``gptforge.conversion``. Decode tokens/s is
 ``(N - 1) / (time(N tokens) - time(1 token))``, so prefill is not counted, best of ``--reps``.
 
-Usage: ``make bench-generate`` or ``uv run python bench/bench_generate.py [--quick]``.
+Usage: ``make bench-generate`` or ``uv run python bench/bench_generate.py [--quick]``; on a busy
+shared machine add ``--threads 1 --cpu-time`` to time decode in process CPU seconds.
 """
 
 from __future__ import annotations
