@@ -33,6 +33,16 @@ class CausalLM(nn.Module):
     ``head_dim``.
     """
 
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2 initialisation shared by the transformer families: N(0, 0.02), zero biases."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
     token_embedding_name: ClassVar[str] = "wte"
     position_embedding_name: ClassVar[str | None] = None
     lm_head: nn.Linear
