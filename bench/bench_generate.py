@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import sys
@@ -87,7 +88,8 @@ def llama_cpp_runner(
 
     def run(n: int) -> object:
         llm.reset()
-        return list(llm.generate(prompt, temp=0.0))[:n]
+        # llama_cpp's generate() never ends by itself: take exactly n tokens
+        return list(itertools.islice(llm.generate(prompt, temp=0.0), n))
 
     return run
 

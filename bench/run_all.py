@@ -51,6 +51,9 @@ def machine_description() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    parser.add_argument(
+        "--full", default="", help="with --quick: comma-separated benchmarks to run at full size"
+    )
     parser.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
@@ -74,14 +77,16 @@ def main() -> int:
     failures = 0
     for name in selected:
         script, title = BENCHES[name]
-        cmd = [sys.executable, str(HERE / script)] + (["--quick"] if args.quick else [])
+        quick = args.quick and name not in args.full.split(",")
+        cmd = [sys.executable, str(HERE / script)] + (["--quick"] if quick else [])
         print(f"==> {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
         took = time.perf_counter() - t0
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr[-4000:])
-        sections += [f"## {title}", "", f"`make bench-{name}` ({took:.0f} s)", ""]
+        size = "quick sizes (`--quick`)" if quick else "full sizes"
+        sections += [f"## {title}", "", f"`make bench-{name}`, {size} ({took:.0f} s)", ""]
         if proc.returncode == 0:
             sections += [proc.stdout.strip(), ""]
         else:

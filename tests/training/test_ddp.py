@@ -1,7 +1,8 @@
-"""DDP through torchrun with gloo on CPU: 2 processes match 1 process with the same global batch.
+"""DDP and FSDP2 through torchrun with gloo on CPU: 2 processes match 1 process.
 
-Tolerance: per-step training loss within 1e-4 absolute and final weights within 1e-4 — the two
-runs differ only in the order of floating-point reductions (gradient all-reduce vs one batch).
+Both compare against a single process with the same global batch. Tolerance: per-step training
+loss within 1e-4 absolute and final weights within 1e-4; the runs differ only in the order of
+floating-point reductions (all-reduce or reduce-scatter of gradients vs one batch).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from safetensors.torch import load_file
 
 from tests.training.helpers import PYTHON, child_env
 
-pytestmark = pytest.mark.slow  # two torchrun jobs: ~30 s of CPU
+pytestmark = pytest.mark.slow  # torchrun jobs: ~15 s of CPU each
 
 STEPS = 4
 
 
-def _run(out, data_dir, nproc: int, batch_size: int) -> None:
+def _run(out, data_dir, nproc: int, batch_size: int, *extra: str, steps: int = STEPS) -> None:
     cmd = [
         PYTHON,
         "-m",
@@ -37,7 +38,7 @@ def _run(out, data_dir, nproc: int, batch_size: int) -> None:
         "--out",
         str(out),
         "--max-steps",
-        str(STEPS),
+        str(steps),
         "--batch-size",
         str(batch_size),
         "--grad-accum",
@@ -55,9 +56,51 @@ def _run(out, data_dir, nproc: int, batch_size: int) -> None:
         "--no-progress",
         "--device",
         "cpu",
+        *extra,
     ]
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def _assert_same_run(one_dir, two_dir) -> None:
+    one = [r for r in read_metrics(one_dir / "metrics.jsonl") if r["kind"] == "train"]
+    two = [r for r in read_metrics(two_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, STEPS + 1))
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+    w1 = load_file(one_dir / "model.safetensors")
+    w2 = load_file(two_dir / "model.safetensors")
+    assert sorted(w1) == sorted(w2)
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-4, rtol=0)
+
+
+def test_fsdp_two_gloo_ranks_match_one_process_and_resume(tmp_path, data_dir):
+    _run(tmp_path / "one", data_dir, 1, 4)
+    _run(tmp_path / "fsdp", data_dir, 2, 2, "--parallel", "fsdp")
+    _assert_same_run(tmp_path / "one", tmp_path / "fsdp")
+    # Same files as a plain run: a tied debug model stores its shared weight once.
+    one_files = sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+    fsdp_files = sorted(p.name for p in (tmp_path / "fsdp" / "checkpoints").iterdir())
+    assert one_files == fsdp_files
+    state = torch.load(
+        tmp_path / "fsdp" / "checkpoints" / fsdp_files[-1] / "state.pt", weights_only=True
+    )
+    assert all(isinstance(k, str) for k in state["optimizer"]["state"])  # FSDP's by-name format
+    # Resume an FSDP run from its step-2 checkpoint: it must end where the uninterrupted one did.
+    _run(tmp_path / "cut", data_dir, 2, 2, "--parallel", "fsdp", steps=2)
+    resume = [
+        PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "gptforge.training", "train", "--resume", str(tmp_path / "cut"),
+        "--max-steps", str(STEPS),
+    ]  # fmt: skip
+    proc = subprocess.run(resume, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    w_full = load_file(tmp_path / "fsdp" / "model.safetensors")
+    w_cut = load_file(tmp_path / "cut" / "model.safetensors")
+    for key in w_full:
+        torch.testing.assert_close(w_full[key], w_cut[key], atol=1e-6, rtol=0)
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path, data_dir):

@@ -17,6 +17,7 @@ from typing import Any
 LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEMPLATES = ("inst", "alpaca")
+PARALLELS = ("ddp", "fsdp")
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -68,6 +69,9 @@ class LoopConfig:
         seed: Seed of weights, data order and dropout.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         progress: Show a tqdm progress bar.
+        parallel: Multi-process strategy under ``torchrun``: ``ddp`` (a full replica per rank,
+            gradients all-reduced) or ``fsdp`` (FSDP2: parameters, gradients and AdamW state
+            sharded across ranks, for models that do not fit one device). Ignored in one process.
     """
 
     out: str = "runs/train"
@@ -95,6 +99,7 @@ class LoopConfig:
     seed: int = 1337
     device: str = "auto"
     progress: bool = True
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "log_interval"):
@@ -122,6 +127,7 @@ class LoopConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("parallel", self.parallel, PARALLELS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

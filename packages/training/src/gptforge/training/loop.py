@@ -27,6 +27,7 @@ from gptforge.training.checkpoint import CheckpointManager, rng_state, set_rng_s
 from gptforge.training.config import LoopConfig
 from gptforge.training.data import BatchSource, EpochSampler, eval_indices
 from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier
+from gptforge.training.fsdp import to_float
 from gptforge.training.metrics import MetricsLogger, write_plots
 from gptforge.training.optim import make_optimizer
 from gptforge.training.schedule import lr_at
@@ -103,7 +104,24 @@ def evaluate(
 def _grad_norm(model: nn.Module, clip: float) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    return float(norm)
+    return to_float(norm)  # a DTensor under FSDP
+
+
+def _fsdp_param_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """bf16 FSDP mixed precision on a GPU when ``dtype`` resolves to bfloat16, else None."""
+    if device.type != "cuda":
+        return None
+    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+def _all_finite(model: nn.Module, info: DistInfo, device: torch.device) -> bool:
+    """Every parameter (every rank's shard under FSDP) is finite; the same answer on all ranks."""
+    from gptforge.training.fsdp import all_finite
+
+    ok = torch.tensor(float(all_finite(model)), device=device)  # NCCL reduces CUDA tensors
+    return bool(all_reduce_mean(ok, info) == 1.0)
 
 
 def _oom_message(cfg: LoopConfig, exc: BaseException) -> str:
@@ -152,6 +170,16 @@ def train_loop(
     write = write or tqdm.write
     run_dir = Path(cfg.out)
     ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
+    use_fsdp = info.enabled and cfg.parallel == "fsdp"
+    found, state = None, None
+    if resume:  # weights go into the unsharded model; FSDP then shards them
+        found, state = ckpt.load(model, map_location=device)
+    export_model: nn.Module = model  # what rank 0 writes checkpoints from
+    if use_fsdp:
+        from gptforge.training import fsdp
+
+        export_model = fsdp.cpu_copy(model) if info.is_main else model
+        fsdp.shard_model(model, param_dtype=_fsdp_param_dtype(cfg.dtype, device))
     optimizer = make_optimizer(
         model,
         lr=cfg.lr,
@@ -163,9 +191,11 @@ def train_loop(
     per_step = cfg.batch_size * cfg.grad_accum * world
     sampler = EpochSampler(len(train), cfg.seed)
     step, tokens, last_ckpt_step = 0, 0, -1
-    if resume:
-        found, state = ckpt.load(model, map_location=device)
-        optimizer.load_state_dict(state["optimizer"])
+    if found is not None and state is not None:
+        if use_fsdp:
+            fsdp.load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         step, tokens, last_ckpt_step = int(state["step"]), int(state["tokens"]), int(state["step"])
@@ -180,7 +210,7 @@ def train_loop(
 
     raw_model = model
     train_model: nn.Module = model
-    if info.enabled:
+    if info.enabled and not use_fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
@@ -192,17 +222,23 @@ def train_loop(
     def save(at_step: int, val_loss: float | None) -> Path | None:
         nonlocal last_ckpt_step
         path = None
+        optim_state: dict[str, Any] | None = None
+        if use_fsdp:  # collectives: every rank takes part, rank 0 receives full CPU copies
+            export_state = fsdp.full_model_state(model)
+            optim_state = fsdp.full_optimizer_state(model, optimizer)
+            if info.is_main:
+                export_model.load_state_dict(export_state)
         if info.is_main:
             state = {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optim_state if use_fsdp else optimizer.state_dict(),
                 "rng": rng_state(),
                 "sampler": sampler.state_dict(),
                 "step": at_step,
                 "tokens": tokens,
             }
             extra = {**(manifest or {}), "tokens": tokens, "val_loss": val_loss}
-            path = ckpt.save(step=at_step, model=raw_model, state=state, manifest=extra)
-            save_top_level(raw_model)
+            path = ckpt.save(step=at_step, model=export_model, state=state, manifest=extra)
+            save_top_level(export_model)
         barrier(info)
         last_ckpt_step = at_step
         return path
@@ -247,9 +283,12 @@ def train_loop(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 t_overhead += time.perf_counter() - t0
                 step_tokens += x.numel() * world
+                last_micro = micro == cfg.grad_accum - 1
+                if use_fsdp:  # reduce-scatter gradients only on the last micro-batch
+                    model.set_requires_gradient_sync(last_micro)  # type: ignore[operator]
                 sync = (
                     train_model.no_sync()  # type: ignore[operator]
-                    if info.enabled and micro < cfg.grad_accum - 1
+                    if info.enabled and not use_fsdp and not last_micro
                     else contextlib.nullcontext()
                 )
                 try:
@@ -263,7 +302,7 @@ def train_loop(
             grad_norm = _grad_norm(raw_model, cfg.grad_clip)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
-                weights_ok = all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+                weights_ok = _all_finite(raw_model, info, device)
                 if weights_ok and step > last_ckpt_step:
                     save(step, None)  # the weights before this step are still good
                 good = ckpt.list()[-1].path if ckpt.list() else None
@@ -337,6 +376,7 @@ def train_loop(
             if (
                 sample is not None
                 and info.is_main
+                and not use_fsdp  # generation on rank 0 alone would stall the all-gathers
                 and cfg.sample_interval
                 and step % cfg.sample_interval == 0
             ):
