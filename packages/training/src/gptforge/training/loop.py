@@ -3,9 +3,9 @@
 One call of :func:`train_loop` runs (or resumes) a job to ``cfg.max_steps``: micro-batches with
 gradient accumulation, the warmup + decay schedule, clipping, evaluation on a fixed validation
 subset, sample generations, ``metrics.jsonl``, plots, checkpoints, the top-level model directory
-and, under ``torchrun``, DDP. It is deliberately model- and data-agnostic: it takes a module whose
-``forward(x, targets)`` returns ``(logits, loss)`` and :class:`~gptforge.training.data.BatchSource`
-objects.
+and, under ``torchrun``, DDP or FSDP2 (``cfg.parallel``). It is deliberately model- and
+data-agnostic: it takes a module whose ``forward(x, targets)`` returns ``(logits, loss)`` and
+:class:`~gptforge.training.data.BatchSource` objects.
 
 Exact resume: everything that decides step ``k+1`` (weights, AdamW moments, RNG streams, data
 position, counters) is in checkpoint ``k``; the schedule is a function of the step, and sample
@@ -372,7 +372,8 @@ def train_loop(
                         train_loss=loss_value,
                         elapsed=time.perf_counter() - t_start,
                     )
-                write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
+                if info.is_main:
+                    write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
             if (
                 sample is not None
                 and info.is_main
