@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -235,37 +233,8 @@ async def test_grace_period_cancels_calls_that_run_too_long():
         assert code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed; needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def test_tls_server_needs_a_tls_client(tmp_path: Path):
-    cert, key = _self_signed(tmp_path)
+async def test_tls_server_needs_a_tls_client(self_signed_cert):
+    cert, key = self_signed_cert
     server = await start(ServerConfig(port=0, tls_cert=cert, tls_key=key))
     try:
         async with create_channel(server.address, aio=True, tls_root_cert=cert) as channel:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,32 +41,8 @@ async def test_auth_token_refusal_and_acceptance(tokenizer):
         await server.stop(0)
 
 
-async def test_tls_round_trip(tokenizer, tmp_path: Path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed; needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+async def test_tls_round_trip(tokenizer, self_signed_cert):
+    cert, key = self_signed_cert
     server = await start(
         tokenizer, ServerConfig(port=0, tls_cert=cert, tls_key=key, auth_token="t")
     )
