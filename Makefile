@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec \
+	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp \
 	readme train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -80,6 +80,9 @@ bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
 
 bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
 	$(RUN) python bench/bench_generate.py
+
+llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
+	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"
 
 bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
 	$(RUN) python bench/bench_mmrec.py

@@ -12,8 +12,8 @@ shared machine add ``--threads 1 --cpu-time`` to time decode in process CPU seco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import itertools
 import json
 import statistics
 import sys
@@ -71,30 +71,102 @@ def hf_twin(model: torch.nn.Module):
     return hf
 
 
-def llama_cpp_runner(
-    model: torch.nn.Module, tmp: Path, ftype: str
-) -> Callable[[int], object] | None:
-    """llama.cpp through llama-cpp-python on our GGUF export, or None when it is not installed."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return None
-    from gptforge.conversion import gguf_export  # written by the conversion package
-
-    path = tmp / f"model-{ftype}.gguf"
-    gguf_export.export_gguf(model, path, dtype=ftype)  # type: ignore[attr-defined]
-    llm = llama_cpp.Llama(str(path), n_threads=torch.get_num_threads(), verbose=False)
-    prompt = list(range(1, 17))
-
-    def run(n: int) -> object:
-        llm.reset()
-        # llama_cpp's generate() never ends by itself: take exactly n tokens
-        return list(itertools.islice(llm.generate(prompt, temp=0.0), n))
-
-    return run
+#: Runs in the llama-cpp-python environment: loads a GGUF file, then for each line "n" on stdin
+#: greedily decodes n tokens after a 16-token prompt and answers "ok" (timed by the parent).
+LLAMA_CPP_CHILD = """
+import itertools, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=int(sys.argv[2]), n_batch=64,
+            verbose=False)
+prompt = list(range(1, 17))
+print("ready", flush=True)
+for line in sys.stdin:
+    llm.reset()
+    out = list(itertools.islice(llm.generate(prompt, temp=0.0), int(line)))
+    print("ok", len(out), flush=True)
+"""
 
 
-def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[dict]:
+def llama_cpp_python() -> str | None:
+    """An interpreter that imports ``llama_cpp``: $GPTFORGE_LLAMA_CPP_PYTHON, or the environment
+    ``make llama-cpp`` builds (llama-cpp-python is not a project dependency: it compiles
+    llama.cpp). None when neither exists."""
+    import os
+    import subprocess
+
+    candidates = [os.environ.get("GPTFORGE_LLAMA_CPP_PYTHON"), sys.executable,
+                  str(Path.home() / ".cache/gptforge/llama-cpp-venv/bin/python")]  # fmt: skip
+    for py in filter(None, candidates):
+        ok = subprocess.run([py, "-c", "import llama_cpp"], capture_output=True)
+        if Path(py).exists() and ok.returncode == 0:
+            return py
+    return None
+
+
+def export_for_llama_cpp(model: torch.nn.Module, tmp: Path) -> Path:
+    """Save ``model`` as a model directory with a tokenizer, as ``gptforge convert gguf`` needs.
+
+    The weights are random, so any tokenizer serves: a small one is trained here and the
+    exporter fills the model's remaining vocabulary rows with unused placeholder tokens.
+    """
+    from gptforge.modeling.io import save_model_dir
+    from gptforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(
+        texts=["the quick brown fox jumps over the lazy dog"] * 50,
+        vocab_size=300,
+        show_progress=False,
+    )
+    tok.save(tmp / "tokenizer")
+    return save_model_dir(model, tmp / "model", tokenizer_dir=tmp / "tokenizer")
+
+
+class LlamaCppRunner:
+    """llama.cpp (llama-cpp-python) decoding our GGUF export in a child process.
+
+    Calling it with ``n`` decodes n tokens greedily and returns when the child answers, so it
+    plugs into :func:`decode_rates` next to the in-process runners (wall clock only: the CPU
+    time is spent in the child).
+    """
+
+    def __init__(self, python: str, model_dir: Path, ftype: str, threads: int) -> None:
+        import subprocess
+
+        from gptforge.conversion.gguf_export import export_gguf
+
+        self.path = export_gguf(model_dir, model_dir.parent / f"model-{ftype}.gguf", dtype=ftype,
+                                modelfile=False)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [python, "-c", LLAMA_CPP_CHILD, str(self.path), str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._expect("ready")
+
+    def _expect(self, word: str) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith(word):
+            raise RuntimeError(f"llama.cpp child: expected {word!r}, got {line!r}")
+        return line
+
+    def __call__(self, n: int) -> object:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        got = int(self._expect("ok").split()[1])
+        if got != n:
+            raise RuntimeError(f"llama.cpp produced {got} tokens, asked for {n}")
+        return got
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def bench_decode(
+    preset: str, n_new: int, reps: int, modes: list[str], with_llama_cpp: bool = True
+) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(get_config(preset)).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, 16))
@@ -118,8 +190,22 @@ def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[d
         reduced = apply_weight_precision(copy.deepcopy(model), mode)
         checks[f"gptforge {mode}"] = check_logits(model, reduced, check_idx)
         runners[f"gptforge {mode}"] = ours(reduced)
-    print(f"[decode] {preset}: {', '.join(runners)} ...", file=sys.stderr, flush=True)
-    rates = decode_rates(runners, n_new, reps)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        # llama.cpp on our GGUF export of the same weights, timed interleaved with the rest.
+        python = llama_cpp_python() if with_llama_cpp and CLOCK is time.perf_counter else None
+        if python is not None:
+            model_dir = export_for_llama_cpp(model, Path(tmp))
+            for ftype in ("f32", "f16"):
+                run = LlamaCppRunner(python, model_dir, ftype, torch.get_num_threads())
+                stack.callback(run.close)
+                runners[f"llama.cpp {ftype.upper()}"] = run
+        elif with_llama_cpp:
+            print("[decode] llama.cpp: skipped (no llama-cpp-python: `make llama-cpp` builds it;"
+                  " --cpu-time cannot time a child process)", file=sys.stderr)  # fmt: skip
+        print(f"[decode] {preset}: {', '.join(runners)} ...", file=sys.stderr, flush=True)
+        rates = decode_rates(runners, n_new, reps)
     for name, rate in rates.items():
         row: dict = {"preset": preset, "impl": name, "tok_s": rate}
         if name in checks and name != "gptforge float32":
@@ -127,23 +213,6 @@ def bench_decode(preset: str, n_new: int, reps: int, modes: list[str]) -> list[d
             row.update(top1=c.top1_agreement, kl=c.kl_divergence, max_abs=c.max_abs_diff)
         rows.append(row)
     hf_rate = rates["transformers fp32 (KV cache)"]
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for ftype in ("f32", "f16"):
-            try:
-                run = llama_cpp_runner(model, Path(tmp), ftype)
-            except Exception as exc:  # the export or the build may not support this model
-                print(f"llama.cpp {ftype}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
-                run = None
-            if run is not None:
-                rows.append(
-                    {
-                        "preset": preset,
-                        "impl": f"llama.cpp {ftype.upper()}",
-                        "tok_s": decode_rates({"llama.cpp": run}, n_new, reps)["llama.cpp"],
-                    }
-                )
     for r in rows:
         r["vs_transformers"] = r["tok_s"] / hf_rate
     return rows
@@ -230,6 +299,27 @@ def bench_service(preset: str, n_new: int, concurrency: list[int], slots: int) -
     return rows
 
 
+def llama_cpp_summary(rows: list[dict]) -> list[str]:
+    """The targets' comparisons: our fp32 vs llama.cpp F32, our best reduced mode vs F16."""
+    out = []
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["preset"] == preset}
+        f32, f16 = by.get("llama.cpp F32"), by.get("llama.cpp F16")
+        if f32 is None or f16 is None:
+            continue
+        ours32 = by["gptforge float32"]["tok_s"]
+        reduced = [
+            r for k, r in by.items() if k.startswith("gptforge ") and k != "gptforge float32"
+        ]
+        line = f"- {preset}: gptforge fp32 / llama.cpp F32 = **{ours32 / f32['tok_s']:.2f}x**"
+        if reduced:
+            best = max(reduced, key=lambda r: r["tok_s"])
+            line += (f"; gptforge {best['impl'].split()[1]} / llama.cpp F16 = "
+                     f"**{best['tok_s'] / f16['tok_s']:.2f}x**")  # fmt: skip
+        out.append(line)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny only, few tokens (a smoke run)")
@@ -251,6 +341,9 @@ def main() -> int:
         action="store_true",
         help="time decode in process CPU seconds (use with --threads 1 on a busy machine)",
     )
+    ap.add_argument(
+        "--no-llama-cpp", action="store_true", help="leave llama.cpp out even when installed"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     if args.quick:
@@ -264,7 +357,7 @@ def main() -> int:
     decode_rows = [
         r
         for p in args.presets.split(",")
-        for r in bench_decode(p, args.new_tokens, args.reps, modes)
+        for r in bench_decode(p, args.new_tokens, args.reps, modes, not args.no_llama_cpp)
     ]
     print(f"### Batch-1 decode, CPU, {args.threads} threads, {args.new_tokens} new tokens\n")
     print("| model | implementation | tokens/s | vs transformers | top-1 vs fp32 | KL vs fp32 |")
@@ -276,7 +369,11 @@ def main() -> int:
             f"| {r['preset']} | {r['impl']} | {r['tok_s']:.1f} | {r['vs_transformers']:.2f}x "
             f"| {top1} | {kl} |"
         )
-    print("\nllama.cpp rows appear when llama-cpp-python is installed (it is not a dependency).\n")
+    print()
+    for line in llama_cpp_summary(decode_rows):
+        print(line)
+    print("\nllama.cpp rows appear when llama-cpp-python is installed (not a dependency: "
+          "`make llama-cpp` builds it); it decodes our GGUF export of the same weights.\n")  # fmt: skip
     service_rows: list[dict] = []
     if not args.skip_service:
         conc = [int(c) for c in args.concurrency.split(",")]

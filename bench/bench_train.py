@@ -109,7 +109,8 @@ def worker(args: argparse.Namespace) -> dict:
     def step() -> float:
         with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
             if args.impl == "gptforge":
-                loss = step_fn(x, y)[1]  # drop the logits now, as transformers' caller does
+                # The training path: the head is fused into the loss, no logits are built.
+                loss = step_fn(x, y, return_logits=False)[1]
             else:
                 # transformers shifts the labels itself: same tokens, same loss work.
                 loss = step_fn(input_ids=x, labels=x).loss
@@ -227,7 +228,7 @@ def interleaved(args: argparse.Namespace, suite: list[tuple[str, str, int, int, 
             for impl, model in models.items():
                 c0 = time.process_time()
                 if impl == "gptforge":
-                    loss = model(x, y)[1]
+                    loss = model(x, y, return_logits=False)[1]
                 else:
                     loss = model(input_ids=x, labels=x).loss
                 loss.backward()

@@ -54,7 +54,9 @@ def main() -> int:
     parser.add_argument(
         "--full", default="", help="with --quick: comma-separated benchmarks to run at full size"
     )
-    parser.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES))
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset of: " + ", ".join(BENCHES)
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     selected = [b for b in args.only.split(",") if b] or list(BENCHES)

@@ -119,7 +119,7 @@ def test_out_of_memory_suggests_smaller_batch_with_accumulation(tmp_path):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, x, y):
+        def forward(self, x, y, return_logits=True):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     cfg = LoopConfig(out=str(tmp_path / "r"), max_steps=1, batch_size=4, progress=False)

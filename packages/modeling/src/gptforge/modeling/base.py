@@ -18,7 +18,7 @@ from gptforge.modeling.kv_cache import (
     KVCache,
     attention_plan,
 )
-from gptforge.modeling.loss import cross_entropy
+from gptforge.modeling.loss import cross_entropy, linear_cross_entropy
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
@@ -138,14 +138,23 @@ class CausalLM(nn.Module):
         return attention_plan(input_pos, first.kv_cache.max_seq_len)
 
     # ---- head and loss ------------------------------------------------------------------
-    def _logits_and_loss(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _logits_and_loss(
+        self, x: Tensor, targets: Tensor | None, return_logits: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
         """LM head over the padded vocabulary; padding columns never reach the caller.
 
         Args:
             x: (B, T, C) final hidden states.
             targets: (B, T) next-token ids or ``IGNORE_INDEX``; None for no loss.
+            return_logits: False (with targets) fuses the head into the loss: no (B, T, V)
+                logits are built and ``None`` is returned in their place (the training path).
         """
         V, Vp = self.config.vocab_size, self.lm_head.weight.size(0)
+        if targets is not None and not return_logits:
+            loss = linear_cross_entropy(
+                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, V
+            )
+            return None, loss
         logits = self.lm_head(x)  # (B, T, Vp)
         if Vp != V:
             # -inf padding columns get zero probability, so the loss over the padded tensor

@@ -329,15 +329,21 @@ class MMRec(CausalLM):
         return self.caches is not None
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, input_pos: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        *,
+        return_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Logits (B, T, vocab_size) and the loss when ``targets`` (B, T) are given.
 
         Without ``input_pos`` the sequence is processed from a zero state and no cache is
         touched. With ``input_pos`` (shape (T,), consecutive positions) the cached states are
         used and advanced: positions starting at 0 begin a new sequence, any other start must
         continue exactly where the previous call stopped, because a recurrent model has no
-        per-position cache to go back to.
+        per-position cache to go back to. ``return_logits=False`` with ``targets`` fuses the
+        head into the loss and returns ``None`` for the logits (see ``GPT.forward``).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)!r}")
@@ -354,7 +360,7 @@ class MMRec(CausalLM):
             new_states.append(state)
         if input_pos is not None:
             self._store(idx.shape[0], new_states)
-        return self._logits_and_loss(self.ln_f(x), targets)
+        return self._logits_and_loss(self.ln_f(x), targets, return_logits)
 
     def forward_state(
         self, idx: Tensor, states: list[Tensor] | None = None

@@ -93,7 +93,7 @@ def evaluate(
         x, y = source.batch(indices[start : start + batch_size])
         x, y = x.to(device), y.to(device)
         with ctx():
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)
         weight = int((y != -100).sum())
         total += float(loss) * weight
         count += weight
@@ -293,7 +293,7 @@ def train_loop(
                 )
                 try:
                     with sync, ctx():
-                        _, loss = train_model(x, y)
+                        _, loss = train_model(x, y, return_logits=False)  # fused head + loss
                     (loss / cfg.grad_accum).backward()
                 except torch.OutOfMemoryError as exc:
                     raise RuntimeError(_oom_message(cfg, exc)) from exc
