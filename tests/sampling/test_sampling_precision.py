@@ -60,17 +60,32 @@ def test_unknown_mode_lists_the_modes(debug_model):
     assert all(m in str(err.value) for m in MODES)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "transposed"])
 @pytest.mark.parametrize("preset", ["debug", "llama-debug"])
-def test_float32_decode_layout_generates_the_same_greedy_tokens(tokenizer, preset):
+def test_float32_decode_layout_generates_the_same_greedy_tokens(
+    tokenizer, preset, packed, monkeypatch
+):
     from gptforge.modeling import build_model, get_config
+    from gptforge.sampling import precision
 
+    if packed and not precision._can_pack(torch.nn.Linear(2, 2)):
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(precision, "_can_pack", lambda model: packed)
     torch.manual_seed(0)
     model = build_model(get_config(preset, vocab_size=tokenizer.n_vocab)).eval()
     fast = apply_weight_precision(copy.deepcopy(model), "float32")
     linears = [m for m in fast.modules() if isinstance(m, torch.nn.Linear)]
-    # Widening projections (and the head) get the (in, out) decode layout; narrowing ones keep
-    # nn.Linear's (out, in), which MKL's single-row GEMV reads faster.
-    assert linears and all(m.out_features < m.in_features for m in linears)
+    if packed:  # every projection and the head run on oneDNN with packed weights
+        assert not linears
+        assert isinstance(fast.lm_head, precision._PackedLinear)
+        embedding = getattr(fast, fast.token_embedding_name)
+        assert fast.lm_head.weight is embedding.weight or not model.config.tie_embeddings
+    else:
+        # Widening projections (and the head) get the (in, out) layout; narrowing ones keep
+        # nn.Linear's (out, in), which MKL's single-row GEMV reads faster.
+        assert linears and all(m.out_features < m.in_features for m in linears)
+    idx = torch.arange(12)[None]  # (1, 12)
+    torch.testing.assert_close(fast(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
     a = generate(model, [5, 6, 7], 16, temperature=0.0)
     b = generate(fast, [5, 6, 7], 16, temperature=0.0)
     assert torch.equal(a, b)
