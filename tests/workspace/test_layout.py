@@ -6,7 +6,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MEMBERS = sorted(p.parent for p in ROOT.glob("*/*/pyproject.toml") if p.parts[-3] in {"packages", "services"})
+MEMBERS = sorted(
+    p.parent for p in ROOT.glob("*/*/pyproject.toml") if p.parts[-3] in {"packages", "services"}
+)
 
 
 def test_members_exist():
@@ -38,9 +40,13 @@ def test_dependency_direction():
     deps = {}
     for member in MEMBERS:
         meta = tomllib.loads((member / "pyproject.toml").read_text())["project"]
-        deps[meta["name"]] = {d.split(">")[0].split("=")[0].strip() for d in meta.get("dependencies", [])}
+        deps[meta["name"]] = {
+            d.split(">")[0].split("=")[0].strip() for d in meta.get("dependencies", [])
+        }
     assert not {d for d in deps["gptforge-modeling"] if d.startswith("gptforge-")}
-    assert {d for d in deps["gptforge-tokenizer"] if d.startswith("gptforge-")} <= {"gptforge-corpus"}
+    assert {d for d in deps["gptforge-tokenizer"] if d.startswith("gptforge-")} <= {
+        "gptforge-corpus"
+    }
     for name, ds in deps.items():
         if name.endswith("-service") or name == "gptforge-cli":
             continue
