@@ -10,7 +10,16 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["demo", "tokenizer", "modeling", "training", "generation", "conversion", "mmrec", "services"]
+ORDER = [
+    "demo",
+    "tokenizer",
+    "modeling",
+    "training",
+    "generation",
+    "conversion",
+    "mmrec",
+    "services",
+]
 START, END = "<!-- sections:start -->", "<!-- sections:end -->"
 
 

@@ -5,6 +5,7 @@ grpc and the service are imported inside the commands so ``gptforge --help`` sta
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from enum import StrEnum
@@ -216,18 +217,20 @@ def client_tokenizer_load(
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"--concurrency={concurrency!r}: use numbers like 1,8,32") from exc
-    for level in levels:
-        result = _call(
-            lambda level=level: asyncio.run(
-                encode_load(
-                    target,
-                    concurrency=level,
-                    seconds=seconds,
-                    texts_per_request=batch,
-                    auth_token=auth_token,
-                )
+
+    def run(level: int) -> Any:
+        return asyncio.run(
+            encode_load(
+                target,
+                concurrency=level,
+                seconds=seconds,
+                texts_per_request=batch,
+                auth_token=auth_token,
             )
         )
+
+    for level in levels:
+        result = _call(functools.partial(run, level))
         typer.echo(result.row())
 
 

@@ -151,10 +151,10 @@ class CausalLM(nn.Module):
         """
         V, Vp = self.config.vocab_size, self.lm_head.weight.size(0)
         if targets is not None and not return_logits:
-            loss = linear_cross_entropy(
+            fused = linear_cross_entropy(
                 x.flatten(0, 1), self.lm_head.weight, targets.flatten(), IGNORE_INDEX, V
             )
-            return None, loss
+            return None, fused
         logits = self.lm_head(x)  # (B, T, Vp)
         if Vp != V:
             # -inf padding columns get zero probability, so the loss over the padded tensor

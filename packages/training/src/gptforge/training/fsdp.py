@@ -85,7 +85,8 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_options(cpu_offload=True))
+    state = get_model_state_dict(model, options=_options(cpu_offload=True))
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
