@@ -68,7 +68,7 @@ def test_float32_decode_layout_generates_the_same_greedy_tokens(
     from gptforge.modeling import build_model, get_config
     from gptforge.sampling import precision
 
-    if packed and not precision._can_pack(torch.nn.Linear(2, 2)):
+    if packed and not (torch.backends.mkldnn.is_available() and precision._LINEAR_POINTWISE):
         pytest.skip("this torch build has no oneDNN")
     monkeypatch.setattr(precision, "_can_pack", lambda model: packed)
     torch.manual_seed(0)
@@ -89,3 +89,14 @@ def test_float32_decode_layout_generates_the_same_greedy_tokens(
     a = generate(model, [5, 6, 7], 16, temperature=0.0)
     b = generate(fast, [5, 6, 7], 16, temperature=0.0)
     assert torch.equal(a, b)
+
+
+def test_only_weights_too_large_for_the_caches_are_packed(monkeypatch):
+    from gptforge.sampling import precision
+
+    if not (torch.backends.mkldnn.is_available() and precision._LINEAR_POINTWISE):
+        pytest.skip("this torch build has no oneDNN")
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))  # 16 KiB of weights
+    assert not precision._can_pack(model)
+    monkeypatch.setattr(precision, "PACK_MIN_BYTES", 16 << 10)
+    assert precision._can_pack(model)

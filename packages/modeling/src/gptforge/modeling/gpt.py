@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from gptforge.modeling.base import CausalLM
+from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import GPTConfig
 from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ class CausalSelfAttention(nn.Module):
         C = config.n_embd
         self.c_attn = nn.Linear(C, 3 * C, bias=config.qkv_bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = _dropout(config.dropout)
         self.n_head = self.n_kv_head = config.n_head
         self.head_dim = config.head_dim
         self.dropout = config.dropout
@@ -60,7 +60,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _dropout(config.dropout)
         self.approximate = config.gelu_approximate
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,7 +110,7 @@ class GPT(CausalLM):
         Vp, C = config.padded_vocab_size, config.n_embd
         self.wte = nn.Embedding(Vp, C)
         self.wpe = nn.Embedding(config.block_size, C)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = _dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(C, Vp, bias=False)

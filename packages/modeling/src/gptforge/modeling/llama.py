@@ -14,7 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from gptforge.modeling.base import CausalLM
+from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import LlamaConfig
 from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
 from torch import Tensor, nn
@@ -136,7 +136,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = _dropout(config.dropout)
 
     def forward(
         self,
@@ -173,7 +173,7 @@ class Llama(CausalLM):
         self.config = config
         Vp, C = config.padded_vocab_size, config.n_embd
         self.embed_tokens = nn.Embedding(Vp, C)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = _dropout(config.dropout)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(C, config.norm_eps)
         self.lm_head = nn.Linear(C, Vp, bias=False)

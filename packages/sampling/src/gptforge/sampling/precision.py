@@ -3,10 +3,11 @@
 Decoding one token reads every weight once, so on CPU it is bound by memory bandwidth and
 tokens/s scales with the bytes of weights read per token. Modes:
 
-- ``float32``: the reference weights. On a CPU with oneDNN every projection and the LM head
-  run through oneDNN with weights pre-packed for a single row (the path inductor's freezing
-  takes): 23-29 GB/s against 12-15 GB/s for MKL's single-threaded GEMV on the reference
-  machine. Elsewhere projections with ``out >= in`` are stored transposed ``(in, out)``,
+- ``float32``: the reference weights. On a CPU with oneDNN, when the weights are too large to
+  stay in cache (``PACK_MIN_BYTES``), every projection and the LM head run through oneDNN
+  with weights pre-packed for a single row (the path inductor's freezing takes): 23-29 GB/s
+  against 12-15 GB/s for MKL's single-threaded GEMV on the reference machine. Otherwise
+  projections with ``out >= in`` are stored transposed ``(in, out)``,
   which MKL reads faster (~1.4x for the LM head). The tied LM head keeps its weight and gets
   its own copy.
 - ``float16``: half the bytes; on x86 CPUs PyTorch's fp16 GEMV is fast (F16C/AVX-512) while its
@@ -17,14 +18,15 @@ tokens/s scales with the bytes of weights read per token. Modes:
   is cast.
 - ``bfloat16``: half the bytes, the GPU choice (same range as fp32).
 - ``int8-dynamic``: int8 per-channel weights for every ``nn.Linear`` through PyTorch's fbgemm
-  kernels (activations are quantized per call); a quarter of the bytes, CPU only.
+  kernels (activations are quantized per call); a quarter of the bytes, CPU only. The
+  ``quantized::`` ops are called directly, not through the deprecated ``torch.ao`` modules.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,18 +77,47 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
         return model
     if mode in ("float16", "bfloat16"):
         return model.to(getattr(torch, mode))
-    # int8-dynamic: swap every Linear (the tied LM head included: it gets its own int8 copy).
+    # int8-dynamic: every Linear (the tied LM head included: it gets its own int8 copy).
     model.float()
     head = getattr(model, "lm_head", None)
-    shape = tuple(head.weight.shape) if isinstance(head, nn.Linear) else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao announces its move to torchao
-        from torch.ao.quantization import quantize_dynamic
-
-        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    if shape is not None:
-        model.lm_head = _QuantizedHead(cast(nn.Module, model.lm_head), shape)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child is not head:
+                setattr(parent, name, _Int8DynamicLinear(child.weight, child.bias))
+    if isinstance(head, nn.Linear) and head.bias is None:
+        model.lm_head = _Int8DynamicLinear(head.weight)
     return model
+
+
+class _Int8DynamicLinear(nn.Module):
+    """A linear layer (or bias-free LM head) with int8 per-channel weights, on fbgemm.
+
+    Weights are quantized symmetrically per output row and pre-packed
+    (``quantized::linear_prepack``); each call quantizes the activations per tensor and
+    returns fp32 (``quantized::linear_dynamic`` with fbgemm's reduced range). The ops are
+    called directly, without ``torch.ao``'s module wrappers (deprecated, and 13 us of Python
+    per call: ~0.6 ms of a ``gpt2`` decode step). ``weight`` stays the original parameter for
+    the model interface.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,)
+        zeros = torch.zeros(w.size(0), dtype=torch.long)
+        with warnings.catch_warnings():
+            # torch marks quantized tensors deprecated; fbgemm's packed int8 GEMM still
+            # takes its weights only in that form.
+            warnings.simplefilter("ignore", UserWarning)
+            q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+        b = None if bias is None else bias.detach().float()
+        self._packed = torch.ops.quantized.linear_prepack(q, b)
+        op = torch.ops.quantized.linear_dynamic.default
+        self._op = getattr(op, "_op", op)  # the C++ callable: no per-call Python dispatch checks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._op(x, self._packed, True)  # reduce_range=True, as fbgemm expects
 
 
 def _device_type(model: nn.Module) -> str:
@@ -116,15 +147,33 @@ class _HalfWeightLinear(nn.Module):
         return F.linear(x.half(), self.half_weight, self.half_bias).to(x.dtype)
 
 
+#: Pack for oneDNN only when the weights cannot stay in the CPU's caches between decode steps:
+#: its GEMV streams memory ~2x faster than MKL's, but costs ~12 us more per call, which loses
+#: when the weights are cache-resident (``tiny``: 17 MB).
+PACK_MIN_BYTES = 64 << 20
+
+
 def _can_pack(model: nn.Module) -> bool:
-    """Whether oneDNN's packed fp32 linear serves this model (CPU weights, oneDNN built in)."""
+    """Whether oneDNN's packed fp32 linear serves this model: CPU weights too large for the
+    caches, and a torch with oneDNN."""
     p = next(model.parameters(), None)
+    linear_bytes = sum(
+        m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear)
+    )
     return (
         p is not None
         and p.device.type == "cpu"
+        and linear_bytes >= PACK_MIN_BYTES
         and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _LINEAR_POINTWISE is not None
     )
+
+
+_LINEAR_POINTWISE = (
+    torch.ops.mkldnn._linear_pointwise.default
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    else None
+)
 
 
 class _PackedLinear(nn.Module):
@@ -150,7 +199,7 @@ class _PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (N, in)
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        out = _LINEAR_POINTWISE(flat, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
@@ -192,22 +241,6 @@ class _TransposedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight_t  # (..., C) @ (C, Vp) -> (..., Vp)
-
-
-class _QuantizedHead(nn.Module):
-    """An int8 LM head that still answers ``lm_head.weight.shape/dtype/device``.
-
-    The model interface reads the head's weight for the padded vocabulary size and for the
-    cache dtype; a zero-stride fp32 view of the right shape answers both without memory.
-    """
-
-    def __init__(self, inner: nn.Module, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.register_buffer("weight", torch.zeros(()).expand(*shape), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)  # (..., Vp)
 
 
 @dataclass(frozen=True)
