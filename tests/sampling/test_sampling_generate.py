@@ -91,3 +91,37 @@ def test_context_overflow_is_a_clear_error(debug_model):
         generate(debug_model, [1] * (block - 2), 5)
     with pytest.raises(ValueError, match="empty"):
         generate(debug_model, [], 5)
+
+
+def test_mmrec_generates_past_its_training_length():
+    """MM-Rec's recurrence has no length limit: generation may run past ``block_size``, and the
+    cached continuation equals a plain full-sequence greedy loop."""
+    from gptforge.modeling import build_model, get_config
+    from gptforge.sampling import SamplingParams, generate_batch, stream_generate
+    from gptforge.sampling.core import context_limit
+
+    torch.manual_seed(0)
+    model = build_model(get_config("mmrec-debug")).eval()
+    block = model.config.block_size
+    assert context_limit(model) is None
+    prompt = torch.randint(0, model.config.vocab_size, (block - 4,)).tolist()
+    n = 12  # prompt + n runs 8 positions past block_size
+    out = generate(model, prompt, n, temperature=0.0)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(ids)[0][:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    assert out.tolist() == ids[0].tolist()
+    params = SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+    (batched,) = generate_batch(model, [prompt], params)
+    streamed = [ev.token_id for ev in stream_generate(model, prompt, params)]
+    assert batched.token_ids == streamed == out.tolist()[len(prompt) :]
+
+
+def test_service_limits_allow_long_contexts_only_without_a_limit():
+    from gptforge.services.generation import GenerationLimits
+
+    limits = GenerationLimits(context_length=1000)
+    assert limits.resolved(256).context_length == 256  # a transformer: capped by block_size
+    assert limits.resolved(256, None).context_length == 1000  # MM-Rec: no cap

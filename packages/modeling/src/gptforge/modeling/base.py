@@ -110,6 +110,12 @@ class CausalLM(nn.Module):
             layer.kv_cache = None
 
     @property
+    def max_context(self) -> int | None:
+        """Most positions one sequence may span (prompt + generated); None means unbounded
+        (a recurrent model). Transformers with learned or trained positions: ``block_size``."""
+        return int(self.config.block_size)
+
+    @property
     def has_caches(self) -> bool:
         """Whether :meth:`setup_caches` has attached caches."""
         return any(layer.kv_cache is not None for layer in self._attention_layers())

@@ -313,6 +313,11 @@ class MMRec(CausalLM):
         )
         self._max_seq_len = max_seq_len
 
+    @property
+    def max_context(self) -> int | None:
+        """None: the recurrence has no length limit (``block_size`` is the training length)."""
+        return None
+
     def reset_caches(self) -> None:
         """Zero every state so the next call with ``input_pos`` starts a new sequence."""
         for cache in self.caches or []:

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from gptforge.sampling.core import decode_one_token, model_config, prefill, suppress_tokens
+from gptforge.sampling.core import (
+    context_limit,
+    decode_one_token,
+    model_config,
+    prefill,
+    suppress_tokens,
+)
 from gptforge.sampling.params import SamplingParams
 from gptforge.sampling.processing import apply_repetition_penalty, sample, token_logprobs
 from gptforge.sampling.slots import SlotCaches
@@ -394,7 +400,7 @@ def generate_batch(
     gen = BatchGenerator(
         model,
         max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
-        max_seq_len=min(need, model_config(model).block_size),
+        max_seq_len=_capped(need, model),
         tokenizer=tokenizer,
         eos_id=eos_id,
     )
@@ -411,6 +417,12 @@ def generate_batch(
         _completion(i, list(prompts[i]), plist[i], plist[i].seed or 0, store[i])
         for i in range(len(prompts))
     ]
+
+
+def _capped(positions: int, model: nn.Module) -> int:
+    """``positions``, capped by the model's context limit when it has one."""
+    limit = context_limit(model)
+    return positions if limit is None else min(positions, limit)
 
 
 def _with_seed(p: SamplingParams) -> SamplingParams:
@@ -436,7 +448,7 @@ def stream_generate(
     gen = BatchGenerator(
         model,
         max_batch_size=1,
-        max_seq_len=min(len(prompt_ids) + params.max_new_tokens, model_config(model).block_size),
+        max_seq_len=_capped(len(prompt_ids) + params.max_new_tokens, model),
         tokenizer=tokenizer,
         eos_id=eos_id,
     )

@@ -19,6 +19,13 @@ def model_config(model: nn.Module) -> Any:
     return model.config
 
 
+def context_limit(model: nn.Module) -> int | None:
+    """Most positions one sequence may span, or None when the architecture has no limit
+    (MM-Rec's recurrence); ``config.block_size`` for models without ``max_context``."""
+    limit = getattr(model, "max_context", model_config(model).block_size)
+    return None if limit is None else int(limit)
+
+
 def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
     """Run the prompt through the model, filling its caches; return last-position logits.
 
@@ -118,7 +125,7 @@ def generate(
         raise ValueError("prompt_ids is empty; give at least one token (e.g. the EOS/BOS id)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
-    block = getattr(model_config(model), "block_size", None)
+    block = context_limit(model)
     if block is not None and t_prompt + max_new_tokens > block:
         raise ValueError(
             f"prompt ({t_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "

@@ -157,9 +157,7 @@ def _can_pack(model: nn.Module) -> bool:
     """Whether oneDNN's packed fp32 linear serves this model: CPU weights too large for the
     caches, and a torch with oneDNN."""
     p = next(model.parameters(), None)
-    linear_bytes = sum(
-        m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear)
-    )
+    linear_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
     return (
         p is not None
         and p.device.type == "cpu"
@@ -199,6 +197,7 @@ class _PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (N, in)
+        assert _LINEAR_POINTWISE is not None, "only built when _can_pack() said yes"
         out = _LINEAR_POINTWISE(flat, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
 

@@ -29,7 +29,7 @@ class GenerationLimits:
         max_n, max_top_logprobs, max_stop_sequences, max_stop_sequence_bytes,
         max_stop_token_ids: per-request caps.
         context_length: positions per sequence (default: the model's ``block_size``; smaller
-            saves cache memory).
+            saves cache memory; MM-Rec, which has no length limit, also accepts larger).
     """
 
     max_new_tokens: int | None = None
@@ -43,9 +43,17 @@ class GenerationLimits:
     max_stop_token_ids: int = 32
     context_length: int | None = None
 
-    def resolved(self, block_size: int) -> GenerationLimits:
-        """Fill the model-dependent defaults and validate."""
-        ctx = min(self.context_length or block_size, block_size)
+    def resolved(self, block_size: int, limit: int | None = -1) -> GenerationLimits:
+        """Fill the model-dependent defaults and validate.
+
+        Args:
+            block_size: the model's training context (the default context length).
+            limit: the most positions a sequence may span; None for no limit (MM-Rec), where
+                ``context_length`` may exceed ``block_size``; -1 (default) means ``block_size``.
+        """
+        cap = block_size if limit == -1 else limit
+        ctx = self.context_length or block_size
+        ctx = ctx if cap is None else min(ctx, cap)
         out = GenerationLimits(
             max_new_tokens=min(self.max_new_tokens or ctx, ctx),
             default_max_new_tokens=min(self.default_max_new_tokens, ctx - 1),

@@ -27,7 +27,7 @@ from gptforge.api.server import (
     start_server,
 )
 from gptforge.sampling import SamplingParams
-from gptforge.sampling.core import model_config
+from gptforge.sampling.core import context_limit, model_config
 from gptforge.services.generation.engine import Engine, EngineEvent, Job
 from gptforge.services.generation.requests import GenerationLimits
 from gptforge.services.generation.servicer import SERVICE_NAME, GenerationServicer
@@ -135,7 +135,7 @@ def _build_engine(
     if tokenizer is None:
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
     model.eval()
-    resolved = limits.resolved(model_config(model).block_size)
+    resolved = limits.resolved(model_config(model).block_size, context_limit(model))
     try:
         engine = Engine(
             model,
