@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp \
+	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
 	readme train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -83,6 +83,11 @@ bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service
 
 llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
 	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"
+
+litgpt: sync ## Build litgpt (pulls lightning) in ~/.cache/gptforge/litgpt-venv, the LLaMA peer of bench-train
+	$(UV) venv -q --allow-existing --python $(CURDIR)/.venv/bin/python $(HOME)/.cache/gptforge/litgpt-venv
+	$(UV) pip install -q --python $(HOME)/.cache/gptforge/litgpt-venv/bin/python \
+		--find-links /opt/wheels "torch==$$($(RUN) python -c 'import torch; print(torch.__version__)')" litgpt
 
 bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
 	$(RUN) python bench/bench_mmrec.py

@@ -1,4 +1,5 @@
-"""Training throughput: forward + backward + AdamW tokens/s and peak RSS, gptforge vs transformers.
+"""Training throughput: forward + backward + AdamW tokens/s and peak RSS, gptforge vs transformers
+(and litgpt for the LLaMA family, when ``make litgpt`` has built its environment).
 
 For each family the same configuration is built twice, as a gptforge model and as transformers'
 ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` (``attn_implementation="sdpa"``), and trained on the
@@ -75,6 +76,42 @@ def hf_model(config, device: str):
         return cls(hf_cfg)
 
 
+def litgpt_model(config, device: str):
+    """litgpt's ``GPT`` with the same shape as a gptforge LLaMA ``config`` (litgpt's LLaMA
+    blocks: RMSNorm, RoPE over the whole head, LLaMAMLP, grouped-query attention)."""
+    from litgpt import Config
+    from litgpt.model import GPT
+
+    cfg = Config(
+        name="gptforge-peer", block_size=config.block_size, vocab_size=config.vocab_size,
+        padded_vocab_size=config.padded_vocab_size, n_layer=config.n_layer,
+        n_head=config.n_head, n_query_groups=config.n_kv_head, n_embd=config.n_embd,
+        rotary_percentage=1.0, parallel_residual=False, bias=False,
+        norm_class_name="RMSNorm", norm_eps=config.norm_eps, mlp_class_name="LLaMAMLP",
+        intermediate_size=config.intermediate_size, rope_base=int(config.rope_theta),
+    )  # fmt: skip
+    with __import__("torch").device(device):
+        return GPT(cfg)
+
+
+def litgpt_python() -> str | None:
+    """An interpreter with litgpt (not a project dependency: it pulls in lightning).
+
+    ``$GPTFORGE_LITGPT_PYTHON`` or ``~/.cache/gptforge/litgpt-venv`` (``make litgpt`` builds it);
+    None when neither imports litgpt.
+    """
+    candidates = [os.environ.get("GPTFORGE_LITGPT_PYTHON"),
+                  os.path.expanduser("~/.cache/gptforge/litgpt-venv/bin/python")]  # fmt: skip
+    for py in filter(None, candidates):
+        if (
+            os.path.exists(py)
+            and subprocess.run([py, "-c", "import litgpt.model"], capture_output=True).returncode
+            == 0
+        ):
+            return py
+    return None
+
+
 def rss_mib() -> float:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -82,7 +119,6 @@ def rss_mib() -> float:
 
 def worker(args: argparse.Namespace) -> dict:
     import torch
-    import transformers  # noqa: F401  (equal import baseline on both sides)
     from gptforge.modeling import build_model, get_config
     from gptforge.modeling.introspect import flops_per_token
 
@@ -90,11 +126,19 @@ def worker(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = get_config(args.preset)
-    base_rss = rss_mib()
+    if args.impl == "litgpt":
+        import litgpt.model  # noqa: F401  (its import baseline, as transformers' below)
+
+        base_rss = rss_mib()
+        model = litgpt_model(config, args.device)
+    else:
+        import transformers  # noqa: F401  (equal import baseline for gptforge and transformers)
+
+        base_rss = rss_mib()
     if args.impl == "gptforge":
         with torch.device(args.device):
             model = build_model(config)
-    else:
+    elif args.impl == "transformers":
         model = hf_model(config, args.device)
     model.train()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -111,6 +155,10 @@ def worker(args: argparse.Namespace) -> dict:
             if args.impl == "gptforge":
                 # The training path: the head is fused into the loss, no logits are built.
                 loss = step_fn(x, y, return_logits=False)[1]
+            elif args.impl == "litgpt":
+                from litgpt.utils import chunked_cross_entropy  # what litgpt's scripts use
+
+                loss = chunked_cross_entropy(step_fn(x), y)
             else:
                 # transformers shifts the labels itself: same tokens, same loss work.
                 loss = step_fn(input_ids=x, labels=x).loss
@@ -168,7 +216,13 @@ def run_worker(args: argparse.Namespace, impl: str, preset: str, batch: int, ste
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
            "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
     cmd += ["--compile"] * args.compile + ["--fused"] * args.fused
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+    env = {**os.environ}
+    if impl == "litgpt":  # litgpt's own environment; gptforge.modeling needs nothing but torch
+        cmd[0] = litgpt_python() or sys.executable
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "packages",
+                           "modeling", "src")  # fmt: skip
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {impl}/{preset} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -253,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fused", action="store_true", help="AdamW(fused=True) on both sides")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--only", default="", help="comma-separated labels, e.g. 'gpt tiny'")
+    p.add_argument("--no-litgpt", action="store_true", help="leave litgpt out when installed")
     p.add_argument(
         "--interleaved",
         action="store_true",
@@ -260,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # worker-only flags
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=["gptforge", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=["gptforge", "transformers", "litgpt"], help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
@@ -284,10 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repeats = args.repeats or (1 if args.quick else 2)
     results = []
+    lit_results = []
+    lit_py = None if args.no_litgpt else litgpt_python()
     for label, preset, batch, steps, warmup in suite:
-        runs: dict[str, list[dict]] = {"gptforge": [], "transformers": []}
+        runs: dict[str, list[dict]] = {"gptforge": [], "transformers": [], "litgpt": []}
+        impls = ["gptforge", "transformers"]
+        if lit_py and label.startswith("llama"):
+            impls.append("litgpt")  # the issue's LLaMA-family peer, in its own environment
         for i in range(repeats):
-            for impl in ("gptforge", "transformers"):
+            for impl in impls:
                 r = run_worker(args, impl, preset, batch, steps, warmup)
                 log(f"{label} [{i + 1}/{repeats}] {impl:12s} {r['tokens_per_s']:10,.0f} tok/s "
                     f"peak RSS {r['peak_rss_mib']:,.0f} MiB")  # fmt: skip
@@ -298,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         ours, theirs = best_of(runs["gptforge"]), best_of(runs["transformers"])
         ours["shape"] = theirs["shape"] = shape
         results.append(Result(label, ours, theirs))
+        if runs["litgpt"]:
+            lit = best_of(runs["litgpt"])
+            lit["shape"] = shape
+            lit_results.append(Result(label, ours, lit))
     setting = f"{args.device}, {args.dtype}" + (", compiled" if args.compile else ", eager")
     setting += ", fused AdamW" if args.fused else ", AdamW (torch default implementation)"
     print(f"Forward + backward + AdamW step, {setting}; same config, same batches, "
@@ -306,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
           "The CPU-second ratio uses process CPU time, which other jobs on a shared machine "
           "disturb far less than wall time.\n")  # fmt: skip
     print(table(results, args))
+    if lit_results:
+        print("\nThe LLaMA family against litgpt's `GPT` (same shape, litgpt's LLaMA blocks, its "
+              "`chunked_cross_entropy`), run in litgpt's own environment in the same alternation; "
+              "same columns, with litgpt in place of transformers:\n")  # fmt: skip
+        print(table(lit_results, args).replace("transformers", "litgpt"))
+    elif not args.no_litgpt and any(s[0].startswith("llama") for s in suite):
+        print("\nlitgpt: not installed (`make litgpt` builds its environment), no litgpt rows.")
     return 0
 
 
