@@ -50,6 +50,7 @@ test-load: sync ## Run the load/concurrency tests
 
 lint: sync ## ruff check + format check
 	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 
 format: sync ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
