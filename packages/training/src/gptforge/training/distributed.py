@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,14 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
-    """Leave the process group."""
+    """Leave the process group, all ranks together.
+
+    The barrier keeps one rank from tearing down its gloo connections while another is still
+    using them: on a loaded machine that race ended a rank with ``std::terminate`` (SIGABRT)
+    after its run had finished. Called from a ``finally`` block: while an exception unwinds
+    there is no barrier, since the other ranks may already be gone.
+    """
     if info.enabled and dist.is_initialized():
+        if sys.exc_info()[0] is None:  # not while an error unwinds: the peer may be gone
+            dist.barrier()
         dist.destroy_process_group()
