@@ -124,4 +124,4 @@ def test_service_limits_allow_long_contexts_only_without_a_limit():
 
     limits = GenerationLimits(context_length=1000)
     assert limits.resolved(256).context_length == 256  # a transformer: capped by block_size
-    assert limits.resolved(256, None).context_length == 1000  # MM-Rec: no cap
+    assert limits.resolved(256, unbounded=True).context_length == 1000  # MM-Rec: no cap

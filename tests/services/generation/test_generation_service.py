@@ -248,3 +248,23 @@ def test_handlers_never_run_the_model_on_the_event_loop(slow_server):
     finally:
         h.remove()
     assert names and set(names) == {"gptforge-engine"}
+
+
+def test_mmrec_is_served_past_its_training_length(tokenizer):
+    """MM-Rec has no length limit: the service accepts a context above ``block_size`` and
+    generates past it, with the same tokens as the library."""
+    from gptforge.modeling import build_model, get_config
+    from gptforge.sampling import generate
+
+    torch.manual_seed(0)
+    model = build_model(get_config("mmrec-debug", vocab_size=tokenizer.n_vocab)).eval()
+    block = model.config.block_size
+    limits = GenerationLimits(max_batch_size=2, context_length=block + 40)
+    prompt = list(range(1, block - 3))  # prompt + new tokens run 20 positions past block_size
+    with (
+        serve_in_background(model, tokenizer, ServerConfig(port=0), limits) as bg,
+        GenerationClient(bg.address, timeout=60) as c,
+    ):
+        (got,) = c.generate(prompt, max_new_tokens=24, temperature=0.0, ignore_eos=True).completions
+    want = generate(model, prompt, 24, temperature=0.0)[len(prompt) :].tolist()
+    assert list(got.token_ids) == want

@@ -43,17 +43,17 @@ class GenerationLimits:
     max_stop_token_ids: int = 32
     context_length: int | None = None
 
-    def resolved(self, block_size: int, limit: int | None = -1) -> GenerationLimits:
+    def resolved(self, block_size: int, *, unbounded: bool = False) -> GenerationLimits:
         """Fill the model-dependent defaults and validate.
 
         Args:
             block_size: the model's training context (the default context length).
-            limit: the most positions a sequence may span; None for no limit (MM-Rec), where
-                ``context_length`` may exceed ``block_size``; -1 (default) means ``block_size``.
+            unbounded: the architecture has no length limit (MM-Rec), so ``context_length``
+                may exceed ``block_size``; otherwise it is capped at ``block_size``.
         """
-        cap = block_size if limit == -1 else limit
         ctx = self.context_length or block_size
-        ctx = ctx if cap is None else min(ctx, cap)
+        if not unbounded:
+            ctx = min(ctx, block_size)
         out = GenerationLimits(
             max_new_tokens=min(self.max_new_tokens or ctx, ctx),
             default_max_new_tokens=min(self.default_max_new_tokens, ctx - 1),

@@ -135,7 +135,9 @@ def _build_engine(
     if tokenizer is None:
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
     model.eval()
-    resolved = limits.resolved(model_config(model).block_size, context_limit(model))
+    resolved = limits.resolved(
+        model_config(model).block_size, unbounded=context_limit(model) is None
+    )
     try:
         engine = Engine(
             model,
