@@ -215,7 +215,7 @@ def run_worker(args: argparse.Namespace, impl: str, preset: str, batch: int, ste
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--preset", preset,
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
            "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
-    cmd += ["--compile"] * args.compile + ["--fused"] * args.fused
+    cmd += ["--compile"] * args.compile + (["--fused"] if args.fused else ["--no-fused"])
     env = {**os.environ}
     if impl == "litgpt":  # litgpt's own environment; gptforge.modeling needs nothing but torch
         cmd[0] = litgpt_python() or sys.executable
@@ -276,7 +276,10 @@ def interleaved(args: argparse.Namespace, suite: list[tuple[str, str, int, int, 
         models = {"gptforge": build_model(config), "transformers": hf_model(config, "cpu")}
         data = torch.randint(0, config.vocab_size, (batch, config.block_size + 1))
         x, y = data[:, :-1], data[:, 1:]
-        opts = {k: torch.optim.AdamW(m.parameters(), lr=3e-4) for k, m in models.items()}
+        opts = {
+            k: torch.optim.AdamW(m.parameters(), lr=3e-4, fused=args.fused)
+            for k, m in models.items()
+        }
         cpu: dict[str, list[float]] = {k: [] for k in models}
         for i in range(warmup + 2 * steps):
             for impl, model in models.items():
@@ -304,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="autocast dtype")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--fused", action="store_true", help="AdamW(fused=True) on both sides")
+    p.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="AdamW(fused=True) on every side (default: the optimizer gptforge's training loop "
+        "and transformers' Trainer both use with torch >= 2.8); --no-fused for foreach",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--only", default="", help="comma-separated labels, e.g. 'gpt tiny'")
     p.add_argument("--no-litgpt", action="store_true", help="leave litgpt out when installed")
@@ -363,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             lit["shape"] = shape
             lit_results.append(Result(label, ours, lit))
     setting = f"{args.device}, {args.dtype}" + (", compiled" if args.compile else ", eager")
-    setting += ", fused AdamW" if args.fused else ", AdamW (torch default implementation)"
+    setting += (
+        ", fused AdamW on every side (both projects' training default)"
+        if args.fused
+        else ", AdamW (torch's foreach implementation)"
+    )
     print(f"Forward + backward + AdamW step, {setting}; same config, same batches, "
           f"best of {repeats} alternating runs per side. `gpt gpt2` is GPT-2 124M at T=256 "
           "on CPU. Training RSS = peak RSS minus the RSS after importing torch+transformers. "
