@@ -26,6 +26,7 @@ import torch
 from gptforge.modeling import build_model, get_config
 from gptforge.sampling import generate
 from gptforge.sampling.precision import apply_weight_precision, check_logits
+from peers import peer_python
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,19 +89,19 @@ for line in sys.stdin:
 
 
 def llama_cpp_python() -> str | None:
-    """An interpreter that imports ``llama_cpp``: $GPTFORGE_LLAMA_CPP_PYTHON, or the environment
-    ``make llama-cpp`` builds (llama-cpp-python is not a project dependency: it compiles
-    llama.cpp). None when neither exists."""
-    import os
-    import subprocess
+    """An interpreter with ``llama_cpp`` ($GPTFORGE_LLAMA_CPP_PYTHON or ``make llama-cpp``'s)."""
+    return peer_python("llama_cpp", "GPTFORGE_LLAMA_CPP_PYTHON", "llama-cpp-venv")
 
-    candidates = [os.environ.get("GPTFORGE_LLAMA_CPP_PYTHON"), sys.executable,
-                  str(Path.home() / ".cache/gptforge/llama-cpp-venv/bin/python")]  # fmt: skip
-    for py in filter(None, candidates):
-        ok = subprocess.run([py, "-c", "import llama_cpp"], capture_output=True)
-        if Path(py).exists() and ok.returncode == 0:
-            return py
-    return None
+
+def small_tokenizer():
+    """A 300-token tokenizer: the weights are random, so any tokenizer serves the benches."""
+    from gptforge.tokenizer import Tokenizer
+
+    return Tokenizer.train(
+        texts=["the quick brown fox jumps over the lazy dog"] * 50,
+        vocab_size=300,
+        show_progress=False,
+    )
 
 
 def export_for_llama_cpp(model: torch.nn.Module, tmp: Path) -> Path:
@@ -110,14 +111,8 @@ def export_for_llama_cpp(model: torch.nn.Module, tmp: Path) -> Path:
     exporter fills the model's remaining vocabulary rows with unused placeholder tokens.
     """
     from gptforge.modeling.io import save_model_dir
-    from gptforge.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(
-        texts=["the quick brown fox jumps over the lazy dog"] * 50,
-        vocab_size=300,
-        show_progress=False,
-    )
-    tok.save(tmp / "tokenizer")
+    small_tokenizer().save(tmp / "tokenizer")
     return save_model_dir(model, tmp / "model", tokenizer_dir=tmp / "tokenizer")
 
 
@@ -246,14 +241,9 @@ def _stream_once(
 def bench_service(preset: str, n_new: int, concurrency: list[int], slots: int) -> list[dict]:
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationLimits, serve_in_background
-    from gptforge.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    tok = Tokenizer.train(
-        texts=["the quick brown fox jumps over the lazy dog"] * 50,
-        vocab_size=300,
-        show_progress=False,
-    )
+    tok = small_tokenizer()
     model = build_model(get_config(preset)).eval()
     ctx = min(model.config.block_size, 16 + n_new + 8)
     limits = GenerationLimits(

@@ -29,6 +29,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from peers import peer_python
+
 #: (label, gptforge preset, batch size, timed steps, warmup steps) per family and size.
 SUITES: dict[str, list[tuple[str, str, int, int, int]]] = {
     "full": [
@@ -95,21 +97,8 @@ def litgpt_model(config, device: str):
 
 
 def litgpt_python() -> str | None:
-    """An interpreter with litgpt (not a project dependency: it pulls in lightning).
-
-    ``$GPTFORGE_LITGPT_PYTHON`` or ``~/.cache/gptforge/litgpt-venv`` (``make litgpt`` builds it);
-    None when neither imports litgpt.
-    """
-    candidates = [os.environ.get("GPTFORGE_LITGPT_PYTHON"),
-                  os.path.expanduser("~/.cache/gptforge/litgpt-venv/bin/python")]  # fmt: skip
-    for py in filter(None, candidates):
-        if (
-            os.path.exists(py)
-            and subprocess.run([py, "-c", "import litgpt.model"], capture_output=True).returncode
-            == 0
-        ):
-            return py
-    return None
+    """An interpreter with litgpt ($GPTFORGE_LITGPT_PYTHON or ``make litgpt``'s environment)."""
+    return peer_python("litgpt.model", "GPTFORGE_LITGPT_PYTHON", "litgpt-venv")
 
 
 def rss_mib() -> float:

@@ -13,6 +13,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str):
+    if str(BENCH) not in sys.path:  # the scripts import their sibling ``peers`` module
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

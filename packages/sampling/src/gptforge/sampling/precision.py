@@ -66,16 +66,20 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
         out_features, in_features = weight.shape
         return _TransposedLinear(weight, bias) if out_features >= in_features else None
 
-    return _swap_linears(model, transposed, _TransposedHead)
+    return _swap_linears(model, transposed, _TransposedLinear)
 
 
-def _swap_linears(
-    model: nn.Module,
-    layer: Callable[[torch.Tensor, torch.Tensor | None], nn.Module | None],
-    head: Callable[[torch.Tensor], nn.Module],
-) -> nn.Module:
+DecodeLayer = Callable[[torch.Tensor, torch.Tensor | None], nn.Module | None]
+
+
+def _swap_linears(model: nn.Module, layer: DecodeLayer, head: DecodeLayer) -> nn.Module:
     """Replace every ``nn.Linear`` by ``layer(weight, bias)`` (kept when that returns None) and
-    a bias-free ``lm_head`` by ``head(weight)``, which keeps the (possibly tied) weight."""
+    a bias-free ``lm_head`` by ``head(weight, None)``.
+
+    The replacements hold their own copy of the weights, so the fp32 originals are freed,
+    except the head's: the new head keeps it as ``weight`` (shared with the embedding when
+    tied), from which the model interface reads the padded vocabulary size, dtype and device.
+    """
     lm_head = getattr(model, "lm_head", None)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -84,7 +88,10 @@ def _swap_linears(
                 if new is not None:
                     setattr(parent, name, new)
     if isinstance(lm_head, nn.Linear) and lm_head.bias is None:
-        model.lm_head = head(lm_head.weight)
+        new_head = head(lm_head.weight, None)
+        assert new_head is not None, "the head is always replaced"
+        new_head.weight = lm_head.weight
+        model.lm_head = new_head
     return model
 
 
@@ -95,13 +102,11 @@ class _Int8DynamicLinear(nn.Module):
     (``quantized::linear_prepack``); each call quantizes the activations per tensor and
     returns fp32 (``quantized::linear_dynamic`` with fbgemm's reduced range). The ops are
     called directly, without ``torch.ao``'s module wrappers (deprecated, and 13 us of Python
-    per call: ~0.6 ms of a ``gpt2`` decode step). ``weight`` stays the original parameter for
-    the model interface.
+    per call: ~0.6 ms of a ``gpt2`` decode step).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.weight = weight
         w = weight.detach().float()
         scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()  # (out,)
         zeros = torch.zeros(w.size(0), dtype=torch.long)
@@ -128,8 +133,6 @@ class _HalfWeightLinear(nn.Module):
     """A linear layer (or bias-free LM head) with fp16 weights inside a fp32 model.
 
     The input is cast to fp16 for the matmul and the output back to the input's dtype.
-    ``weight`` stays the original parameter (shared when tied) for the model interface; only
-    ``forward`` reads the fp16 copy.
     """
 
     half_weight: torch.Tensor
@@ -137,7 +140,6 @@ class _HalfWeightLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.weight = weight
         self.register_buffer("half_weight", weight.detach().half(), persistent=False)
         half_bias = None if bias is None else bias.detach().half()
         self.register_buffer("half_bias", half_bias, persistent=False)
@@ -155,11 +157,9 @@ PACK_MIN_BYTES = 64 << 20
 def _can_pack(model: nn.Module) -> bool:
     """Whether oneDNN's packed fp32 linear serves this model: CPU weights too large for the
     caches, and a torch with oneDNN."""
-    p = next(model.parameters(), None)
     linear_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
     return (
-        p is not None
-        and p.device.type == "cpu"
+        _device_type(model) == "cpu"
         and linear_bytes >= PACK_MIN_BYTES
         and torch.backends.mkldnn.is_available()
         and _LINEAR_POINTWISE is not None
@@ -174,19 +174,14 @@ _LINEAR_POINTWISE = (
 
 
 class _PackedLinear(nn.Module):
-    """A fp32 linear layer (or bias-free LM head) on oneDNN with the weight pre-packed.
-
-    The packed weight is an opaque oneDNN layout, so ``weight`` stays the original parameter
-    (shared when tied): the model interface reads the vocabulary size, dtype and device from
-    it, and only ``forward`` uses the packed copy.
-    """
+    """A fp32 linear layer (or bias-free LM head) on oneDNN with the weight pre-packed in
+    oneDNN's opaque layout."""
 
     packed: torch.Tensor
     bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.weight = weight
         w = weight.detach().float().contiguous()
         # batch_size=1: the layout for single-row decoding; larger batches stay correct.
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
@@ -209,7 +204,7 @@ class _TransposedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("weight_t", weight.detach().t().contiguous())
+        self.register_buffer("weight_t", weight.detach().t().contiguous(), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,24 +215,6 @@ class _TransposedLinear(nn.Module):
             else flat @ self.weight_t
         )
         return out.view(*x.shape[:-1], out.size(-1))  # (..., out)
-
-
-class _TransposedHead(nn.Module):
-    """A bias-free LM head computing ``x @ W_t`` from a contiguous ``(in, out)`` copy.
-
-    ``weight`` stays the original (tied) parameter so the model interface still reads the
-    padded vocabulary size and dtype from it; only ``forward`` uses the copy.
-    """
-
-    weight_t: torch.Tensor
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = weight
-        self.register_buffer("weight_t", weight.detach().t().contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight_t  # (..., C) @ (C, Vp) -> (..., Vp)
 
 
 @dataclass(frozen=True)
