@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gptforge.training.cli_args import add_dataclass_args, given
@@ -34,5 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _exit(status: int) -> None:
+    """Exit with ``status``; under ``torchrun`` without the interpreter's C++ teardown.
+
+    A distributed job has left its process group and written its checkpoints by now. On a
+    loaded machine a gloo/FSDP rank was seen to die in static destruction after that ("terminate
+    called without an active exception", SIGABRT), which failed a finished run; ``os._exit``
+    after flushing skips that teardown. Single-process runs exit normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
