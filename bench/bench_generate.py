@@ -159,52 +159,92 @@ class LlamaCppRunner:
         self.proc.wait(timeout=60)
 
 
+def _synced(run: Callable[[int], object], device: str) -> Callable[[int], object]:
+    """``run`` that returns only once the device has finished (GPU work is asynchronous)."""
+    if device != "cuda":
+        return run
+
+    def timed(n: int) -> object:
+        out = run(n)
+        torch.cuda.synchronize()
+        return out
+
+    return timed
+
+
 def bench_decode(
-    preset: str, n_new: int, reps: int, modes: list[str], with_llama_cpp: bool = True
+    preset: str,
+    n_new: int,
+    reps: int,
+    modes: list[str],
+    with_llama_cpp: bool = True,
+    device: str = "cpu",
+    compile_modes: tuple[str, ...] = (),
 ) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(get_config(preset)).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, 16))
     rows = []
+    hf = hf_twin(model).to(device)
+    model, prompt = model.to(device), prompt.to(device)
 
-    def ours(m: torch.nn.Module) -> Callable[[int], object]:
-        return lambda n: generate(m, prompt, n, temperature=0.0)
+    def ours(m: torch.nn.Module, compile: bool = False) -> Callable[[int], object]:
+        return _synced(lambda n: generate(m, prompt, n, temperature=0.0, compile=compile), device)
 
-    hf = hf_twin(model)
+    def hf_runner(hf_model: torch.nn.Module, static: bool) -> Callable[[int], object]:
+        kw = {"cache_implementation": "static"} if static else {}
 
-    def hf_run(n: int) -> object:
-        with torch.inference_mode():
-            return hf.generate(
-                prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
-            )
+        def run(n: int) -> object:
+            with torch.inference_mode():
+                return hf_model.generate(
+                    prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                    **kw,
+                )  # fmt: skip
 
-    check_idx = torch.randint(0, model.config.vocab_size, (1, 64))
-    runners: dict[str, Callable[[int], object]] = {"transformers fp32 (KV cache)": hf_run}
+        return _synced(run, device)
+
+    check_idx = torch.randint(0, model.config.vocab_size, (1, 64), device=device)
+    runners: dict[str, Callable[[int], object]] = {
+        "transformers fp32 (KV cache)": hf_runner(hf, static=False)
+    }
+    if compile_modes:
+        # transformers' own compiled decoding: a static cache and a compiled forward (CUDA
+        # graphs on a GPU), the recipe of its generation docs.
+        hf_compiled = copy.deepcopy(hf)
+        mode = "reduce-overhead" if device == "cuda" else None
+        hf_compiled.forward = torch.compile(hf_compiled.forward, mode=mode, fullgraph=True)
+        runners["transformers fp32 compiled (static cache)"] = hf_runner(hf_compiled, True)
     checks = {}
     for mode in ["float32", *modes]:
         reduced = apply_weight_precision(copy.deepcopy(model), mode)
         checks[f"gptforge {mode}"] = check_logits(model, reduced, check_idx)
         runners[f"gptforge {mode}"] = ours(reduced)
+        if mode in compile_modes:
+            runners[f"gptforge {mode} compiled"] = ours(reduced, compile=True)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         # llama.cpp on our GGUF export of the same weights, timed interleaved with the rest.
-        python = llama_cpp_python() if with_llama_cpp and CLOCK is time.perf_counter else None
+        cpu_timing = CLOCK is time.perf_counter and device == "cpu"
+        python = llama_cpp_python() if with_llama_cpp and cpu_timing else None
         if python is not None:
-            model_dir = export_for_llama_cpp(model, Path(tmp))
+            model_dir = export_for_llama_cpp(model.cpu(), Path(tmp))
+            model.to(device)
             for ftype in ("f32", "f16"):
                 run = LlamaCppRunner(python, model_dir, ftype, torch.get_num_threads())
                 stack.callback(run.close)
                 runners[f"llama.cpp {ftype.upper()}"] = run
         elif with_llama_cpp:
             print("[decode] llama.cpp: skipped (no llama-cpp-python: `make llama-cpp` builds it;"
-                  " --cpu-time cannot time a child process)", file=sys.stderr)  # fmt: skip
+                  " --cpu-time cannot time a child process; the CPU build is not timed against"
+                  " a GPU)", file=sys.stderr)  # fmt: skip
         print(f"[decode] {preset}: {', '.join(runners)} ...", file=sys.stderr, flush=True)
         rates = decode_rates(runners, n_new, reps)
     for name, rate in rates.items():
         row: dict = {"preset": preset, "impl": name, "tok_s": rate}
-        if name in checks and name != "gptforge float32":
-            c = checks[name]
+        base = name.removesuffix(" compiled")
+        if base in checks and base != "gptforge float32":
+            c = checks[base]
             row.update(top1=c.top1_agreement, kl=c.kl_divergence, max_abs=c.max_abs_diff)
         rows.append(row)
     hf_rate = rates["transformers fp32 (KV cache)"]
@@ -238,19 +278,26 @@ def _stream_once(
             results.append((t0, stamps))
 
 
-def bench_service(preset: str, n_new: int, concurrency: list[int], slots: int) -> list[dict]:
+def bench_service(
+    preset: str,
+    n_new: int,
+    concurrency: list[int],
+    slots: int,
+    device: str = "cpu",
+    compile: bool = False,
+) -> list[dict]:
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationLimits, serve_in_background
 
     torch.manual_seed(0)
     tok = small_tokenizer()
-    model = build_model(get_config(preset)).eval()
+    model = build_model(get_config(preset)).eval().to(device)
     ctx = min(model.config.block_size, 16 + n_new + 8)
     limits = GenerationLimits(
         max_batch_size=slots, context_length=ctx, max_tokens_in_flight=slots * ctx * 4
     )
     rows = []
-    with serve_in_background(model, tok, ServerConfig(port=0), limits) as bg:
+    with serve_in_background(model, tok, ServerConfig(port=0), limits, compile=compile) as bg:
         for c in concurrency:
             print(f"[service] {c} streams ...", file=sys.stderr, flush=True)
             results: list[tuple[float, list[float]]] = []
@@ -297,11 +344,13 @@ def llama_cpp_summary(rows: list[dict]) -> list[str]:
         f32, f16 = by.get("llama.cpp F32"), by.get("llama.cpp F16")
         if f32 is None or f16 is None:
             continue
-        ours32 = by["gptforge float32"]["tok_s"]
-        reduced = [
-            r for k, r in by.items() if k.startswith("gptforge ") and k != "gptforge float32"
-        ]
-        line = f"- {preset}: gptforge fp32 / llama.cpp F32 = **{ours32 / f32['tok_s']:.2f}x**"
+        # fp32: the faster of eager and compiled decoding (both read fp32 weights).
+        fp32 = max((r for k, r in by.items() if k.startswith("gptforge float32")),
+                   key=lambda r: r["tok_s"])  # fmt: skip
+        reduced = [r for k, r in by.items() if k.startswith("gptforge ") and "float32" not in k]
+        how = " compiled" if fp32["impl"].endswith("compiled") else ""
+        line = (f"- {preset}: gptforge fp32{how} / llama.cpp F32 = "
+                f"**{fp32['tok_s'] / f32['tok_s']:.2f}x**")  # fmt: skip
         if reduced:
             best = max(reduced, key=lambda r: r["tok_s"])
             line += (f"; gptforge {best['impl'].split()[1]} / llama.cpp F16 = "
@@ -334,6 +383,13 @@ def main() -> int:
     ap.add_argument(
         "--no-llama-cpp", action="store_true", help="leave llama.cpp out even when installed"
     )
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile'd decoding (CUDA graphs on a GPU) of fp32 (and bf16 on a GPU), "
+        "next to transformers' compiled static-cache decoding",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     if args.quick:
@@ -343,13 +399,27 @@ def main() -> int:
         global CLOCK
         CLOCK = time.process_time
     modes = [m for m in args.modes.split(",") if m]
+    if args.device == "cuda":  # int8-dynamic is a CPU (fbgemm) mode
+        modes = [m for m in modes if m in ("float16", "bfloat16")]
+    compile_modes: tuple[str, ...] = ()
+    if args.compile:
+        compile_modes = ("float32", "bfloat16") if args.device == "cuda" else ("float32",)
 
     decode_rows = [
         r
         for p in args.presets.split(",")
-        for r in bench_decode(p, args.new_tokens, args.reps, modes, not args.no_llama_cpp)
+        for r in bench_decode(
+            p,
+            args.new_tokens,
+            args.reps,
+            modes,
+            not args.no_llama_cpp,
+            args.device,
+            compile_modes,
+        )  # fmt: skip
     ]
-    print(f"### Batch-1 decode, CPU, {args.threads} threads, {args.new_tokens} new tokens\n")
+    where = "GPU" if args.device == "cuda" else f"CPU, {args.threads} threads"
+    print(f"### Batch-1 decode, {where}, {args.new_tokens} new tokens\n")
     print("| model | implementation | tokens/s | vs transformers | top-1 vs fp32 | KL vs fp32 |")
     print("|---|---|---:|---:|---:|---:|")
     for r in decode_rows:
@@ -367,10 +437,12 @@ def main() -> int:
     service_rows: list[dict] = []
     if not args.skip_service:
         conc = [int(c) for c in args.concurrency.split(",")]
-        service_rows = bench_service(args.service_preset, args.service_tokens, conc, max(conc))
+        service_rows = bench_service(
+            args.service_preset, args.service_tokens, conc, max(conc), args.device, args.compile
+        )
         print(
             f"### Generation service ({args.service_preset}, {args.service_tokens} tokens per "
-            "stream, continuous batching)\n"
+            f"stream, continuous batching{', compiled' if args.compile else ''}, {where})\n"
         )
         print(
             "| streams | aggregate tokens/s | vs 1 stream | TTFT p50 ms | ITL p50 ms | ITL p99 ms |"

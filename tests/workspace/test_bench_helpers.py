@@ -53,5 +53,10 @@ def test_llama_cpp_summary_compares_the_target_pairs():
         {"preset": "tiny", "impl": "gptforge float32", "tok_s": 500.0},  # no llama.cpp rows
     ]
     (line,) = bench.llama_cpp_summary(rows)
-    assert "llama.cpp F32 = **0.50x**" in line
+    assert "gptforge fp32 / llama.cpp F32 = **0.50x**" in line
+    assert "int8-dynamic / llama.cpp F16 = **1.20x**" in line
+    # A faster compiled fp32 row is the fp32 figure, and never counts as a reduced mode.
+    rows.append({"preset": "gpt2", "impl": "gptforge float32 compiled", "tok_s": 150.0})
+    (line,) = bench.llama_cpp_summary(rows)
+    assert "gptforge fp32 compiled / llama.cpp F32 = **2.50x**" in line
     assert "int8-dynamic / llama.cpp F16 = **1.20x**" in line

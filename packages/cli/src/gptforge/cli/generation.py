@@ -40,6 +40,14 @@ PrecisionOpt = Annotated[
         "(CPU; logits checked against fp32 in bench-generate). Default: as loaded."
     ),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Decode through torch.compile (CUDA graphs on a GPU); the first step compiles. "
+        "For GPUs: on CPU it measured no faster than eager.",
+    ),
+]
 DtypeOpt = Annotated[
     str, typer.Option(help=f"Weight dtype: one of {', '.join(DTYPES)} (default: as saved).")
 ]
@@ -70,6 +78,8 @@ def stream_completion(
     prompt_ids: list[int],
     params: Any,
     out: IO[str] | None = None,
+    *,
+    compile: bool = False,
 ) -> Any:
     """Generate with ``params`` and write each text delta to ``out`` as it arrives.
 
@@ -82,7 +92,7 @@ def stream_completion(
 
     out = out or sys.stdout
     text, ids, last = [], [], None
-    for ev in stream_generate(model, prompt_ids, params, tokenizer=tokenizer):
+    for ev in stream_generate(model, prompt_ids, params, tokenizer=tokenizer, compile=compile):
         if ev.text:
             out.write(ev.text)
             out.flush()
@@ -111,6 +121,7 @@ def generate(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "",
     precision: PrecisionOpt = "",
+    compile: CompileOpt = False,
 ) -> None:
     """Generate text from a trained model and stream it to the terminal.
 
@@ -152,7 +163,7 @@ def generate(
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from exc
     sys.stdout.write(prompt)
-    done = stream_completion(model, tok, ids, params)
+    done = stream_completion(model, tok, ids, params, compile=compile)
     sys.stdout.write("\n")
     typer.secho(f"[{len(done.token_ids)} tokens, finish: {done.finish_reason}]", err=True, dim=True)
 
@@ -177,6 +188,7 @@ def serve_generation(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "",
     precision: PrecisionOpt = "",
+    compile: CompileOpt = False,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate chain.")
     ] = None,
@@ -220,6 +232,7 @@ def serve_generation(
             device=device,
             dtype=_torch_dtype(dtype),
             precision=precision or None,
+            compile=compile,
         )
     except (OSError, ValueError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")

@@ -1,7 +1,7 @@
 """gptforge.sampling: composable sampling and generation over the gptforge model interface.
 
 gpt-fast style building blocks (:func:`logits_to_probs`, :func:`sample`, :func:`prefill`,
-:func:`decode_one_token`, :func:`generate`), a continuous-batching engine
+:func:`decode_one_token`, :func:`generate`, :func:`compiled_decode_one_token`), a continuous-batching engine
 (:class:`BatchGenerator`, used by the generation service), batched and streaming entry points
 (:func:`generate_batch`, :func:`stream_generate`) and a UTF-8-safe streaming detokenizer.
 
@@ -21,7 +21,13 @@ from gptforge.sampling.batch import (
     generate_batch,
     stream_generate,
 )
-from gptforge.sampling.core import decode_one_token, generate, prefill, suppress_tokens
+from gptforge.sampling.core import (
+    compiled_decode_one_token,
+    decode_one_token,
+    generate,
+    prefill,
+    suppress_tokens,
+)
 from gptforge.sampling.params import (
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
@@ -57,6 +63,7 @@ __all__ = [
     "apply_repetition_penalty",
     "apply_top_k",
     "apply_top_p",
+    "compiled_decode_one_token",
     "decode_one_token",
     "fresh_seed",
     "generate",

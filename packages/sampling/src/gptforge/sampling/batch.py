@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 from gptforge.sampling.core import (
+    compiled_decode_one_token,
     context_limit,
     decode_one_token,
     model_config,
@@ -103,6 +104,9 @@ class BatchGenerator:
         max_seq_len: positions per slot (default: ``model.config.block_size``).
         tokenizer: a ``gptforge.tokenizer.Tokenizer`` for text deltas and stop strings (optional).
         eos_id: ends a sequence unless ``ignore_eos`` (default: ``tokenizer.eot_token``).
+        compile: run each decode step through ``torch.compile`` (CUDA graphs on a GPU; see
+            :func:`~gptforge.sampling.core.compiled_decode_one_token`). Every step then decodes
+            all slots with per-row positions, so one compiled graph serves any mix of sequences.
 
     >>> # gen = BatchGenerator(model, max_batch_size=4, tokenizer=tok)
     >>> # first = gen.add(tok.encode("Hi"), SamplingParams(max_new_tokens=8))
@@ -117,6 +121,7 @@ class BatchGenerator:
         max_seq_len: int | None = None,
         tokenizer: Any | None = None,
         eos_id: int | None = None,
+        compile: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
@@ -130,6 +135,7 @@ class BatchGenerator:
         slots = max_batch_size + 1 if max_batch_size == self.max_seq_len else max_batch_size
         self.max_batch_size = max_batch_size
         self.caches = SlotCaches(model, slots, self.max_seq_len)
+        self.compile = compile
         self._free = list(range(max_batch_size))
         heapq.heapify(self._free)
         self._by_slot: dict[int, _Seq] = {}
@@ -220,7 +226,8 @@ class BatchGenerator:
         if not self._by_slot:
             return []
         slots = sorted(self._by_slot)
-        hi = slots[-1] + 1
+        # Compiled: always the full slot batch, one static shape (free rows decode junk).
+        hi = self.caches.max_batch_size if self.compile else slots[-1] + 1
         tokens = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1); free rows decode junk
         pos = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1)
         for s in slots:
@@ -228,11 +235,12 @@ class BatchGenerator:
             tokens[s, 0] = seq.last
             pos[s, 0] = seq.pos
         tokens, pos = tokens.to(self.device), pos.to(self.device)
-        same_pos = len(slots) == hi and bool((pos == pos[0]).all())
+        same_pos = not self.compile and len(slots) == hi and bool((pos == pos[0]).all())
+        decode = compiled_decode_one_token if self.compile else decode_one_token
         try:
             with self.caches.rows(0, hi):
                 # Equal positions need only the shared-position form of the model contract.
-                logits = decode_one_token(self.model, tokens, pos[0] if same_pos else pos)
+                logits = decode(self.model, tokens, pos[0] if same_pos else pos)
         except BaseException:
             # The caches may be half-written; drop every live sequence so the engine stays usable.
             for seq in list(self._by_slot.values()):
@@ -372,6 +380,7 @@ def generate_batch(
     tokenizer: Any | None = None,
     eos_id: int | None = None,
     max_batch_size: int | None = None,
+    compile: bool = False,
 ) -> list[Completion]:
     """Generate for prompts of different lengths, each with its own parameters, batched.
 
@@ -384,6 +393,7 @@ def generate_batch(
         tokenizer: to produce text (and honour stop strings).
         eos_id: default ``tokenizer.eot_token``.
         max_batch_size: slots (default: all prompts at once).
+        compile: decode through ``torch.compile`` (see :class:`BatchGenerator`).
 
     Returns:
         one :class:`Completion` per prompt, in order.
@@ -400,9 +410,10 @@ def generate_batch(
     gen = BatchGenerator(
         model,
         max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
-        max_seq_len=_capped(need, model),
+        max_seq_len=_cache_len(need, model, compile),
         tokenizer=tokenizer,
         eos_id=eos_id,
+        compile=compile,
     )
     for p, q in zip(prompts, plist, strict=True):
         gen.validate(p, q)
@@ -425,6 +436,13 @@ def _capped(positions: int, model: nn.Module) -> int:
     return positions if limit is None else min(positions, limit)
 
 
+def _cache_len(positions: int, model: nn.Module, compile: bool) -> int:
+    """Cache positions for a request of ``positions``: the model's whole context when
+    compiling (the same cache shape on every call, so one compiled graph serves them all)."""
+    limit = context_limit(model)
+    return limit if compile and limit is not None else _capped(positions, model)
+
+
 def _with_seed(p: SamplingParams) -> SamplingParams:
     from dataclasses import replace
 
@@ -439,8 +457,11 @@ def stream_generate(
     *,
     tokenizer: Any | None = None,
     eos_id: int | None = None,
+    compile: bool = False,
 ) -> Iterator[TokenEvent]:
     """Yield the events of one sequence as they are generated (batch 1, shared positions).
+
+    ``compile=True`` decodes through ``torch.compile`` (see :class:`BatchGenerator`).
 
     >>> # for ev in stream_generate(model, tok.encode("Once"), SamplingParams(), tokenizer=tok):
     >>> #     print(ev.text, end="", flush=True)
@@ -448,9 +469,10 @@ def stream_generate(
     gen = BatchGenerator(
         model,
         max_batch_size=1,
-        max_seq_len=_capped(len(prompt_ids) + params.max_new_tokens, model),
+        max_seq_len=_cache_len(len(prompt_ids) + params.max_new_tokens, model, compile),
         tokenizer=tokenizer,
         eos_id=eos_id,
+        compile=compile,
     )
     ev = gen.add(prompt_ids, params)
     yield ev

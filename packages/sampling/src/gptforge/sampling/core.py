@@ -6,7 +6,8 @@ These functions only use the model interface of ``docs/contracts.md``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -52,6 +53,32 @@ def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Ten
     return logits[:, -1]
 
 
+@functools.cache
+def _compiled_step(mode: str | None) -> Callable[..., Tensor]:
+    # The model is an argument, not a closure: dynamo inlines it and guards on shapes, so one
+    # compiled graph serves every model of the same configuration (and a deepcopy of it).
+    return cast(Callable[..., Tensor], torch.compile(decode_one_token, dynamic=False, mode=mode))
+
+
+def compiled_decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    """:func:`decode_one_token` through ``torch.compile`` (gpt-fast's decode recipe).
+
+    One graph with static shapes: keep the batch size, the cache length and the form of
+    ``input_pos`` the same from step to step, or each new shape compiles again (``generate``
+    and ``BatchGenerator`` with ``compile=True`` set their caches up that way). On CUDA the graph
+    is captured as CUDA graphs (``mode="reduce-overhead"``), which removes the per-kernel launch
+    cost that dominates small-batch decoding; the logits returned are then a copy, since the
+    graph's output memory is reused by the next step. On CPU it runs inductor's C++ kernels,
+    which measured no faster than eager decoding (``docs/generation.md``); the first call
+    compiles (seconds to minutes).
+    """
+    cuda = tokens.device.type == "cuda"
+    if cuda:
+        torch.compiler.cudagraph_mark_step_begin()
+    logits = _compiled_step("reduce-overhead" if cuda else None)(model, tokens, input_pos)
+    return logits.clone() if cuda else logits
+
+
 def suppress_tokens(logits: Tensor, rows: Sequence[int], token_ids: Sequence[int]) -> Tensor:
     """Set ``logits[r, t] = -inf`` for every row in ``rows`` and token in ``token_ids``."""
     if not rows or not token_ids:
@@ -93,6 +120,7 @@ def generate(
     seed: int | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     pad_id: int | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after equal-length prompts, on the model's KV cache.
 
@@ -110,6 +138,9 @@ def generate(
         seed: row b draws from ``torch.Generator().manual_seed(seed + b)``.
         generator: explicit generator(s) instead of ``seed``.
         pad_id: filler after a row stopped.
+        compile: decode through :func:`compiled_decode_one_token` (for GPUs). The caches are
+            then set up at the model's full context, so every call with the same batch size
+            reuses one compiled graph.
 
     Returns:
         prompt and new tokens, ``(T + n,)`` or ``(B, T + n)`` like the input, ``n <= max_new_tokens``.
@@ -136,7 +167,10 @@ def generate(
     gens = _generators(batch, seed, generator)
     vocab = model_config(model).vocab_size
 
-    cast(Any, model).setup_caches(batch, t_prompt + max_new_tokens)
+    # Compiled decoding keeps one cache shape for every call (static shapes, one graph).
+    cache_len = block if compile and block is not None else t_prompt + max_new_tokens
+    cast(Any, model).setup_caches(batch, cache_len)
+    decode = compiled_decode_one_token if compile else decode_one_token
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
     seen = None
     if repetition_penalty != 1.0:
@@ -161,6 +195,6 @@ def generate(
         if i == max_new_tokens - 1 or bool(done.all()):
             break
         pos = torch.tensor([t_prompt + i], device=prompt.device)
-        logits = decode_one_token(model, tok.view(batch, 1), pos)  # (B, V)
+        logits = decode(model, tok.view(batch, 1), pos)  # (B, V)
     result = torch.cat([prompt, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
     return result[0] if squeeze else result

@@ -82,6 +82,8 @@ class Engine:
         max_batch_size: sequences decoded together.
         max_seq_len: positions per sequence (default ``model.config.block_size``).
         max_tokens_in_flight: admission budget over running and queued jobs.
+        compile: decode through ``torch.compile`` (CUDA graphs on a GPU); the warm-up request
+            compiles before health turns SERVING.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Engine:
         max_batch_size: int = 8,
         max_seq_len: int | None = None,
         max_tokens_in_flight: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -103,6 +106,7 @@ class Engine:
             max_batch_size=max_batch_size,
             max_seq_len=self.max_seq_len,
             tokenizer=tokenizer,
+            compile=compile,
         )
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

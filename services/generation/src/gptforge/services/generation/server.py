@@ -79,6 +79,7 @@ async def start(
     *,
     model_id: str = "",
     wait_ready: bool = True,
+    compile: bool = False,
 ) -> GenerationServer:
     """Start a GenerationService on the running loop; by default returns once the model is warm.
 
@@ -91,6 +92,8 @@ async def start(
         model_id: reported by GetModelInfo.
         wait_ready: False returns right after binding (health NOT_SERVING); loading goes on in
             ``server.loading`` and health turns SERVING when it is done.
+        compile: decode through ``torch.compile`` (CUDA graphs on a GPU); compiled during
+            the warm-up, before health turns SERVING.
     """
     config = config or ServerConfig()
     servicer = GenerationServicer(
@@ -109,7 +112,7 @@ async def start(
     async def load() -> None:
         try:
             engine, resolved = await asyncio.to_thread(
-                _build_engine, model, tokenizer, limits or GenerationLimits()
+                _build_engine, model, tokenizer, limits or GenerationLimits(), compile
             )
         except BaseException:
             log.exception("loading the model failed; stopping the server")
@@ -128,7 +131,10 @@ async def start(
 
 
 def _build_engine(
-    model: torch.nn.Module | ModelLoader, tokenizer: Any, limits: GenerationLimits
+    model: torch.nn.Module | ModelLoader,
+    tokenizer: Any,
+    limits: GenerationLimits,
+    compile: bool = False,
 ) -> tuple[Engine, GenerationLimits]:
     if not isinstance(model, torch.nn.Module):
         model, tokenizer = model()
@@ -145,6 +151,7 @@ def _build_engine(
             max_batch_size=resolved.max_batch_size,
             max_seq_len=resolved.context_length,
             max_tokens_in_flight=resolved.max_tokens_in_flight,
+            compile=compile,
         )
     except RuntimeError as exc:
         # A model whose cache state is not in batch-first buffers (e.g. MM-Rec's recurrent
@@ -157,6 +164,7 @@ def _build_engine(
             max_batch_size=1,
             max_seq_len=resolved.context_length,
             max_tokens_in_flight=resolved.max_tokens_in_flight,
+            compile=compile,
         )
     engine.start()
     try:
@@ -174,6 +182,7 @@ def serve_in_background(
     limits: GenerationLimits | None = None,
     *,
     model_id: str = "",
+    compile: bool = False,
 ) -> BackgroundServer:
     """Start the service on a background thread; ``.address`` to connect, ``.stop()`` to end.
 
@@ -181,7 +190,7 @@ def serve_in_background(
     ...     print(GenerationClient(bg.address).generate("Hello").completions[0].text)
     """
     return BackgroundServer(
-        lambda: start(model, tokenizer, config, limits, model_id=model_id)
+        lambda: start(model, tokenizer, config, limits, model_id=model_id, compile=compile)
     ).start(timeout=600)
 
 
@@ -193,6 +202,7 @@ def serve(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     precision: str | None = None,
+    compile: bool = False,
 ) -> None:
     """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
 
@@ -204,6 +214,7 @@ def serve(
         dtype: weight dtype (default: as saved).
         precision: a decode weight mode of ``gptforge.sampling.precision`` (``float16``,
             ``int8-dynamic``, ...), applied after loading.
+        compile: decode through ``torch.compile`` (CUDA graphs on a GPU).
     """
     from gptforge.sampling.loading import find_model_dir, load_checkpoint
     from gptforge.sampling.precision import MODES, apply_weight_precision
@@ -226,6 +237,7 @@ def serve(
             config=config,
             limits=limits,
             model_id=Path(ckpt).resolve().name,
+            compile=compile,
         )
         print(
             f"generation service listening on {server.address} (tls={config.tls}, "
