@@ -113,3 +113,15 @@ def test_cli_generate_compile_prints_the_eager_text(tmp_path, tokenizer):
     compiled = CliRunner().invoke(app, [*args, "--compile"])
     assert eager.exit_code == 0 and compiled.exit_code == 0, compiled.output
     assert compiled.stdout == eager.stdout and compiled.stdout.startswith("Hello")
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8-dynamic"])
+def test_compiled_decoding_runs_the_opaque_cpu_layers_eagerly(mode, monkeypatch):
+    from gptforge.sampling import precision
+
+    model = _model("debug")
+    monkeypatch.setattr(precision, "PACK_MIN_BYTES", 0)  # oneDNN packing even at this size
+    reduced = precision.apply_weight_precision(model, mode)
+    prompt = [5, 17, 42, 7]
+    eager = generate(reduced, prompt, 8, temperature=0.0)
+    assert generate(reduced, prompt, 8, temperature=0.0, compile=True).tolist() == eager.tolist()

@@ -120,6 +120,7 @@ class _Int8DynamicLinear(nn.Module):
         op = torch.ops.quantized.linear_dynamic.default
         self._op = getattr(op, "_op", op)  # the C++ callable: no per-call Python dispatch checks
 
+    @torch.compiler.disable  # fbgemm's packed weight is opaque to inductor: runs eagerly
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._op(x, self._packed, True)  # reduce_range=True, as fbgemm expects
 
@@ -189,6 +190,10 @@ class _PackedLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.in_features, self.out_features = weight.size(1), weight.size(0)
 
+    # Inductor cannot lower oneDNN's opaque packed weight; under torch.compile this layer runs
+    # eagerly between compiled regions (compile the plain fp32 model instead: inductor packs
+    # weights itself).
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (N, in)
         assert _LINEAR_POINTWISE is not None, "only built when _can_pack() said yes"
