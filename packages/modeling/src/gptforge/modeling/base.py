@@ -1,9 +1,11 @@
 """What every gptforge language model shares: the interface training, sampling, conversion and
 services rely on (caches, parameter counting, the padded LM head, vocabulary resizing).
 
-A family's ``model.py`` subclasses :class:`CausalLM`, sets the names of its embedding modules
-and implements ``forward``; everything here works off those names and the ``KVCache`` modules
-its attention layers expose as ``kv_cache``.
+A family module subclasses :class:`CausalLM`, sets the names of its embedding modules and
+implements ``hidden_states`` (embeddings to final norm; :meth:`CausalLM.forward` checks the
+inputs, builds the positions and the attention plan and applies the head), or its own
+``forward`` (MM-Rec). Everything here works off those names and the ``KVCache`` modules its
+attention layers expose as ``kv_cache``.
 """
 
 from __future__ import annotations
@@ -149,6 +151,48 @@ class CausalLM(nn.Module):
         if not torch.compiler.is_compiling():
             first.kv_cache.check(input_pos, idx.size(0))
         return input_pos
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        input_pos: Tensor | int | None = None,
+        *,
+        return_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Logits for every position and, with ``targets``, the mean cross-entropy.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) next-token ids; ``-100`` positions are ignored.
+            input_pos: (T,) absolute positions of ``idx`` for cached decoding (needs
+                :meth:`setup_caches`; an int ``p`` means ``arange(p, p + T)``); None processes
+                ``idx`` as a whole sequence from position 0 without touching the caches.
+            return_logits: with ``targets``, False skips the (B, T, V) logits (returned as
+                None) and computes the loss with the head fused into the cross-entropy: less
+                memory and faster training steps, same loss and gradients.
+
+        Returns:
+            ``(logits, loss)``: logits (B, T, vocab_size), loss a scalar or None.
+        """
+        pos_t = self._check_inputs(idx, input_pos)
+        pos = pos_t if pos_t is not None else torch.arange(idx.size(1), device=idx.device)
+        plan = self._attention_plan(pos_t)  # one mask for all layers
+        x = self.hidden_states(idx, pos, pos_t, plan)  # (B, T, C)
+        return self._logits_and_loss(x, targets, return_logits)
+
+    def hidden_states(
+        self, idx: Tensor, pos: Tensor, input_pos: Tensor | None, plan: AttentionPlan
+    ) -> Tensor:
+        """The family's body: final-normed hidden states (B, T, C) for ``idx`` at ``pos``.
+
+        Args:
+            idx: (B, T) token ids.
+            pos: (T,) or per-row (B, T) absolute positions of ``idx``.
+            input_pos: ``pos`` when decoding on the caches, None for a whole sequence.
+            plan: the attention plan every layer shares.
+        """
+        raise NotImplementedError
 
     def _attention_plan(self, input_pos: Tensor | None) -> AttentionPlan:
         """The mask and cache length every layer of this forward shares (built once)."""

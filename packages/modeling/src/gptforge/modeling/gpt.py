@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import GPTConfig
@@ -123,35 +122,11 @@ class GPT(CausalLM):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(
-        self,
-        idx: Tensor,
-        targets: Tensor | None = None,
-        input_pos: Tensor | int | None = None,
-        *,
-        return_logits: bool = True,
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """Logits for every position and, with ``targets``, the mean cross-entropy.
-
-        Args:
-            idx: (B, T) token ids.
-            targets: (B, T) next-token ids; ``-100`` positions are ignored.
-            input_pos: (T,) absolute positions of ``idx`` for cached decoding (needs
-                :meth:`setup_caches`; an int ``p`` means ``arange(p, p + T)``); None processes
-                ``idx`` as a whole sequence from position 0 without touching the caches.
-            return_logits: with ``targets``, False skips the (B, T, V) logits (returned as
-                None) and computes the loss with the head fused into the cross-entropy: less
-                memory and faster training steps, same loss and gradients.
-
-        Returns:
-            ``(logits, loss)``: logits (B, T, vocab_size), loss a scalar or None.
-        """
-        pos_t = self._check_inputs(idx, input_pos)
-        T = idx.size(1)
-        pos = pos_t if pos_t is not None else torch.arange(T, device=idx.device)
-        plan = self._attention_plan(pos_t)  # one mask for all layers
+    def hidden_states(
+        self, idx: Tensor, pos: Tensor, input_pos: Tensor | None, plan: AttentionPlan
+    ) -> Tensor:
+        """Token + learned position embeddings, the blocks, the final LayerNorm: (B, T, C)."""
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
-            x = block(x, pos_t, plan)  # (B, T, C)
-        x = self.ln_f(x)  # (B, T, C)
-        return self._logits_and_loss(x, targets, return_logits)
+            x = block(x, input_pos, plan)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)

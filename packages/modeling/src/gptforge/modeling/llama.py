@@ -185,36 +185,12 @@ class Llama(CausalLM):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(
-        self,
-        idx: Tensor,
-        targets: Tensor | None = None,
-        input_pos: Tensor | int | None = None,
-        *,
-        return_logits: bool = True,
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """Logits for every position and, with ``targets``, the mean cross-entropy.
-
-        Args:
-            idx: (B, T) token ids.
-            targets: (B, T) next-token ids; ``-100`` positions are ignored.
-            input_pos: (T,) absolute positions of ``idx`` for cached decoding (needs
-                :meth:`setup_caches`; an int ``p`` means ``arange(p, p + T)``); None processes
-                ``idx`` as a whole sequence from position 0 without touching the caches.
-            return_logits: with ``targets``, False skips the (B, T, V) logits (returned as
-                None) and computes the loss with the head fused into the cross-entropy: less
-                memory and faster training steps, same loss and gradients.
-
-        Returns:
-            ``(logits, loss)``: logits (B, T, vocab_size), loss a scalar or None.
-        """
-        pos_t = self._check_inputs(idx, input_pos)
-        T = idx.size(1)
-        pos = pos_t if pos_t is not None else torch.arange(T, device=idx.device)
+    def hidden_states(
+        self, idx: Tensor, pos: Tensor, input_pos: Tensor | None, plan: AttentionPlan
+    ) -> Tensor:
+        """Token embeddings, the decoder layers with rotary positions, the final norm: (B, T, C)."""
         cos, sin = rope_cos_sin(rope_inv_freq(self.config, idx.device), pos)  # (T, hs) each
-        plan = self._attention_plan(pos_t)  # one mask for all layers
         x = self.drop(self.embed_tokens(idx))  # (B, T, C)
         for layer in self.layers:
-            x = layer(x, cos, sin, pos_t, plan)  # (B, T, C)
-        x = self.norm(x)  # (B, T, C)
-        return self._logits_and_loss(x, targets, return_logits)
+            x = layer(x, cos, sin, input_pos, plan)  # (B, T, C)
+        return self.norm(x)  # (B, T, C)

@@ -337,7 +337,7 @@ class MMRec(CausalLM):
         self,
         idx: Tensor,
         targets: Tensor | None = None,
-        input_pos: Tensor | None = None,
+        input_pos: Tensor | int | None = None,
         *,
         return_logits: bool = True,
     ) -> tuple[Tensor | None, Tensor | None]:
