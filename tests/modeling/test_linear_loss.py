@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from gptforge.modeling import build_model, get_config
 from gptforge.modeling import loss as loss_mod
 from gptforge.modeling.loss import linear_cross_entropy
+
+from ._loss_batch import model_with_masked_batch
 
 
 def _inputs(N: int, C: int, Vp: int, V: int, dtype: torch.dtype):
@@ -91,11 +92,7 @@ def test_rejects_bad_shapes_with_the_fix():
 @pytest.mark.parametrize("preset", ["debug", "llama-debug", "mmrec-debug"])
 def test_model_training_path_equals_the_logits_path(preset):
     """``return_logits=False`` gives the same loss and parameter gradients, and no logits."""
-    torch.manual_seed(0)
-    model = build_model(get_config(preset, vocab_size=500))  # padded to 512 inside
-    idx = torch.randint(0, 500, (2, 16))
-    targets = torch.randint(0, 500, (2, 16))
-    targets[:, :3] = -100
+    model, idx, targets = model_with_masked_batch(preset)
     params = [p for p in model.parameters() if p.requires_grad]
     _, ref = model(idx, targets)
     ref_grads = torch.autograd.grad(ref, params)

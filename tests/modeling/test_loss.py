@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from gptforge.modeling import build_model, get_config
 from gptforge.modeling import loss as loss_mod
 from gptforge.modeling.loss import cross_entropy
+
+from ._loss_batch import model_with_masked_batch
 
 
 def _logits(N: int, V: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +61,7 @@ def test_rejects_unflattened_inputs():
 
 @pytest.mark.parametrize("preset", ["debug", "llama-debug"])
 def test_model_loss_and_gradients_match_torch_cross_entropy(preset):
-    torch.manual_seed(0)
-    model = build_model(get_config(preset, vocab_size=500))  # padded to 512 inside
-    idx = torch.randint(0, 500, (2, 16))
-    targets = torch.randint(0, 500, (2, 16))
-    targets[:, :3] = -100
+    model, idx, targets = model_with_masked_batch(preset)
     logits, loss = model(idx, targets)
     grads = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
     ref = F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import torch
 from gptforge.sampling.core import (
+    cache_length,
     compiled_decode_one_token,
-    context_limit,
     decode_one_token,
     model_config,
     prefill,
@@ -410,7 +410,7 @@ def generate_batch(
     gen = BatchGenerator(
         model,
         max_batch_size=min(max_batch_size or len(prompts), len(prompts)),
-        max_seq_len=_cache_len(need, model, compile),
+        max_seq_len=cache_length(model, need, compile=compile),
         tokenizer=tokenizer,
         eos_id=eos_id,
         compile=compile,
@@ -428,19 +428,6 @@ def generate_batch(
         _completion(i, list(prompts[i]), plist[i], plist[i].seed or 0, store[i])
         for i in range(len(prompts))
     ]
-
-
-def _capped(positions: int, model: nn.Module) -> int:
-    """``positions``, capped by the model's context limit when it has one."""
-    limit = context_limit(model)
-    return positions if limit is None else min(positions, limit)
-
-
-def _cache_len(positions: int, model: nn.Module, compile: bool) -> int:
-    """Cache positions for a request of ``positions``: the model's whole context when
-    compiling (the same cache shape on every call, so one compiled graph serves them all)."""
-    limit = context_limit(model)
-    return limit if compile and limit is not None else _capped(positions, model)
 
 
 def _with_seed(p: SamplingParams) -> SamplingParams:
@@ -469,7 +456,7 @@ def stream_generate(
     gen = BatchGenerator(
         model,
         max_batch_size=1,
-        max_seq_len=_cache_len(len(prompt_ids) + params.max_new_tokens, model, compile),
+        max_seq_len=cache_length(model, len(prompt_ids) + params.max_new_tokens, compile=compile),
         tokenizer=tokenizer,
         eos_id=eos_id,
         compile=compile,

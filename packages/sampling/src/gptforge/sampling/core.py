@@ -27,6 +27,16 @@ def context_limit(model: nn.Module) -> int | None:
     return None if limit is None else int(limit)
 
 
+def cache_length(model: nn.Module, positions: int, *, compile: bool = False) -> int:
+    """Cache positions to set up for a request spanning ``positions`` (prompt + new tokens):
+    capped by the model's context limit, and the whole context when ``compile`` (the same
+    cache shape on every call, so one compiled graph serves them all)."""
+    limit = context_limit(model)
+    if limit is None:
+        return positions
+    return limit if compile else min(positions, limit)
+
+
 def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
     """Run the prompt through the model, filling its caches; return last-position logits.
 
@@ -167,8 +177,7 @@ def generate(
     gens = _generators(batch, seed, generator)
     vocab = model_config(model).vocab_size
 
-    # Compiled decoding keeps one cache shape for every call (static shapes, one graph).
-    cache_len = block if compile and block is not None else t_prompt + max_new_tokens
+    cache_len = cache_length(model, t_prompt + max_new_tokens, compile=compile)
     cast(Any, model).setup_caches(batch, cache_len)
     decode = compiled_decode_one_token if compile else decode_one_token
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
