@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from gptforge.modeling import linear as linear_mod
 from gptforge.modeling import loss as loss_mod
 from gptforge.modeling.loss import linear_cross_entropy
 
@@ -25,11 +26,16 @@ def _reference(x, w, targets, V):
     return (loss, *torch.autograd.grad(loss * 0.7, (x, w)))
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("N", "C", "Vp", "V"), [(3, 4, 10, 10), (37, 8, 64, 50), (700, 16, 320, 300)]
 )
-def test_matches_unfused_value_and_gradients(N, C, Vp, V, dtype, monkeypatch):
+def test_matches_unfused_value_and_gradients(N, C, Vp, V, dtype, onednn, monkeypatch):
+    if onednn and not linear_mod.onednn_linear_available():
+        pytest.skip("oneDNN linear needs an x86 CPU torch with oneDNN")
+    if not onednn:
+        monkeypatch.setattr(linear_mod, "onednn_linear_available", lambda: False)
     monkeypatch.setattr(loss_mod, "LCE_MIN_ROWS", 16)  # several chunks, a ragged last one
     monkeypatch.setattr(loss_mod, "LCE_CHUNK_BYTES", 16 * V * 4)
     x, w, targets = _inputs(N, C, Vp, V, dtype)
@@ -42,6 +48,19 @@ def test_matches_unfused_value_and_gradients(N, C, Vp, V, dtype, monkeypatch):
     torch.testing.assert_close(gw, gw_ref, atol=tol, rtol=tol)
     assert torch.all(gw[V:] == 0), "padding rows of the head must get no gradient"
     assert torch.all(gx[::5] == 0), "ignored rows must get no gradient"
+
+
+def test_plain_backward_hands_over_gradients_and_retain_graph_stays_exact():
+    # loss.backward() (incoming gradient 1) passes the saved gradients on without a copy; a
+    # retained graph must still give the same gradients on the second pass.
+    x, w, targets = _inputs(50, 8, 40, 40, torch.float32)
+    _, gx_ref, gw_ref = _reference(x, w, targets, 40)
+    loss = linear_cross_entropy(x, w, targets)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, gx_ref / 0.7)
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * gx_ref / 0.7)
+    torch.testing.assert_close(w.grad, 2 * gw_ref / 0.7)
 
 
 def test_underflowing_target_probability_keeps_the_exact_loss():

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from gptforge.modeling.linear import HAS_ONEDNN_LINEAR
 from gptforge.sampling import SamplingParams, generate, generate_batch
 from gptforge.sampling.precision import MODES, apply_weight_precision, check_logits
 
@@ -68,7 +69,7 @@ def test_float32_decode_layout_generates_the_same_greedy_tokens(
     from gptforge.modeling import build_model, get_config
     from gptforge.sampling import precision
 
-    if packed and not (torch.backends.mkldnn.is_available() and precision._LINEAR_POINTWISE):
+    if packed and not HAS_ONEDNN_LINEAR:
         pytest.skip("this torch build has no oneDNN")
     monkeypatch.setattr(precision, "_can_pack", lambda model: packed)
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def test_float32_decode_layout_generates_the_same_greedy_tokens(
 def test_only_weights_too_large_for_the_caches_are_packed(monkeypatch):
     from gptforge.sampling import precision
 
-    if not (torch.backends.mkldnn.is_available() and precision._LINEAR_POINTWISE):
+    if not HAS_ONEDNN_LINEAR:
         pytest.skip("this torch build has no oneDNN")
     model = torch.nn.Sequential(torch.nn.Linear(64, 64))  # 16 KiB of weights
     assert not precision._can_pack(model)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import GPTConfig
 from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
+from gptforge.modeling.linear import Linear
 from torch import Tensor, nn
 
 
@@ -24,8 +25,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         C = config.n_embd
-        self.c_attn = nn.Linear(C, 3 * C, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        self.c_attn = Linear(C, 3 * C, bias=config.qkv_bias)
+        self.c_proj = Linear(C, C, bias=config.bias)
         self.resid_dropout = _dropout(config.dropout)
         self.n_head = self.n_kv_head = config.n_head
         self.head_dim = config.head_dim
@@ -57,8 +58,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = _dropout(config.dropout)
         self.approximate = config.gelu_approximate
 
@@ -112,6 +113,7 @@ class GPT(CausalLM):
         self.drop = _dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
+        # A plain nn.Linear: training runs the head inside linear_cross_entropy (on oneDNN).
         self.lm_head = nn.Linear(C, Vp, bias=False)
         self.tie_weights()
         self.apply(self._init_weights)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from gptforge.modeling.linear import onednn_linear, onednn_operands
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -104,7 +105,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     buffer, their softmax into a second one, which gives the loss and, turned in place into
     ``softmax - one_hot``, is multiplied straight into the input and weight gradients. The (N, V) logits never exist, so there is
     neither their memory nor a second pass over them; the backward pass only scales the saved
-    gradients by the incoming one (Liger's fused linear cross-entropy, on CPU and GPU).
+    gradients by the incoming one, or hands them over when it is 1 (Liger's fused linear
+    cross-entropy, on CPU and GPU). On x86 CPUs the two (n, V)-sized products run on oneDNN
+    (:mod:`gptforge.modeling.linear`).
     """
 
     @staticmethod
@@ -128,6 +131,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = min(N, max(LCE_MIN_ROWS, LCE_CHUNK_BYTES // (V * 4)))
             acc = torch.promote_types(compute, torch.float32)  # softmax and sums: >= fp32
             exact = acc == compute  # no casts between the matmuls and the softmax
+            dnn = exact and onednn_operands(xc, wc)  # the two (n, V)-sized products on oneDNN
+            count = valid.sum()
+            # 1/count folded into the gradient products; a Python float (one sync, like the
+            # underflow check below).
+            inv = 1.0 / max(int(count), 1)
             buf = torch.empty(rows, V, dtype=acc, device=x.device)  # logits of a chunk
             probs = torch.empty_like(buf)  # their softmax, then the gradient
             total = torch.zeros((), dtype=acc, device=x.device)
@@ -139,7 +147,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 xs, ts = xc[s : s + rows], safe[s : s + rows, None]  # (n, C), (n, 1)
                 n = xs.size(0)
                 lg, g = buf[:n], probs[:n]  # (n, V) each
-                if exact:
+                if dnn:
+                    lg = onednn_linear(xs, wc)
+                elif exact:
                     torch.mm(xs, wc.t(), out=lg)
                 else:
                     lg.copy_(xs @ wc.t())  # half-precision matmul, fp32 softmax
@@ -160,18 +170,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if any_ignored:
                     g.mul_(vs[:, None])  # ignored rows: no gradient
                 gc = g if exact else g.to(compute)
-                torch.mm(gc, wc, out=grad_x[s : s + rows])  # (n, C)
-                if exact:
-                    grad_w[:V].addmm_(gc.t(), xs)  # (V, C)
+                if dnn:
+                    torch.mul(onednn_linear(gc, wc.t()), inv, out=grad_x[s : s + rows])
                 else:
-                    grad_w[:V] += (gc.t() @ xs).to(acc)
-        count = valid.sum()
+                    torch.mm(gc, wc, out=grad_x[s : s + rows])  # (n, C)
+                    grad_x[s : s + rows] *= inv
+                if exact:
+                    grad_w[:V].addmm_(gc.t(), xs, alpha=inv)  # (V, C)
+                else:
+                    grad_w[:V].add_((gc.t() @ xs).to(acc), alpha=inv)
         loss = total / count  # NaN when no target counts, like F.cross_entropy
         if grad_x is not None and grad_w is not None:
-            inv = 1.0 / count.to(acc)
-            ctx.save_for_backward(
-                (grad_x.to(acc) * inv).to(x.dtype), (grad_w * inv).to(weight.dtype)
-            )
+            ctx.save_for_backward(grad_x.to(x.dtype), grad_w.to(weight.dtype))
         return loss
 
     @staticmethod
@@ -180,9 +190,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: Any, grad_out: Tensor
     ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         grad_x, grad_w = ctx.saved_tensors
-        gx = grad_x * grad_out.to(grad_x.dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_w * grad_out.to(grad_w.dtype) if ctx.needs_input_grad[1] else None
-        return gx, gw, None, None, None
+        if grad_out.numel() == 1 and float(grad_out) == 1.0:  # loss.backward(): hand them over
+            gx, gw = grad_x, grad_w
+        else:
+            gx, gw = grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype)
+        return (
+            gx if ctx.needs_input_grad[0] else None,
+            gw if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
 
 
 def linear_cross_entropy(

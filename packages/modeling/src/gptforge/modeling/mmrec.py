@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.kv_cache import CacheOverflowError
+from gptforge.modeling.linear import Linear
 from gptforge.modeling.mmrec_config import MMRecConfig
 from gptforge.modeling.mmrec_scan import mdi_scan, mdi_step
 from torch import Tensor, nn
@@ -55,8 +56,8 @@ class GeluMLP(nn.Module):
     def __init__(self, config: MMRecConfig) -> None:
         super().__init__()
         hidden = config.ffn_hidden_size
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.approximate = config.gelu_approximate
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,9 +70,9 @@ class SwiGLUMLP(nn.Module):
     def __init__(self, config: MMRecConfig) -> None:
         super().__init__()
         hidden = config.ffn_hidden_size
-        self.gate_proj = nn.Linear(config.n_embd, hidden, bias=False)
-        self.up_proj = nn.Linear(config.n_embd, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, config.n_embd, bias=False)
+        self.gate_proj = Linear(config.n_embd, hidden, bias=False)
+        self.up_proj = Linear(config.n_embd, hidden, bias=False)
+        self.down_proj = Linear(hidden, config.n_embd, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, D)
@@ -105,10 +106,10 @@ class MultiMemoryAttention(nn.Module):
         super().__init__()
         d = config.n_embd
         self.n_head = config.n_head
-        self.q_proj = nn.Linear(d, d, bias=config.bias)
-        self.k_proj = nn.Linear(d, d, bias=config.bias)
-        self.v_proj = nn.Linear(d, d, bias=config.bias)
-        self.o_proj = nn.Linear(d, d, bias=config.bias)
+        self.q_proj = Linear(d, d, bias=config.bias)
+        self.k_proj = Linear(d, d, bias=config.bias)
+        self.v_proj = Linear(d, d, bias=config.bias)
+        self.o_proj = Linear(d, d, bias=config.bias)
 
     def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of the slots, each (nh, S, hs); input-independent, so cacheable."""
@@ -133,8 +134,8 @@ class DecayMLP(nn.Module):
 
     def __init__(self, config: MMRecConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.n_embd, config.decay_hidden, bias=config.bias)
-        self.fc2 = nn.Linear(config.decay_hidden, config.n_embd, bias=True)
+        self.fc1 = Linear(config.n_embd, config.decay_hidden, bias=config.bias)
+        self.fc2 = Linear(config.decay_hidden, config.n_embd, bias=True)
 
     def forward(self, u: Tensor) -> Tensor:
         return self.fc2(F.silu(self.fc1(u)))  # (B, T, D) logits of gamma
@@ -147,13 +148,13 @@ class MDIMixer(nn.Module):
         super().__init__()
         d = config.n_embd
         self.chunk_size = config.chunk_size
-        self.w_z = nn.Linear(d, d, bias=config.bias)
-        self.w_g = nn.Linear(d, d, bias=config.bias)
+        self.w_z = Linear(d, d, bias=config.bias)
+        self.w_g = Linear(d, d, bias=config.bias)
         self.decay = DecayMLP(config)
         self.norm_h = make_norm(config)
         self.memory = HierarchicalMemory(config)
         self.mem_attn = MultiMemoryAttention(config)
-        self.w_out = nn.Linear(d, d, bias=config.bias)
+        self.w_out = Linear(d, d, bias=config.bias)
 
     def forward(
         self,

@@ -31,6 +31,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from gptforge.modeling.linear import HAS_ONEDNN_LINEAR, onednn_linear
 from torch import nn
 
 PrecisionMode = Literal["float32", "float16", "bfloat16", "int8-dynamic"]
@@ -159,19 +160,7 @@ def _can_pack(model: nn.Module) -> bool:
     """Whether oneDNN's packed fp32 linear serves this model: CPU weights too large for the
     caches, and a torch with oneDNN."""
     linear_bytes = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
-    return (
-        _device_type(model) == "cpu"
-        and linear_bytes >= PACK_MIN_BYTES
-        and torch.backends.mkldnn.is_available()
-        and _LINEAR_POINTWISE is not None
-    )
-
-
-_LINEAR_POINTWISE = (
-    torch.ops.mkldnn._linear_pointwise.default
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    else None
-)
+    return _device_type(model) == "cpu" and linear_bytes >= PACK_MIN_BYTES and HAS_ONEDNN_LINEAR
 
 
 class _PackedLinear(nn.Module):
@@ -196,8 +185,7 @@ class _PackedLinear(nn.Module):
     @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (N, in)
-        assert _LINEAR_POINTWISE is not None, "only built when _can_pack() said yes"
-        out = _LINEAR_POINTWISE(flat, self.packed, self.bias, "none", [], "")
+        out = onednn_linear(flat, self.packed, self.bias)  # built only when _can_pack() said yes
         return out.view(*x.shape[:-1], self.out_features)  # (..., out)
 
 
