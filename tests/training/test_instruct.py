@@ -263,11 +263,14 @@ def test_held_out_exact_match_rises(tmp_path, base_run):
 
 @pytest.mark.slow
 def test_held_out_exact_match_rises_on_the_multi_token_families(tmp_path, base_run):
-    """The six multi-token families, 600 steps (~25 s of CPU): measured 0% -> 27.5%."""
+    """The six multi-token families, 900 steps (~30 s of CPU): measured 0% -> 30% (39% with
+    seed 1). At 600 steps the result swung between 10% and 68% with the seed and with the last
+    bits of rounding in the base model (measured over 9 seeds and 3 base models), too close
+    to the bar."""
     before, after, per_task = _accuracy_gain(
         base_run,
         tmp_path / "sft",
-        max_steps=600,
+        max_steps=900,
         tasks="copy,capitalise,reverse,add,successor,first",
     )
     assert after >= before + 0.15, per_task
