@@ -88,3 +88,13 @@ def test_training_step_gradients_match_the_f_linear_model(preset, monkeypatch):
     twin(x, x, return_logits=False)[1].backward()
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["debug", "llama-debug", "mmrec-debug"])
+def test_every_layer_but_the_head_trains_through_linear(preset):
+    model = build_model(get_config(preset))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert type(layers.pop("lm_head")) is torch.nn.Linear  # the head trains inside the loss
+    assert layers and all(type(m) is Linear for m in layers.values()), {
+        n: type(m).__name__ for n, m in layers.items()
+    }
