@@ -162,3 +162,15 @@ def test_recurrent_mmrec_streams_through_the_same_interface(tokenizer):
         for _ in range(8):
             ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
     assert [e.token_id for e in events] == ids[3:]
+
+
+def test_compiled_batch_buckets_are_powers_of_two_and_few():
+    from gptforge.sampling.batch import batch_bucket, batch_buckets
+
+    assert [batch_bucket(r, 16) for r in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert batch_buckets(6) == [1, 2, 4, 6]  # capped at the slot count
+    assert batch_buckets(256) == [8, 16, 32, 64, 128, 256]  # floor max/32: few graphs
+    for max_rows in range(1, 1025):
+        buckets = batch_buckets(max_rows)
+        assert len(buckets) <= 7 and buckets[-1] == max_rows
+        assert all(batch_bucket(r, max_rows) >= r for r in range(1, max_rows + 1))

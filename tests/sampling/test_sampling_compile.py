@@ -65,6 +65,35 @@ def test_compiled_continuous_batching_matches_eager(tokenizer):
     assert [e.token_id for e in streamed] == eager[0].token_ids
 
 
+def test_compiled_steps_run_the_live_rows_bucket_and_precompile_covers_every_bucket(
+    monkeypatch,
+):
+    from gptforge.sampling import batch as batch_mod
+
+    model = _model("llama-debug")
+    gen = batch_mod.BatchGenerator(model, max_batch_size=4, max_seq_len=64, compile=True)
+    assert gen.precompile() == 3  # batch buckets 1, 2, 4
+    before = _graphs()
+    rows: list[int] = []
+    step = batch_mod.compiled_decode_one_token
+
+    def spy(model, tokens, input_pos):
+        rows.append(tokens.size(0))
+        return step(model, tokens, input_pos)
+
+    monkeypatch.setattr(batch_mod, "compiled_decode_one_token", spy)
+    params = SamplingParams(max_new_tokens=30, temperature=0.0, ignore_eos=True)
+    gen.add([1, 2, 3], params)
+    gen.step()
+    gen.add([4, 5], params)
+    gen.add([6], params)
+    gen.step()
+    assert rows == [1, 4], "one live row decodes 1 row; slots 0-2 decode the 4-row bucket"
+    assert _graphs() == before, "precompile() must have compiled every bucket already"
+    with pytest.raises(RuntimeError, match="idle"):
+        gen.precompile()
+
+
 def test_compiled_service_streams_match_the_eager_library(tokenizer):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -95,6 +95,19 @@ def fresh_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
+def batch_bucket(rows: int, max_rows: int) -> int:
+    """Rows a compiled decode step runs for ``rows`` live rows: the next power of two, at
+    least ``max_rows / 32`` and at most ``max_rows``. That is at most 7 shapes, each compiled
+    once, within dynamo's default limit of 8 graphs per function."""
+    floor = -(-max_rows // 32)  # ceil(max_rows / 32)
+    return min(max(1 << max(rows - 1, 0).bit_length(), floor), max_rows)
+
+
+def batch_buckets(max_rows: int) -> list[int]:
+    """Every row count :func:`batch_bucket` can return for ``max_rows`` slots, ascending."""
+    return sorted({batch_bucket(r, max_rows) for r in range(1, max_rows + 1)})
+
+
 class BatchGenerator:
     """Continuous-batching engine over a gptforge model's KV cache.
 
@@ -106,7 +119,8 @@ class BatchGenerator:
         eos_id: ends a sequence unless ``ignore_eos`` (default: ``tokenizer.eot_token``).
         compile: run each decode step through ``torch.compile`` (CUDA graphs on a GPU; see
             :func:`~gptforge.sampling.core.compiled_decode_one_token`). Every step then decodes
-            all slots with per-row positions, so one compiled graph serves any mix of sequences.
+            the slots up to the next power of two (:func:`batch_bucket`) with per-row
+            positions, so a few compiled graphs serve any mix of sequences.
 
     >>> # gen = BatchGenerator(model, max_batch_size=4, tokenizer=tok)
     >>> # first = gen.add(tok.encode("Hi"), SamplingParams(max_new_tokens=8))
@@ -221,13 +235,35 @@ class BatchGenerator:
         return self._sample_and_advance(logits, [seq])[0]
 
     @torch.inference_mode()
+    def precompile(self) -> int:
+        """With ``compile=True``, compile the decode step for every batch bucket now (a server
+        calls this before it reports SERVING, so no request waits for a compile). Needs an
+        idle generator: it decodes junk into the free rows, which admission clears. Returns the
+        number of shapes run (0 without ``compile``)."""
+        if not self.compile:
+            return 0
+        if self._by_slot:
+            raise RuntimeError("precompile() needs an idle BatchGenerator (no live sequences)")
+        buckets = batch_buckets(self.caches.max_batch_size)
+        for rows in buckets:
+            tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # (rows, 1)
+            with self.caches.rows(0, rows):
+                compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
+        return len(buckets)
+
+    @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
         """One batched decode step for every live sequence; returns one event per sequence."""
         if not self._by_slot:
             return []
         slots = sorted(self._by_slot)
-        # Compiled: always the full slot batch, one static shape (free rows decode junk).
-        hi = self.caches.max_batch_size if self.compile else slots[-1] + 1
+        # Compiled: the rows up to the next power of two, so a few static shapes (one graph
+        # each, CUDA graphs on a GPU) serve every mix of slots; free rows decode junk.
+        hi = (
+            batch_bucket(slots[-1] + 1, self.caches.max_batch_size)
+            if self.compile
+            else slots[-1] + 1
+        )
         tokens = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1); free rows decode junk
         pos = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1)
         for s in slots:

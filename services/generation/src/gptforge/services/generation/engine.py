@@ -82,8 +82,9 @@ class Engine:
         max_batch_size: sequences decoded together.
         max_seq_len: positions per sequence (default ``model.config.block_size``).
         max_tokens_in_flight: admission budget over running and queued jobs.
-        compile: decode through ``torch.compile`` (CUDA graphs on a GPU); the warm-up request
-            compiles before health turns SERVING.
+        compile: decode through ``torch.compile`` (CUDA graphs on a GPU); the engine thread
+            compiles every batch bucket (``BatchGenerator.precompile``) before it serves the
+            warm-up request, so health turns SERVING only after all compiles.
     """
 
     def __init__(
@@ -176,6 +177,11 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        try:  # compile=True: every batch bucket now, before the warm-up request is served
+            if shapes := self.gen.precompile():
+                log.info("decode step compiled for %d batch sizes", shapes)
+        except Exception:
+            log.exception("compiling the decode step failed; requests will try again")
         while True:
             with self._wake:
                 while not (self._stop or self._waiting or self._owner or self._has_cancelled()):
