@@ -1,9 +1,9 @@
 """Linear layers whose training matmuls run on oneDNN on x86 CPUs.
 
-``F.linear`` on CPU calls MKL's sgemm. On the AMD Zen 4 machines this project runs on, oneDNN
-(shipped inside torch) multiplies the same fp32 shapes 7-25% faster: 2048 x 256 x 704 at 218
-against 198 GFLOP/s, the LM head's 512 x 256 x 8192 at 206 against 167 (2 threads, measured
-side by side). :class:`Linear` is ``nn.Linear`` (same parameters, names, init, state dict) whose
+``F.linear`` on CPU calls MKL's sgemm. On the 2-core AMD Zen 4 development machine, oneDNN
+(shipped inside torch) multiplies the training shapes 6-23% faster in fp32: 2048 x 256 x 704 at
+218 against 198 GFLOP/s, the LM head's 512 x 256 x 8192 at 206 against 167 (measured side by
+side; Intel CPUs are not measured). :class:`Linear` is ``nn.Linear`` (same parameters, names, init, state dict) whose
 training forward and input gradient go through oneDNN; the weight gradient stays on MKL, which
 is faster for that product. Everything else (inference, bf16/autocast, ``torch.compile``, GPUs,
 tensor subclasses such as FSDP's DTensor) takes ``F.linear`` unchanged.
