@@ -170,11 +170,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if any_ignored:
                     g.mul_(vs[:, None])  # ignored rows: no gradient
                 gc = g if exact else g.to(compute)
-                if dnn:
-                    torch.mul(onednn_linear(gc, wc.t()), inv, out=grad_x[s : s + rows])
-                else:
-                    torch.mm(gc, wc, out=grad_x[s : s + rows])  # (n, C)
-                    grad_x[s : s + rows] *= inv
+                gx = onednn_linear(gc, wc.t()) if dnn else gc @ wc  # (n, C)
+                torch.mul(gx, inv, out=grad_x[s : s + rows])
                 if exact:
                     grad_w[:V].addmm_(gc.t(), xs, alpha=inv)  # (V, C)
                 else:
