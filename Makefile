@@ -42,8 +42,15 @@ test: sync ## Run the default test suite (no slow/gpu/load tests)
 test-slow: sync ## Run the slow tests
 	$(RUN) pytest -n 2 -m slow $(PYTEST_ARGS)
 
-test-gpu: sync ## Run the GPU tests (needs CUDA)
-	$(RUN) pytest -m gpu $(PYTEST_ARGS)
+# The lock pins torch's CPU build, so the GPU tests run on a Python whose torch has CUDA (a GPU
+# machine's own python3), with the workspace sources on PYTHONPATH instead of the uv venv.
+GPU_PYTHON ?= python3
+empty :=
+space := $(empty) $(empty)
+WORKSPACE_PATH := $(subst $(space),:,$(wildcard packages/*/src services/*/src)):.
+
+test-gpu: ## Run the GPU tests (tests/gpu) with GPU_PYTHON, a Python whose torch has CUDA
+	PYTHONPATH=$(WORKSPACE_PATH) $(GPU_PYTHON) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
 test-load: sync ## Run the load/concurrency tests
 	$(RUN) pytest -m load $(PYTEST_ARGS)

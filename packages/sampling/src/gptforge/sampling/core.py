@@ -101,7 +101,10 @@ def suppress_tokens(logits: Tensor, rows: Sequence[int], token_ids: Sequence[int
 
 
 def _generators(
-    batch: int, seed: int | None, generator: torch.Generator | Sequence[torch.Generator] | None
+    batch: int,
+    seed: int | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    device: torch.device,
 ) -> list[torch.Generator | None]:
     if generator is not None:
         gens = [generator] * batch if isinstance(generator, torch.Generator) else list(generator)
@@ -111,7 +114,8 @@ def _generators(
     if seed is None:
         return [None] * batch
     # Row b uses seed + b, so a single prompt with seed s matches row 0 of any batch with seed s.
-    return [torch.Generator().manual_seed(seed + b) for b in range(batch)]
+    # On the model's device: a GPU draws from its own generator (other numbers than a CPU's).
+    return [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch)]
 
 
 @torch.inference_mode()
@@ -145,8 +149,9 @@ def generate(
         top_k, top_p, repetition_penalty, min_new_tokens: see :class:`SamplingParams`.
         eos_id: end-of-sequence id (``tokenizer.eot_token``), or None.
         stop_token_ids: more ids that end a row.
-        seed: row b draws from ``torch.Generator().manual_seed(seed + b)``.
-        generator: explicit generator(s) instead of ``seed``.
+        seed: row b draws from ``torch.Generator(device).manual_seed(seed + b)`` on the
+            model's device (so a GPU samples other tokens than a CPU for the same seed).
+        generator: explicit generator(s) instead of ``seed``, on any device.
         pad_id: filler after a row stopped.
         compile: decode through :func:`compiled_decode_one_token` (for GPUs). The caches are
             then set up at the model's full context, so every call with the same batch size
@@ -174,7 +179,7 @@ def generate(
         )
     stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-    gens = _generators(batch, seed, generator)
+    gens = _generators(batch, seed, generator, prompt.device)
     vocab = model_config(model).vocab_size
 
     cache_len = cache_length(model, t_prompt + max_new_tokens, compile=compile)

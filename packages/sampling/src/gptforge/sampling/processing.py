@@ -87,11 +87,16 @@ def sample_from_probs(probs: Tensor, generators: Sequence[torch.Generator | None
 
     Uses the exponential-race trick (argmax of ``p / E`` with ``E ~ Exp(1)``), which equals
     multinomial sampling and needs one random draw per vocabulary entry, so a row's draws depend
-    only on its own generator.
+    only on its own generator. A generator on another device than ``probs`` (a CPU one for a
+    GPU batch) draws where it lives.
     """
     noise = torch.empty_like(probs)  # (B, V)
     for row, gen in enumerate(generators):
-        noise[row].exponential_(1.0, generator=gen)
+        if gen is None or gen.device.type == probs.device.type:
+            noise[row].exponential_(1.0, generator=gen)
+        else:
+            draw = torch.empty(probs.size(-1), dtype=probs.dtype, device=gen.device)  # (V,)
+            noise[row].copy_(draw.exponential_(1.0, generator=gen))
     return torch.argmax(probs / noise, dim=-1)
 
 
