@@ -31,6 +31,24 @@ def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def _same_cache(
+    cache: KVCache | None, batch: int, seq_len: int, dtype: torch.dtype, device: torch.device
+) -> bool:
+    """Whether ``cache`` already has this shape, dtype and device."""
+    if cache is None:
+        return False
+    k = cache.k_cache
+    same_device = k.device.type == device.type and (
+        device.index is None or k.device.index == device.index
+    )
+    return (
+        cache.max_batch_size == batch
+        and cache.max_seq_len == seq_len
+        and k.dtype == dtype
+        and same_device
+    )
+
+
 class CausalLM(nn.Module):
     """Base class of the decoder-only models.
 
@@ -77,7 +95,8 @@ class CausalLM(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        """Attach a fresh :class:`KVCache` to every attention layer.
+        """Attach a :class:`KVCache` to every attention layer; caches of the same shape,
+        dtype and device are kept and zeroed instead.
 
         Args:
             max_batch_size: largest batch decoded at once.
@@ -94,8 +113,15 @@ class CausalLM(nn.Module):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
         ref = self.lm_head.weight
         dtype = dtype or ref.dtype
-        device = device or ref.device
-        for layer in self._attention_layers():
+        device = torch.device(device) if device is not None else ref.device
+        layers = list(self._attention_layers())
+        if layers and all(_same_cache(layer.kv_cache, max_batch_size, max_seq_len, dtype, device)
+                          for layer in layers):  # fmt: skip
+            # Same shape: zero the buffers in place. Their addresses stay, so CUDA graphs
+            # recorded over them replay instead of recording again.
+            self.reset_caches()
+            return
+        for layer in layers:
             layer.kv_cache = KVCache(
                 max_batch_size, max_seq_len, layer.n_kv_head, layer.head_dim, dtype, device
             )

@@ -308,11 +308,21 @@ class MMRec(CausalLM):
             )
         param = self.wte.weight
         dtype = torch.promote_types(dtype or param.dtype, torch.float32)
-        device = device if device is not None else param.device
+        device = torch.device(device) if device is not None else param.device
+        self._max_seq_len = max_seq_len
+        h = self.caches[0].h if self.caches else None
+        if (
+            h is not None
+            and h.shape == (max_batch_size, self.config.n_embd)
+            and h.dtype == dtype
+            and h.device.type == device.type
+            and device.index in (None, h.device.index)
+        ):  # the same state: zero it in place (CUDA graphs keep their addresses)
+            self.reset_caches()
+            return
         self.caches = nn.ModuleList(
             RecurrentStateCache(max_batch_size, self.config.n_embd, dtype, device) for _ in self.h
         )
-        self._max_seq_len = max_seq_len
 
     @property
     def max_context(self) -> int | None:

@@ -98,7 +98,7 @@ def fresh_seed() -> int:
 def batch_bucket(rows: int, max_rows: int) -> int:
     """Rows a compiled decode step runs for ``rows`` live rows: the next power of two, at
     least ``max_rows / 32`` and at most ``max_rows``. That is at most 7 shapes, each compiled
-    once, within dynamo's default limit of 8 graphs per function."""
+    once (the compiled step keeps up to ``core.COMPILED_GRAPHS`` graphs)."""
     floor = -(-max_rows // 32)  # ceil(max_rows / 32)
     return min(max(1 << max(rows - 1, 0).bit_length(), floor), max_rows)
 
@@ -245,10 +245,13 @@ class BatchGenerator:
         if self._by_slot:
             raise RuntimeError("precompile() needs an idle BatchGenerator (no live sequences)")
         buckets = batch_buckets(self.caches.max_batch_size)
+        # CUDA graph trees warm a new shape up eagerly and record it on a later call.
+        calls = 3 if self.device.type == "cuda" else 1
         for rows in buckets:
             tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # (rows, 1)
             with self.caches.rows(0, rows):
-                compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
+                for _ in range(calls):
+                    compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
         return len(buckets)
 
     @torch.inference_mode()

@@ -63,10 +63,18 @@ def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Ten
     return logits[:, -1]
 
 
+#: Graphs dynamo may keep for the compiled decode step. Every compiled decode in a process
+#: shares ``decode_one_token``'s code, and the default of 8 graphs is spent by two model
+#: configurations or dtypes with a batch engine's buckets; past it dynamo runs eagerly.
+COMPILED_GRAPHS = 64
+
+
 @functools.cache
 def _compiled_step(mode: str | None) -> Callable[..., Tensor]:
     # The model is an argument, not a closure: dynamo inlines it and guards on shapes, so one
     # compiled graph serves every model of the same configuration (and a deepcopy of it).
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, COMPILED_GRAPHS)
     return cast(Callable[..., Tensor], torch.compile(decode_one_token, dynamic=False, mode=mode))
 
 
@@ -206,7 +214,8 @@ def generate(
             seen.scatter_(1, tok.view(-1, 1), True)
         if len(stops):
             done |= torch.isin(tok, stop_t)
-        if i == max_new_tokens - 1 or bool(done.all()):
+        # done.all() reads back from the device: only worth it when rows can stop.
+        if i == max_new_tokens - 1 or (len(stops) and bool(done.all())):
             break
         pos = torch.tensor([t_prompt + i], device=prompt.device)
         logits = decode(model, tok.view(batch, 1), pos)  # (B, V)

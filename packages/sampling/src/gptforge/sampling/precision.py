@@ -49,8 +49,13 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
     """
     if mode not in MODES:
         raise ValueError(f"precision mode {mode!r} is not one of {list(MODES)}")
-    model.eval()
     on_cpu = _device_type(model) == "cpu"
+    if mode == "int8-dynamic" and not on_cpu:
+        raise ValueError(
+            f"precision mode 'int8-dynamic' runs on the CPU only (fbgemm kernels), but the model "
+            f"is on {_device_type(model)}; use 'bfloat16' or 'float16' on a GPU"
+        )
+    model.eval()
     if mode == "bfloat16" or (mode == "float16" and not on_cpu):  # GPU modes: cast everything
         return model.to(getattr(torch, mode))
     model.float()

@@ -92,7 +92,7 @@ def sample_from_probs(probs: Tensor, generators: Sequence[torch.Generator | None
     """
     noise = torch.empty_like(probs)  # (B, V)
     for row, gen in enumerate(generators):
-        if gen is None or gen.device.type == probs.device.type:
+        if gen is None or gen.device == probs.device:
             noise[row].exponential_(1.0, generator=gen)
         else:
             draw = torch.empty(probs.size(-1), dtype=probs.dtype, device=gen.device)  # (V,)
