@@ -43,8 +43,15 @@ SUITES: dict[str, list[tuple[str, str, int, int, int]]] = {
         ("llama tiny", "llama-tiny", 4, 3, 1),
     ],
 }
-#: Dense bf16 peak FLOP/s used for MFU (H100/H200 SXM: 989 TFLOP/s).
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+#: Dense bf16 peak FLOP/s used for MFU, by device name (first match wins: the specific names
+#: before the generic ones). H100/H200 SXM 989 TFLOP/s, H100 NVL 835, H100 PCIe 756.
+GPU_PEAK_FLOPS = {
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+}
 
 
 def log(msg: str) -> None:
@@ -186,7 +193,7 @@ def worker(args: argparse.Namespace) -> dict:
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
         name = torch.cuda.get_device_name(0)
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
-        if peak:
+        if peak and args.dtype == "bf16":  # the peaks are bf16 tensor-core figures
             out["mfu"] = tokens_per_s * flops_per_token(config, T)["train"] / peak
     return out
 

@@ -107,3 +107,16 @@ def test_linear_cross_entropy_matches_f_cross_entropy(autocast):
     torch.testing.assert_close(ours, ref, atol=tol, rtol=tol)
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_positions_given_on_the_cpu_serve_a_gpu_model(preset):
+    _, model = _twins(preset)
+    model.eval()
+    idx = torch.randint(0, 100, (1, 12), device=DEVICE)
+    with torch.no_grad():
+        full, _ = model(idx)
+        model.setup_caches(1, 12)
+        pre, _ = model(idx[:, :8], input_pos=torch.arange(8))  # CPU positions
+        nxt, _ = model(idx[:, 8:9], input_pos=torch.tensor([8]))
+    torch.testing.assert_close(torch.cat([pre, nxt], 1), full[:, :9], atol=1e-4, rtol=1e-4)

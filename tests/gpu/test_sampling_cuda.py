@@ -109,3 +109,10 @@ def test_half_precision_weights_keep_the_fp32_logits(preset, mode):
     idx = torch.randint(0, 300, (2, 24), device=DEVICE)
     check = check_logits(gpu, half, idx)
     assert check.ok(), check
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the CPU runs int8-dynamic")
+def test_int8_dynamic_refuses_a_gpu_model_with_the_fix():
+    _, gpu = _twins("debug")
+    with pytest.raises(ValueError, match="CPU only.*bfloat16"):
+        apply_weight_precision(gpu, "int8-dynamic")

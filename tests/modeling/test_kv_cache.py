@@ -174,3 +174,19 @@ def test_model_builds_one_attention_plan_per_forward(monkeypatch):
         model(torch.zeros(1, 4, dtype=torch.long), input_pos=0)
         model(torch.zeros(1, 1, dtype=torch.long), input_pos=4)
     assert len(calls) == 2, f"expected one plan per forward, got {len(calls)} for 2 forwards"
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_setting_up_the_same_caches_again_zeroes_them_in_place(preset):
+    # CUDA graphs recorded over the cache buffers replay only while their addresses stay.
+    model = _model(preset)
+    model.setup_caches(2, 16)
+    ptrs = {n: b.data_ptr() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        model(torch.randint(0, 100, (2, 5)), input_pos=torch.arange(5))
+    assert any(b.abs().sum() > 0 for b in model.buffers())
+    model.setup_caches(2, 16)
+    assert {n: b.data_ptr() for n, b in model.named_buffers()} == ptrs
+    assert all(b.abs().sum() == 0 for b in model.buffers())
+    model.setup_caches(3, 16)  # another shape: new buffers
+    assert {n: b.data_ptr() for n, b in model.named_buffers()} != ptrs

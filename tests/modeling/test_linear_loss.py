@@ -121,3 +121,21 @@ def test_model_training_path_equals_the_logits_path(preset):
     torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_float16_input_gradient_does_not_underflow():
+    # Scaled by 1/N, fp16 gradient entries of a large batch fall below fp16's range; they are
+    # kept in fp32 until the (loss-scaled) backward pass casts them.
+    torch.manual_seed(0)
+    N, C, V = 4096, 32, 2048
+    x = torch.randn(N, C, requires_grad=True)
+    w = torch.randn(V, C) * 0.05
+    t = torch.randint(0, V, (N,))
+    ref = torch.autograd.grad(F.cross_entropy(x @ w.t(), t), x)[0]
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = linear_cross_entropy(x, w, t)
+    (ours,) = torch.autograd.grad(loss * 1024.0, x)  # as a GradScaler scales it
+    ours = ours / 1024.0
+    assert ours.dtype == torch.float32
+    assert int((ours == 0).sum()) == int((ref == 0).sum()) == 0
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=2e-2)

@@ -116,3 +116,28 @@ def test_two_gloo_ranks_match_one_process(tmp_path, data_dir):
     w2 = load_file(tmp_path / "two" / "model.safetensors")
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], atol=1e-4, rtol=0)
+
+
+def _resume(out, steps: int) -> None:
+    cmd = [
+        PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "gptforge.training", "train", "--resume", str(out), "--max-steps", str(steps),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_ddp_resume_with_dropout_restores_every_ranks_generator(tmp_path, data_dir):
+    # Each rank draws its own dropout masks; a resumed rank must continue its own stream.
+    _run(tmp_path / "full", data_dir, 2, 2, "--dropout", "0.1")
+    _run(tmp_path / "cut", data_dir, 2, 2, "--dropout", "0.1", steps=2)
+    state = torch.load(
+        tmp_path / "cut" / "checkpoints" / "step_000002" / "state.pt", weights_only=True
+    )
+    assert len(state["rng_ranks"]) == 2
+    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+    _resume(tmp_path / "cut", STEPS)
+    w_full = load_file(tmp_path / "full" / "model.safetensors")
+    w_cut = load_file(tmp_path / "cut" / "model.safetensors")
+    for key in w_full:
+        torch.testing.assert_close(w_full[key], w_cut[key], atol=1e-6, rtol=0)

@@ -108,6 +108,40 @@ def test_bf16_autocast_on_cpu_trains(tmp_path, data_dir):
     assert math.isfinite(pretrain(cfg).train_loss)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_5(step, model, row):
+    if step == 5:
+        raise _Stop
+
+
+def test_float16_scales_the_loss_learns_and_resumes_exactly(tmp_path, data_dir):
+    kw = dict(max_steps=8, checkpoint_interval=2, dtype="float16", lr=3e-3)
+    pretrain(debug_config(data_dir, tmp_path / "ref", **kw))
+    ref = [r for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if r["kind"] == "train"]
+    assert ref[-1]["loss"] < ref[0]["loss"] - 0.3, [r["loss"] for r in ref]
+    cfg = debug_config(data_dir, tmp_path / "run", **kw)
+    with pytest.raises(_Stop):
+        pretrain(cfg, callbacks=[_stop_at_5])  # the last checkpoint is step 4
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "step_000004" / "state.pt", weights_only=True
+    )
+    assert state["scaler"]["scale"] > 1.0  # a GradScaler scaled the fp16 loss
+    pretrain(cfg, resume=True)
+    run = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [(r["step"], r["loss"]) for r in run] == [(r["step"], r["loss"]) for r in ref]
+
+
+def test_a_gpu_index_under_torchrun_is_refused():
+    from gptforge.training.distributed import DistInfo
+    from gptforge.training.loop import resolve_device
+
+    with pytest.raises(ValueError, match="every rank on one GPU.*--device cuda"):
+        resolve_device("cuda:1", DistInfo(rank=0, world_size=2, local_rank=0))
+
+
 def test_out_of_memory_suggests_smaller_batch_with_accumulation(tmp_path):
     from gptforge.training.config import LoopConfig
     from gptforge.training.data import SlidingWindowDataset

@@ -174,6 +174,8 @@ class CausalLM(nn.Module):
                 "forward(..., input_pos=...) needs KV caches; call "
                 "model.setup_caches(max_batch_size, max_seq_len) first"
             )
+        if input_pos.device != idx.device:  # positions given on the CPU for a GPU model
+            input_pos = input_pos.to(idx.device)
         if not torch.compiler.is_compiling():
             first.kv_cache.check(input_pos, idx.size(0))
         return input_pos

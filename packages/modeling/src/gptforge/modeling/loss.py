@@ -139,7 +139,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             buf = torch.empty(rows, V, dtype=acc, device=x.device)  # logits of a chunk
             probs = torch.empty_like(buf)  # their softmax, then the gradient
             total = torch.zeros((), dtype=acc, device=x.device)
-            grad_x = torch.empty_like(xc) if need_grad else None  # (N, C)
+            # In fp32 at least: scaled by 1/N, half-precision entries would underflow (fp16),
+            # before a loss scale arriving in backward could lift them.
+            grad_x = torch.empty(xc.shape, dtype=acc, device=x.device) if need_grad else None
             grad_w = (
                 torch.zeros(weight.shape, dtype=acc, device=x.device) if need_grad else None
             )  # (Vp, C)
@@ -171,14 +173,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     g.mul_(vs[:, None])  # ignored rows: no gradient
                 gc = g if exact else g.to(compute)
                 gx = onednn_linear(gc, wc.t()) if dnn else gc @ wc  # (n, C)
-                torch.mul(gx, inv, out=grad_x[s : s + rows])
+                torch.mul(gx.to(acc), inv, out=grad_x[s : s + rows])
                 if exact:
                     grad_w[:V].addmm_(gc.t(), xs, alpha=inv)  # (V, C)
                 else:
                     grad_w[:V].add_((gc.t() @ xs).to(acc), alpha=inv)
         loss = total / count  # NaN when no target counts, like F.cross_entropy
         if grad_x is not None and grad_w is not None:
-            ctx.save_for_backward(grad_x.to(x.dtype), grad_w.to(weight.dtype))
+            ctx.save_for_backward(grad_x, grad_w)  # in ``acc``: cast after the scaling
+            ctx.dtypes = x.dtype, weight.dtype
         return loss
 
     @staticmethod
@@ -187,10 +190,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: Any, grad_out: Tensor
     ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         grad_x, grad_w = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
         if grad_out.numel() == 1 and float(grad_out) == 1.0:  # loss.backward(): hand them over
             gx, gw = grad_x, grad_w
-        else:
+        else:  # a loss scale or a weight: applied in fp32, then cast
             gx, gw = grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype)
+        gx, gw = gx.to(x_dtype), gw.to(w_dtype)
         return (
             gx if ctx.needs_input_grad[0] else None,
             gw if ctx.needs_input_grad[1] else None,

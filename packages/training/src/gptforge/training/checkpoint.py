@@ -71,8 +71,9 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step can touch, as tensors (``weights_only``-loadable)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a training step on ``device`` can touch, as tensors (``weights_only``-loadable):
+    the CPU generators and, on a GPU, that GPU's generator (dropout draws from it)."""
     np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -80,19 +81,26 @@ def rng_state() -> dict[str, Any]:
         "numpy_pos": int(np_state[2]),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` captured; the GPU generator goes to ``device``."""
+    torch.set_rng_state(state["torch"].cpu())
+    keys = state["numpy_keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
     random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list | tuple):  # older checkpoints: one state per visible GPU
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 class CheckpointManager:
@@ -240,9 +248,9 @@ class CheckpointManager:
         for cand in candidates:
             try:
                 self.verify(cand)
-                state = torch.load(
-                    cand.path / "state.pt", map_location=map_location, weights_only=True
-                )
+                # On the CPU: RNG states must be CPU tensors, and the optimizer moves its
+                # state onto each parameter's device itself.
+                state = torch.load(cand.path / "state.pt", map_location="cpu", weights_only=True)
                 load_model(model, str(cand.path / "model.safetensors"), device=str(map_location))
             except Exception as exc:  # noqa: BLE001 - any failure means "try the previous one"
                 errors.append(f"{cand.path.name}: {exc}")

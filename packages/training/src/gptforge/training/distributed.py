@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,14 +34,16 @@ def init_distributed(device: str) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``).
 
     Args:
-        device: The requested device; ``cuda`` selects NCCL, anything else gloo.
+        device: The requested device; ``cuda`` (or ``auto`` on a machine with CUDA) selects
+            NCCL and this rank's GPU, anything else gloo.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
@@ -54,6 +57,16 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= info.world_size
     return value
+
+
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's picklable ``obj`` on rank 0, in rank order (None on the other ranks);
+    ``[obj]`` in one process."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def barrier(info: DistInfo) -> None:

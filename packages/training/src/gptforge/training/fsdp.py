@@ -13,8 +13,7 @@ Works with NCCL on GPU and with gloo on CPU (torch >= 2.6; checked with 2.13).
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -64,12 +63,20 @@ def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> 
 
 
 def cpu_copy(model: nn.Module) -> nn.Module:
-    """An unsharded float32 CPU copy of ``model`` (rank 0 writes checkpoints from it).
+    """An unsharded CPU copy of ``model`` (rank 0 writes checkpoints from it).
 
-    Ties survive ``deepcopy`` (shared tensors are copied once), so loading a full state dict into
-    the copy keeps the tied weight shared, and ``save_model`` writes it once as usual.
+    Built on the meta device and given CPU memory, then filled tensor by tensor, so a model on
+    a GPU never has a second copy there. Tied weights are tied again after ``to_empty`` (which
+    gives each name its own tensor), so ``save_model`` writes them once as usual.
     """
-    return copy.deepcopy(model).to("cpu")
+    from gptforge.modeling import build_model
+
+    with torch.device("meta"):
+        twin = build_model(model.config)
+    twin = twin.to_empty(device="cpu").to(next(model.parameters()).dtype)
+    cast(Any, twin).tie_weights()
+    twin.load_state_dict(model.state_dict())
+    return twin
 
 
 def _options(**kwargs: Any) -> Any:

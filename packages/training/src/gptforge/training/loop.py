@@ -26,7 +26,7 @@ import torch
 from gptforge.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from gptforge.training.config import LoopConfig
 from gptforge.training.data import BatchSource, EpochSampler, eval_indices
-from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier
+from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier, gather_to_main
 from gptforge.training.fsdp import to_float
 from gptforge.training.metrics import MetricsLogger, write_plots
 from gptforge.training.optim import make_optimizer
@@ -57,6 +57,11 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     """``auto`` picks CUDA when available; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if info.enabled and name.startswith("cuda:"):
+        raise ValueError(
+            f"device {name!r} under torchrun would put every rank on one GPU; pass --device cuda "
+            "(each rank takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available; pass --device cpu")
     if name == "cuda" and info.enabled:
@@ -64,10 +69,15 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def bf16_native() -> bool:
+    """Whether the GPU computes in bf16 natively (Ampere and later; not emulated as on a V100)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_context(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on a GPU for ``auto``; explicit ``bfloat16``/``float16`` anywhere."""
     if dtype == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        use_bf16 = device.type == "cuda" and bf16_native()
         dtype = "bfloat16" if use_bf16 else "float32"
     if dtype == "float32":
         return contextlib.nullcontext()
@@ -111,7 +121,7 @@ def _fsdp_param_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     """bf16 FSDP mixed precision on a GPU when ``dtype`` resolves to bfloat16, else None."""
     if device.type != "cuda":
         return None
-    if dtype == "bfloat16" or (dtype == "auto" and torch.cuda.is_bf16_supported()):
+    if dtype == "bfloat16" or (dtype == "auto" and bf16_native()):
         return torch.bfloat16
     return None
 
@@ -187,6 +197,13 @@ def train_loop(
         betas=(cfg.beta1, cfg.beta2),
         device_type=device.type,
     )
+    if use_fsdp and cfg.dtype == "float16":
+        raise ValueError(
+            "--dtype float16 with --parallel fsdp is not supported (its loss scaling needs "
+            "sharded gradients); use --dtype bfloat16"
+        )
+    # float16 gradients underflow without loss scaling; bf16 and fp32 need none (disabled).
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     world, rank = info.world_size, info.rank
     per_step = cfg.batch_size * cfg.grad_accum * world
     sampler = EpochSampler(len(train), cfg.seed)
@@ -197,7 +214,11 @@ def train_loop(
         else:
             optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        if scaler.is_enabled() and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        ranks = state.get("rng_ranks") or []
+        # A rank the checkpoint has no state for (more ranks than before) takes rank 0's.
+        set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], device)
         step, tokens, last_ckpt_step = int(state["step"]), int(state["tokens"]), int(state["step"])
         write(f"resumed from {found.path} at step {step}")
     else:
@@ -223,6 +244,8 @@ def train_loop(
         nonlocal last_ckpt_step
         path = None
         optim_state: dict[str, Any] | None = None
+        # Each rank's generators (ranks draw different dropout masks), collected on rank 0.
+        rngs = gather_to_main(rng_state(device), info)
         if use_fsdp:  # collectives: every rank takes part, rank 0 receives full CPU copies
             export_state = fsdp.full_model_state(model)
             optim_state = fsdp.full_optimizer_state(model, optimizer)
@@ -231,8 +254,10 @@ def train_loop(
         if info.is_main:
             state = {
                 "optimizer": optim_state if use_fsdp else optimizer.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs[0] if rngs else rng_state(device),
+                "rng_ranks": rngs,
                 "sampler": sampler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "step": at_step,
                 "tokens": tokens,
             }
@@ -294,13 +319,18 @@ def train_loop(
                 try:
                     with sync, ctx():
                         _, loss = train_model(x, y, return_logits=False)  # fused head + loss
-                    (loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 except torch.OutOfMemoryError as exc:
                     raise RuntimeError(_oom_message(cfg, exc)) from exc
                 loss_sum += loss.detach()
             loss_value = float(all_reduce_mean(loss_sum / cfg.grad_accum, info))
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)  # clip the true gradients
             grad_norm = _grad_norm(raw_model, cfg.grad_clip)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            # With loss scaling an overflowing gradient only skips the step (and halves the
+            # scale); the run diverged when the loss itself is not finite.
+            grad_ok = math.isfinite(grad_norm) or scaler.is_enabled()
+            if not (math.isfinite(loss_value) and grad_ok):
                 optimizer.zero_grad(set_to_none=True)
                 weights_ok = _all_finite(raw_model, info, device)
                 if weights_ok and step > last_ckpt_step:
@@ -316,7 +346,8 @@ def train_loop(
                 if metrics is not None:
                     metrics.log("event", step, tokens=tokens, event="diverged", message=message)
                 raise TrainingDiverged(message)
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), skipped on inf/NaN gradients under fp16
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens += step_tokens
