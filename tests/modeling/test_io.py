@@ -66,3 +66,34 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**d, "arch": "gpt5"}))
     with pytest.raises(ValueError, match="arch='gpt5'"):
         read_config(tmp_path)
+
+
+def test_missing_weights_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_model_dir(build_model(get_config("llama-debug")), tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing keys \['layers.1.mlp.up_proj.weight'\]"):
+        load_model_dir(tmp_path)
+
+
+def test_loading_builds_no_initialised_model(tmp_path, monkeypatch):
+    # The weights are the only allocation: a model initialised before loading would double
+    # the peak memory (a 13B bf16 checkpoint would need an fp32 model's 52 GB beside it).
+    from gptforge.modeling import io
+
+    save_model_dir(build_model(get_config("debug")), tmp_path)
+    devices = []
+    real = io.build_model
+
+    def spy(config):
+        model = real(config)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(io, "build_model", spy)
+    model = load_model_dir(tmp_path)
+    assert devices == ["meta"]
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -63,8 +63,11 @@ def test_plain_backward_hands_over_gradients_and_retain_graph_stays_exact():
     torch.testing.assert_close(w.grad, 2 * gw_ref / 0.7)
 
 
-def test_underflowing_target_probability_keeps_the_exact_loss():
+@pytest.mark.parametrize("host_reads", [True, False], ids=["cpu-path", "gpu-path"])
+def test_underflowing_target_probability_keeps_the_exact_loss(host_reads, monkeypatch):
     # Target logits 200 below the max: softmax gives p = 0 in fp32, the loss must still be 200.
+    # The GPU path (no host read per chunk) is forced here to run on the CPU.
+    monkeypatch.setattr(loss_mod, "_host_reads_are_cheap", lambda device: host_reads)
     x = torch.tensor([[1.0, 0.0]] * 4, requires_grad=True)
     w = torch.tensor([[200.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     targets = torch.tensor([1, 2, 0, 1])

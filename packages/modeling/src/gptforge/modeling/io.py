@@ -130,7 +130,9 @@ def load_model_dir(
         raise FileNotFoundError(f"{str(weights)!r} not found next to {CONFIG_FILE}")
     with safe_open(str(weights), framework="pt", device=str(device)) as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    with torch.device(device):
+    # Built on the meta device and given the loaded tensors (assign=True): no randomly
+    # initialised copy is ever allocated, so loading needs the checkpoint's memory only.
+    with torch.device("meta"):
         model = build_model(config)
     expected = model.state_dict()
     aliases = _aliases(model)
@@ -148,18 +150,28 @@ def load_model_dir(
                 f"expects {tuple(expected[k].shape)}"
             )
     saved_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
-    model.to(dtype=dtype or saved_dtype or torch.float32)
-    model.load_state_dict(state, strict=False)
+    target = dtype or saved_dtype or torch.float32
+    state = {k: t.to(target) if t.is_floating_point() else t for k, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    # A tied weight is stored once: its other names must point at the loaded tensor again.
+    getattr(model, "tie_weights", lambda: None)()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{str(weights)!r} left {left[:8]} without values")
     return model.eval()
 
 
 def _aliases(model: nn.Module) -> set[str]:
-    """Names of parameters/buffers that share storage with an earlier name (tied weights)."""
-    seen: set[tuple[int, int]] = set()
+    """Names of parameters/buffers that are an earlier name's tensor (tied weights); by object,
+    so it also holds on the meta device, where storages have no addresses."""
+    seen: set[int] = set()
     out: set[str] = set()
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if key in seen:
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        if id(t) in seen:
             out.add(name)
-        seen.add(key)
+        seen.add(id(t))
     return out
