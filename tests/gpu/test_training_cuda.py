@@ -12,7 +12,7 @@ from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import pretrain
 
 from tests.gpu.conftest import DEVICE, requires_cuda
-from tests.training.helpers import debug_config
+from tests.training.helpers import StopRun, debug_config, stop_at
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 
@@ -33,22 +33,13 @@ def test_training_on_the_gpu_learns(tmp_path, data_dir, dtype):
     assert train[-1] < 0.8 * train[0], train
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at_step_5(step, model, row):
-    if step == 5:
-        raise _Stop
-
-
 def test_resume_on_the_gpu_continues_the_same_run(tmp_path, data_dir):
     # Dropout draws from the CUDA generator, whose state the checkpoint carries.
     common = dict(device=str(DEVICE), dtype="float32", checkpoint_interval=2, dropout=0.1)
     pretrain(debug_config(data_dir, tmp_path / "ref", max_steps=8, **common))
     cfg = debug_config(data_dir, tmp_path / "run", max_steps=8, **common)
-    with pytest.raises(_Stop):
-        pretrain(cfg, callbacks=[_stop_at_step_5])  # the last checkpoint is step 4
+    with pytest.raises(StopRun):
+        pretrain(cfg, callbacks=[stop_at(5)])  # the last checkpoint is step 4
     pretrain(cfg, resume=True)
     ref, run = _losses(tmp_path / "ref"), _losses(tmp_path / "run")
     assert [r[0] for r in run] == [r[0] for r in ref]

@@ -63,3 +63,17 @@ def debug_config(data_dir: Path, out: Path, **overrides):
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+class StopRun(Exception):
+    """Raised by :func:`stop_at` to end a run mid-way (its last checkpoint stays)."""
+
+
+def stop_at(step: int):
+    """A training callback that stops the run when it reaches ``step``."""
+
+    def callback(at: int, model, row) -> None:
+        if at == step:
+            raise StopRun
+
+    return callback

@@ -12,7 +12,7 @@ from gptforge.training.loop import TrainingDiverged
 from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import pretrain
 
-from tests.training.helpers import debug_config
+from tests.training.helpers import StopRun, debug_config, stop_at
 
 
 @pytest.fixture(scope="module")
@@ -108,23 +108,14 @@ def test_bf16_autocast_on_cpu_trains(tmp_path, data_dir):
     assert math.isfinite(pretrain(cfg).train_loss)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at_5(step, model, row):
-    if step == 5:
-        raise _Stop
-
-
 def test_float16_scales_the_loss_learns_and_resumes_exactly(tmp_path, data_dir):
     kw = dict(max_steps=8, checkpoint_interval=2, dtype="float16", lr=3e-3)
     pretrain(debug_config(data_dir, tmp_path / "ref", **kw))
     ref = [r for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if r["kind"] == "train"]
     assert ref[-1]["loss"] < ref[0]["loss"] - 0.3, [r["loss"] for r in ref]
     cfg = debug_config(data_dir, tmp_path / "run", **kw)
-    with pytest.raises(_Stop):
-        pretrain(cfg, callbacks=[_stop_at_5])  # the last checkpoint is step 4
+    with pytest.raises(StopRun):
+        pretrain(cfg, callbacks=[stop_at(5)])  # the last checkpoint is step 4
     state = torch.load(
         tmp_path / "run" / "checkpoints" / "step_000004" / "state.pt", weights_only=True
     )
