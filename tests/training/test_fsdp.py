@@ -31,12 +31,12 @@ def one_rank_group(tmp_path):
 
 def test_sharding_keeps_tie_and_full_state_matches(one_rank_group):
     torch.manual_seed(0)
-    model = build_model(get_config("debug"))
-    assert model.lm_head.weight is model.wte.weight  # the debug preset ties
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    export = fsdp.cpu_copy(model)
-    assert len(fsdp.transformer_blocks(model)) == len(model.h)
-    fsdp.shard_model(model)
+    export = build_model(get_config("debug"))  # rank 0's whole model, as pretrain builds it
+    assert export.lm_head.weight is export.wte.weight  # the debug preset ties
+    before = {k: v.clone() for k, v in export.state_dict().items()}
+    assert len(fsdp.transformer_blocks(export)) == len(export.h)
+    # Built on the meta device, sharded, then filled from rank 0's model.
+    model = fsdp.shard_from_rank0(export, export.config, torch.device("cpu"))
     assert model.lm_head.weight is model.wte.weight  # one parameter in the root group
     assert type(model.h[0]).__name__.startswith("FSDP")
     full = fsdp.full_model_state(model)
@@ -60,9 +60,8 @@ def test_sharding_keeps_tie_and_full_state_matches(one_rank_group):
 @pytest.mark.parametrize("preset", ["debug", "llama-debug", "mmrec-debug"])
 def test_every_architecture_shards_and_trains(one_rank_group, preset):
     torch.manual_seed(0)
-    model = build_model(get_config(preset))
-    reference = fsdp.cpu_copy(model)
-    fsdp.shard_model(model)
+    reference = build_model(get_config(preset))
+    model = fsdp.shard_from_rank0(reference, reference.config, torch.device("cpu"))
     x = torch.randint(0, 50, (2, 8))  # (B, T)
     _, loss = model(x, x)
     _, expected = reference(x, x)

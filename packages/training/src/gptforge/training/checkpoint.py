@@ -227,12 +227,14 @@ class CheckpointManager:
 
     def load(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         *,
         info: CheckpointInfo | None = None,
         map_location: str | torch.device = "cpu",
     ) -> tuple[CheckpointInfo, dict[str, Any]]:
         """Load the newest usable checkpoint (or ``info``) into ``model``; return its state.
+
+        ``model=None`` reads the state only (an FSDP rank that receives its weights from rank 0).
 
         A corrupt or truncated checkpoint is reported by name and the previous one is tried.
 
@@ -251,7 +253,10 @@ class CheckpointManager:
                 # On the CPU: RNG states must be CPU tensors, and the optimizer moves its
                 # state onto each parameter's device itself.
                 state = torch.load(cand.path / "state.pt", map_location="cpu", weights_only=True)
-                load_model(model, str(cand.path / "model.safetensors"), device=str(map_location))
+                if model is not None:
+                    load_model(
+                        model, str(cand.path / "model.safetensors"), device=str(map_location)
+                    )
             except Exception as exc:  # noqa: BLE001 - any failure means "try the previous one"
                 errors.append(f"{cand.path.name}: {exc}")
                 self.warn(

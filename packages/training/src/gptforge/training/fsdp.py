@@ -13,7 +13,7 @@ Works with NCCL on GPU and with gloo on CPU (torch >= 2.6; checked with 2.13).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,21 +62,36 @@ def shard_model(model: nn.Module, *, param_dtype: torch.dtype | None = None) -> 
     return model
 
 
-def cpu_copy(model: nn.Module) -> nn.Module:
-    """An unsharded CPU copy of ``model`` (rank 0 writes checkpoints from it).
+def shard_from_rank0(
+    full: nn.Module | None,
+    config: Any,
+    device: torch.device,
+    *,
+    param_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A sharded model on ``device`` with rank 0's weights, never whole on any device.
 
-    Built on the meta device and given CPU memory, then filled tensor by tensor, so a model on
-    a GPU never has a second copy there. Tied weights are tied again after ``to_empty`` (which
-    gives each name its own tensor), so ``save_model`` writes them once as usual.
+    Every rank builds ``config``'s model on the meta device, shards it (:func:`shard_model`),
+    allocates only its own shards on ``device`` and receives them from rank 0's ``full`` model
+    (a broadcast; a collective, so every rank calls this). Ties are made on the meta model
+    before sharding, so a tied weight stays one parameter.
+
+    Args:
+        full: rank 0's complete model (any device, usually the CPU); ``None`` on the others.
+        config: the model configuration.
+        device: where the shards live.
+        param_dtype: see :func:`shard_model`.
     """
     from gptforge.modeling import build_model
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     with torch.device("meta"):
-        twin = build_model(model.config)
-    twin = twin.to_empty(device="cpu").to(next(model.parameters()).dtype)
-    cast(Any, twin).tie_weights()
-    twin.load_state_dict(model.state_dict())
-    return twin
+        model = build_model(config)
+    shard_model(model, param_dtype=param_dtype)
+    model.to_empty(device=device)
+    state = full.state_dict() if full is not None else {}
+    set_model_state_dict(model, state, options=_options(broadcast_from_rank0=True))
+    return model
 
 
 def _options(**kwargs: Any) -> Any:

@@ -182,14 +182,25 @@ def train_loop(
     ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
     use_fsdp = info.enabled and cfg.parallel == "fsdp"
     found, state = None, None
-    if resume:  # weights go into the unsharded model; FSDP then shards them
+    if use_fsdp:
+        # Rank 0 holds the whole model (on the CPU when pretrain built it there), the other
+        # ranks at most a meta one; the checkpoint's weights go into rank 0's, which then
+        # seeds every rank's shards and is the copy checkpoints are written from.
+        full = model if info.is_main else None
+        if resume:
+            where = next(model.parameters()).device if full is not None else "cpu"
+            found, state = ckpt.load(full, map_location=where)
+    elif resume:
         found, state = ckpt.load(model, map_location=device)
     export_model: nn.Module = model  # what rank 0 writes checkpoints from
     if use_fsdp:
         from gptforge.training import fsdp
 
-        export_model = fsdp.cpu_copy(model) if info.is_main else model
-        fsdp.shard_model(model, param_dtype=_fsdp_param_dtype(cfg.dtype, device))
+        if full is not None:
+            export_model = full.to("cpu")
+        model = fsdp.shard_from_rank0(
+            full, model.config, device, param_dtype=_fsdp_param_dtype(cfg.dtype, device)
+        )
     optimizer = make_optimizer(
         model,
         lr=cfg.lr,

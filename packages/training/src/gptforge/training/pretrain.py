@@ -129,7 +129,12 @@ def pretrain(
             run_dir.mkdir(parents=True, exist_ok=True)
             save_run_config(run_dir, "pretrain", cfg)
         torch.manual_seed(cfg.seed)
-        with torch.device(device):
+        # FSDP: rank 0 initialises the whole model on the CPU, the others only describe it on
+        # the meta device; the loop shards it and hands out rank 0's weights.
+        where = device
+        if info.enabled and cfg.parallel == "fsdp":
+            where = torch.device("cpu") if info.is_main else torch.device("meta")
+        with torch.device(where):
             model: Any = build_model(mcfg)
         if info.is_main:
             n = model.num_params()
