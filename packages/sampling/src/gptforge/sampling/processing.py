@@ -71,13 +71,15 @@ def logits_to_probs(
     """
     logits = logits.float()
     batch = logits.size(0)
+    top_k_given, top_p_given = top_k, top_p
     temperature = _per_row(temperature, batch, logits.device, torch.float32)
     top_k = _per_row(top_k, batch, logits.device, torch.long)
     top_p = _per_row(top_p, batch, logits.device, torch.float32)
     logits = logits / temperature.clamp(min=1e-5).unsqueeze(-1)  # (B, V)
-    if bool((top_k > 0).any()):
+    # Python scalars decide on the host; tensors are read back (a sync on a GPU).
+    if top_k_given > 0 if isinstance(top_k_given, int) else bool((top_k > 0).any()):
         logits = apply_top_k(logits, top_k)
-    if bool((top_p < 1.0).any()):
+    if top_p_given < 1.0 if isinstance(top_p_given, float) else bool((top_p < 1.0).any()):
         logits = apply_top_p(logits, top_p)
     return torch.softmax(logits, dim=-1)
 
@@ -118,8 +120,10 @@ def sample(
         ``(B,)`` int64 token ids.
     """
     batch = logits.size(0)
-    temperature = _per_row(temperature, batch, logits.device, torch.float32)
     greedy_tok = torch.argmax(logits, dim=-1)  # (B,)
+    if isinstance(temperature, int | float) and temperature == 0:
+        return greedy_tok  # decided on the host: no read-back from a GPU per token
+    temperature = _per_row(temperature, batch, logits.device, torch.float32)
     sampling_rows = temperature > 0
     if not bool(sampling_rows.any()):
         return greedy_tok
