@@ -181,6 +181,11 @@ def train_loop(
     run_dir = Path(cfg.out)
     ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
     use_fsdp = info.enabled and cfg.parallel == "fsdp"
+    if use_fsdp and cfg.dtype == "float16":
+        raise ValueError(
+            "--dtype float16 with --parallel fsdp is not supported (its loss scaling needs "
+            "sharded gradients); use --dtype bfloat16"
+        )
     found, state = None, None
     if use_fsdp:
         # Rank 0 holds the whole model (on the CPU when pretrain built it there), the other
@@ -208,11 +213,6 @@ def train_loop(
         betas=(cfg.beta1, cfg.beta2),
         device_type=device.type,
     )
-    if use_fsdp and cfg.dtype == "float16":
-        raise ValueError(
-            "--dtype float16 with --parallel fsdp is not supported (its loss scaling needs "
-            "sharded gradients); use --dtype bfloat16"
-        )
     # float16 gradients underflow without loss scaling; bf16 and fp32 need none (disabled).
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     world, rank = info.world_size, info.rank
