@@ -68,3 +68,16 @@ def test_every_architecture_shards_and_trains(one_rank_group, preset):
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)  # one rank: same numbers
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_float16_under_fsdp_is_refused_with_the_fix(tmp_path):
+    from gptforge.training.distributed import DistInfo
+    from gptforge.training.loop import train_loop
+
+    cfg = TrainConfig(parallel="fsdp", dtype="float16", out=str(tmp_path))
+    with pytest.raises(ValueError, match="float16 with --parallel fsdp.*--dtype bfloat16"):
+        train_loop(
+            cfg, build_model(get_config("debug")), None, None,  # type: ignore[arg-type]
+            info=DistInfo(rank=0, world_size=2, local_rank=0), device=torch.device("cpu"),
+            resume=False, save_top_level=lambda m: None,
+        )  # fmt: skip
