@@ -76,14 +76,19 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(preset):
     )
 
 
+@torch.inference_mode()
 def test_compiled_logits_survive_the_next_replay():
-    # CUDA graphs reuse their output memory; the returned logits must be a copy.
+    # CUDA graphs reuse their output memory; the returned logits must be a copy. Graph trees
+    # warm a shape up on its first call and record it on the second, so the checked pair of
+    # calls are replays.
     _, gpu = _twins("debug")
     gpu.setup_caches(1, gpu.config.block_size)
     tok = torch.tensor([[5]], device=DEVICE)
-    first = compiled_decode_one_token(gpu, tok, torch.tensor([0], device=DEVICE))
+    for p in range(3):
+        compiled_decode_one_token(gpu, tok + p, torch.tensor([p], device=DEVICE))
+    first = compiled_decode_one_token(gpu, tok, torch.tensor([3], device=DEVICE))
     kept = first.clone()
-    compiled_decode_one_token(gpu, tok + 1, torch.tensor([1], device=DEVICE))
+    compiled_decode_one_token(gpu, tok + 7, torch.tensor([4], device=DEVICE))
     assert torch.equal(first, kept)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,15 @@ def test_loading_builds_no_initialised_model(tmp_path, monkeypatch):
     model = load_model_dir(tmp_path)
     assert devices == ["meta"]
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_loaded_weights_do_not_map_the_file(tmp_path):
+    # Parameters backed by the file's mapping would fault if the file were rewritten in place.
+    import gc
+
+    save_model_dir(build_model(get_config("debug")), tmp_path)
+    model = load_model_dir(tmp_path)
+    gc.collect()
+    maps = Path("/proc/self/maps").read_text()
+    assert str(tmp_path / "model.safetensors") not in maps
+    assert model(torch.zeros(1, 3, dtype=torch.long))[0].isfinite().all()

@@ -190,3 +190,18 @@ def test_setting_up_the_same_caches_again_zeroes_them_in_place(preset):
     assert all(b.abs().sum() == 0 for b in model.buffers())
     model.setup_caches(3, 16)  # another shape: new buffers
     assert {n: b.data_ptr() for n, b in model.named_buffers()} != ptrs
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_caches_made_for_generation_are_replaced_outside_inference_mode(preset):
+    # Generation sets caches up under inference_mode; those cannot be zeroed outside it.
+    model = _model(preset)
+    with torch.inference_mode():
+        model.setup_caches(2, 16)
+        ptrs = {n: b.data_ptr() for n, b in model.named_buffers()}
+        model.setup_caches(2, 16)  # inside: reused
+        assert {n: b.data_ptr() for n, b in model.named_buffers()} == ptrs
+    model.setup_caches(2, 16)  # outside: new, writable buffers
+    assert not any(b.is_inference() for b in model.buffers())
+    with torch.no_grad():
+        model(torch.randint(0, 100, (2, 4)), input_pos=torch.arange(4))

@@ -125,6 +125,14 @@ def test_float16_scales_the_loss_learns_and_resumes_exactly(tmp_path, data_dir):
     assert [(r["step"], r["loss"]) for r in run] == [(r["step"], r["loss"]) for r in ref]
 
 
+def test_a_float32_checkpoint_resumes_in_float16(tmp_path, data_dir):
+    cfg = debug_config(data_dir, tmp_path / "r", max_steps=6, checkpoint_interval=2)
+    with pytest.raises(StopRun):
+        pretrain(cfg, callbacks=[stop_at(3)])
+    half = debug_config(data_dir, tmp_path / "r", max_steps=6, dtype="float16")
+    assert pretrain(half, resume=True).step == 6
+
+
 def test_a_gpu_index_under_torchrun_is_refused():
     from gptforge.training.distributed import DistInfo
     from gptforge.training.loop import resolve_device

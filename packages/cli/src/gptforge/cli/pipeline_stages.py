@@ -281,16 +281,18 @@ def finetune_stage(ctx: StageContext) -> dict[str, Any]:
     answer = bot.respond(
         DEMO_INSTRUCTION["instruction"], DEMO_INSTRUCTION["input"], max_new_tokens=16
     )
+    after = result.after
+    assert after is not None, "a single-process fine-tune always scores"
     return {
         "run_dir": str(run),
         "steps": result.loop.step,
         "train_loss": result.loop.train_loss,
         "val_loss": result.loop.val_loss,
         "accuracy_before": before["accuracy"] if before else None,
-        "accuracy_after": result.after["accuracy"],
-        "held_out": result.after["total"],
+        "accuracy_after": after["accuracy"],
+        "held_out": after["total"],
         "per_task_before": before["per_task"] if before else {},
-        "per_task_after": result.after["per_task"],
+        "per_task_after": after["per_task"],
         "train_seconds": round(result.loop.seconds, 1),
         "example": {**DEMO_INSTRUCTION, "answer": answer},
     }

@@ -41,11 +41,14 @@ def _same_cache(
     same_device = k.device.type == device.type and (
         device.index is None or k.device.index == device.index
     )
+    # Caches made under inference_mode (generation) cannot be zeroed in place outside it.
+    writable = torch.is_inference_mode_enabled() or not k.is_inference()
     return (
         cache.max_batch_size == batch
         and cache.max_seq_len == seq_len
         and k.dtype == dtype
         and same_device
+        and writable
     )
 
 

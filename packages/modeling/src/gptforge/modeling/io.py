@@ -151,7 +151,10 @@ def load_model_dir(
             )
     saved_dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
     target = dtype or saved_dtype or torch.float32
-    state = {k: t.to(target) if t.is_floating_point() else t for k, t in state.items()}
+    for k, t in state.items():  # one tensor at a time: the peak stays at one model
+        # CPU tensors from safe_open map the file; copy them, so rewriting the file in place
+        # later cannot pull pages from under a running model.
+        state[k] = t.to(target if t.is_floating_point() else t.dtype, copy=t.device.type == "cpu")
     model.load_state_dict(state, strict=False, assign=True)
     # A tied weight is stored once: its other names must point at the loaded tensor again.
     getattr(model, "tie_weights", lambda: None)()

@@ -317,6 +317,7 @@ class MMRec(CausalLM):
             and h.dtype == dtype
             and h.device.type == device.type
             and device.index in (None, h.device.index)
+            and (torch.is_inference_mode_enabled() or not h.is_inference())
         ):  # the same state: zero it in place (CUDA graphs keep their addresses)
             self.reset_caches()
             return

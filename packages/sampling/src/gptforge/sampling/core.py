@@ -73,8 +73,6 @@ COMPILED_GRAPHS = 64
 def _compiled_step(mode: str | None) -> Callable[..., Tensor]:
     # The model is an argument, not a closure: dynamo inlines it and guards on shapes, so one
     # compiled graph serves every model of the same configuration (and a deepcopy of it).
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, COMPILED_GRAPHS)
     return cast(Callable[..., Tensor], torch.compile(decode_one_token, dynamic=False, mode=mode))
 
 
@@ -93,7 +91,16 @@ def compiled_decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tenso
     cuda = tokens.device.type == "cuda"
     if cuda:
         torch.compiler.cudagraph_mark_step_begin()
-    logits = _compiled_step("reduce-overhead" if cuda else None)(model, tokens, input_pos)
+    step = _compiled_step("reduce-overhead" if cuda else None)
+    # The graph budget applies to this step only, not to other compiled code in the process
+    # (set and restored by hand: ``config.patch`` costs ~350 us, a tenth of a tiny step).
+    config = torch._dynamo.config
+    saved = config.recompile_limit
+    config.recompile_limit = max(saved, COMPILED_GRAPHS)
+    try:
+        logits = step(model, tokens, input_pos)
+    finally:
+        config.recompile_limit = saved
     return logits.clone() if cuda else logits
 
 

@@ -69,6 +69,13 @@ def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
     return out
 
 
+def broadcast_from_main(objs: list[Any], info: DistInfo) -> list[Any]:
+    """Rank 0's list of picklable objects on every rank (the list itself in one process)."""
+    if info.enabled:
+        dist.broadcast_object_list(objs, src=0)
+    return objs
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op in a single process)."""
     if info.enabled:

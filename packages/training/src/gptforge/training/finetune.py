@@ -33,7 +33,7 @@ class FinetuneResult:
 
     loop: LoopResult
     before: dict[str, Any] | None
-    after: dict[str, Any]
+    after: dict[str, Any] | None  # None on FSDP ranks other than 0
 
 
 def split_records(
@@ -138,6 +138,11 @@ def finetune(
             sample=sample,
             callbacks=callbacks,
         )
+        if info.enabled and cfg.parallel == "fsdp":
+            # Rank 0's model came back whole and trained (on the CPU); the others hold none.
+            if not info.is_main:
+                return FinetuneResult(loop, before, None)
+            model.to(device)
         after = exact_match(model, tokenizer, scored, cfg.template)
         if info.is_main:
             print(

@@ -23,10 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gptforge.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from gptforge.training.checkpoint import (
+    CheckpointInfo,
+    CheckpointManager,
+    rng_state,
+    set_rng_state,
+)
 from gptforge.training.config import LoopConfig
 from gptforge.training.data import BatchSource, EpochSampler, eval_indices
-from gptforge.training.distributed import DistInfo, all_reduce_mean, barrier, gather_to_main
+from gptforge.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+)
 from gptforge.training.fsdp import to_float
 from gptforge.training.metrics import MetricsLogger, write_plots
 from gptforge.training.optim import make_optimizer
@@ -134,6 +145,28 @@ def _all_finite(model: nn.Module, info: DistInfo, device: torch.device) -> bool:
     return bool(all_reduce_mean(ok, info) == 1.0)
 
 
+def _load_on_rank0(
+    ckpt: CheckpointManager, full: nn.Module | None, info: DistInfo
+) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """FSDP resume: rank 0 loads the newest usable checkpoint into its whole model and tells
+    the other ranks which one it was; they read that checkpoint's state only. A failure on rank
+    0 reaches every rank, so none waits in a collective that will not come."""
+    chosen: list[Any] = [None]
+    if full is not None:
+        try:
+            found, state = ckpt.load(full, map_location=next(full.parameters()).device)
+            chosen = [found.path.name]
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            chosen = [exc]
+    chosen = broadcast_from_main(chosen, info)
+    if isinstance(chosen[0], Exception):
+        raise chosen[0]
+    if full is not None:
+        return found, state
+    info_ = next(c for c in ckpt.list() if c.path.name == chosen[0])
+    return ckpt.load(None, info=info_)
+
+
 def _oom_message(cfg: LoopConfig, exc: BaseException) -> str:
     return (
         f"out of memory with batch_size={cfg.batch_size} ({exc}); lower --batch-size (and raise "
@@ -192,9 +225,10 @@ def train_loop(
         # ranks at most a meta one; the checkpoint's weights go into rank 0's, which then
         # seeds every rank's shards and is the copy checkpoints are written from.
         full = model if info.is_main else None
+        if not info.is_main:
+            model.to("meta")  # free a whole model the caller may have built here
         if resume:
-            where = next(model.parameters()).device if full is not None else "cpu"
-            found, state = ckpt.load(full, map_location=where)
+            found, state = _load_on_rank0(ckpt, full, info)
     elif resume:
         found, state = ckpt.load(model, map_location=device)
     export_model: nn.Module = model  # what rank 0 writes checkpoints from
@@ -225,11 +259,12 @@ def train_loop(
         else:
             optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
-        if scaler.is_enabled() and "scaler" in state:
+        if scaler.is_enabled() and state.get("scaler"):  # {} from a run without fp16
             scaler.load_state_dict(state["scaler"])
         ranks = state.get("rng_ranks") or []
-        # A rank the checkpoint has no state for (more ranks than before) takes rank 0's.
         set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"], device)
+        if 0 < len(ranks) <= rank:  # more ranks than the run had: a stream of its own
+            torch.manual_seed(cfg.seed + rank + 7919 * int(state["step"]))
         step, tokens, last_ckpt_step = int(state["step"]), int(state["tokens"]), int(state["step"])
         write(f"resumed from {found.path} at step {step}")
     else:
@@ -366,7 +401,9 @@ def train_loop(
             last_loss = loss_value
 
             t0 = time.perf_counter()
-            row: dict[str, Any] = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+            # A step the loss scaler skipped (fp16 overflow) has no gradient norm to log.
+            logged_norm = grad_norm if math.isfinite(grad_norm) else None
+            row: dict[str, Any] = {"loss": loss_value, "lr": lr, "grad_norm": logged_norm}
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 elapsed = max(1e-9, time.perf_counter() - window_start)
                 tok_s = window_tokens / elapsed
@@ -379,7 +416,7 @@ def train_loop(
                         loss=loss_value,
                         ppl=math.exp(min(loss_value, 30.0)),
                         lr=lr,
-                        grad_norm=grad_norm,
+                        grad_norm=logged_norm,
                         tok_per_s=tok_s,
                         elapsed=time.perf_counter() - t_start,
                     )
