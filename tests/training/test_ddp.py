@@ -141,3 +141,35 @@ def test_ddp_resume_with_dropout_restores_every_ranks_generator(tmp_path, data_d
     w_cut = load_file(tmp_path / "cut" / "model.safetensors")
     for key in w_full:
         torch.testing.assert_close(w_full[key], w_cut[key], atol=1e-6, rtol=0)
+
+
+def test_fsdp_finetune_matches_ddp(tmp_path, data_dir):
+    # Rank 0 loads the base model on the CPU, rank 1 only describes it on the meta device;
+    # the sharded fine-tune must end where DDP with the same ranks does. (Not where one
+    # process does: each rank averages the loss over its own response tokens, as in DDP.)
+    from gptforge.training.pretrain import pretrain
+
+    from tests.training.helpers import debug_config
+
+    base = tmp_path / "base"
+    pretrain(debug_config(data_dir, base, max_steps=4, context_length=64, eval_interval=0))
+
+    def finetune(out, *extra: str) -> None:
+        cmd = [
+            PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "gptforge.training", "finetune", "--from-run", str(base), "--out", str(out),
+            "--max-steps", "3", "--batch-size", "2", "--num-examples", "60",
+            "--eval-examples", "4", "--eval-interval", "0", "--max-length", "65",
+            "--no-progress", "--device", "cpu", *extra,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    finetune(tmp_path / "ddp")
+    finetune(tmp_path / "fsdp", "--parallel", "fsdp")
+    assert (tmp_path / "fsdp" / "chat.json").is_file()
+    w1 = load_file(tmp_path / "ddp" / "model.safetensors")
+    w2 = load_file(tmp_path / "fsdp" / "model.safetensors")
+    assert sorted(w1) == sorted(w2)
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-4, rtol=0)
