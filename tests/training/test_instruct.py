@@ -274,3 +274,23 @@ def test_held_out_exact_match_rises_on_the_multi_token_families(tmp_path, base_r
         tasks="copy,capitalise,reverse,add,successor,first",
     )
     assert after >= before + 0.15, per_task
+
+
+def test_accumulation_does_not_change_the_response_only_step(tmp_path, base_run):
+    # Micro-batches hold different numbers of response tokens; the step must still minimise
+    # the mean over all of them, so 2 x 2 with accumulation ends where 1 x 4 does.
+    import torch
+    from gptforge.training.config import FinetuneConfig
+    from gptforge.training.finetune import finetune
+    from safetensors.torch import load_file
+
+    common = dict(
+        from_run=str(base_run), max_steps=3, num_examples=60, eval_examples=2, progress=False,
+        eval_interval=0, max_length=65, checkpoint_interval=0,
+    )  # fmt: skip
+    finetune(FinetuneConfig(out=str(tmp_path / "a"), batch_size=4, grad_accum=1, **common))
+    finetune(FinetuneConfig(out=str(tmp_path / "b"), batch_size=2, grad_accum=2, **common))
+    wa = load_file(tmp_path / "a" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "model.safetensors")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=0, msg=key)

@@ -145,6 +145,25 @@ def _all_finite(model: nn.Module, info: DistInfo, device: torch.device) -> bool:
     return bool(all_reduce_mean(ok, info) == 1.0)
 
 
+def _token_weights(
+    targets: list[torch.Tensor], info: DistInfo, device: torch.device
+) -> list[float]:
+    """Weights of the micro-batch losses of one step, so the step minimises the mean over every
+    counted target of the global batch.
+
+    Each micro-batch's loss is a mean over its own counted targets (not ``-100``). With a mask
+    (fine-tuning's response-only loss) those counts differ, and averaging the means would
+    weight tokens by how the batch was split across micro-batches and ranks. Weight ``n_i *
+    world / N`` (the ranks' gradients are averaged) makes the step independent of the split;
+    with no mask it is ``1 / grad_accum``.
+    """
+    counts = [int((y != -100).sum()) for y in targets]
+    total = float(sum(counts))
+    if info.enabled:  # one small all-reduce: the global count
+        total = float(all_reduce_mean(torch.tensor(total, device=device), info)) * info.world_size
+    return [n * info.world_size / total if total > 0 else 0.0 for n in counts]
+
+
 def _load_on_rank0(
     ckpt: CheckpointManager, full: nn.Module | None, info: DistInfo
 ) -> tuple[CheckpointInfo, dict[str, Any]]:
@@ -347,10 +366,17 @@ def train_loop(
             t_overhead += time.perf_counter() - t0
             loss_sum = torch.zeros((), device=device)
             step_tokens = 0
-            for micro in range(cfg.grad_accum):
+            t0 = time.perf_counter()
+            micro_batches = [
+                train.batch(indices[begin : begin + cfg.batch_size])
+                for begin in (
+                    (micro * world + rank) * cfg.batch_size for micro in range(cfg.grad_accum)
+                )
+            ]
+            weights = _token_weights([y for _, y in micro_batches], info, device)
+            t_overhead += time.perf_counter() - t0
+            for micro, (x, y) in enumerate(micro_batches):
                 t0 = time.perf_counter()
-                begin = (micro * world + rank) * cfg.batch_size
-                x, y = train.batch(indices[begin : begin + cfg.batch_size])
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 t_overhead += time.perf_counter() - t0
                 step_tokens += x.numel() * world
@@ -365,11 +391,13 @@ def train_loop(
                 try:
                     with sync, ctx():
                         _, loss = train_model(x, y, return_logits=False)  # fused head + loss
-                    scaler.scale(loss / cfg.grad_accum).backward()
+                    if weights[micro] == 0.0:  # no counted target: a NaN mean, weighted out
+                        loss = loss.nan_to_num(0.0)
+                    scaler.scale(loss * weights[micro]).backward()
                 except torch.OutOfMemoryError as exc:
                     raise RuntimeError(_oom_message(cfg, exc)) from exc
-                loss_sum += loss.detach()
-            loss_value = float(all_reduce_mean(loss_sum / cfg.grad_accum, info))
+                loss_sum += loss.detach() * weights[micro]
+            loss_value = float(all_reduce_mean(loss_sum, info))  # the mean over counted targets
             if scaler.is_enabled():
                 scaler.unscale_(optimizer)  # clip the true gradients
             grad_norm = _grad_norm(raw_model, cfg.grad_clip)
