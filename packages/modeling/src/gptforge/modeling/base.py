@@ -19,6 +19,7 @@ from gptforge.modeling.kv_cache import (
     CacheOverflowError,
     KVCache,
     attention_plan,
+    reusable_buffer,
 )
 from gptforge.modeling.loss import cross_entropy, linear_cross_entropy
 from torch import Tensor, nn
@@ -29,27 +30,6 @@ IGNORE_INDEX = -100
 def _dropout(p: float) -> nn.Module:
     """``nn.Dropout(p)``, or ``nn.Identity`` for p == 0 (no per-call work in a decode step)."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-def _same_cache(
-    cache: KVCache | None, batch: int, seq_len: int, dtype: torch.dtype, device: torch.device
-) -> bool:
-    """Whether ``cache`` already has this shape, dtype and device."""
-    if cache is None:
-        return False
-    k = cache.k_cache
-    same_device = k.device.type == device.type and (
-        device.index is None or k.device.index == device.index
-    )
-    # Caches made under inference_mode (generation) cannot be zeroed in place outside it.
-    writable = torch.is_inference_mode_enabled() or not k.is_inference()
-    return (
-        cache.max_batch_size == batch
-        and cache.max_seq_len == seq_len
-        and k.dtype == dtype
-        and same_device
-        and writable
-    )
 
 
 class CausalLM(nn.Module):
@@ -118,8 +98,16 @@ class CausalLM(nn.Module):
         dtype = dtype or ref.dtype
         device = torch.device(device) if device is not None else ref.device
         layers = list(self._attention_layers())
-        if layers and all(_same_cache(layer.kv_cache, max_batch_size, max_seq_len, dtype, device)
-                          for layer in layers):  # fmt: skip
+        if layers and all(
+            layer.kv_cache is not None
+            and reusable_buffer(
+                layer.kv_cache.k_cache,
+                (max_batch_size, layer.n_kv_head, max_seq_len, layer.head_dim),
+                dtype,
+                device,
+            )
+            for layer in layers
+        ):
             # Same shape: zero the buffers in place. Their addresses stay, so CUDA graphs
             # recorded over them replay instead of recording again.
             self.reset_caches()

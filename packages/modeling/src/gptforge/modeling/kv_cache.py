@@ -18,6 +18,22 @@ class CacheOverflowError(ValueError):
     """A position past ``max_seq_len`` (or a batch past ``max_batch_size``) hit a KV cache."""
 
 
+def reusable_buffer(
+    buf: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> bool:
+    """Whether a cache buffer already has this shape, dtype and device and may be zeroed in
+    place (``setup_caches`` then keeps it: CUDA graphs recorded over it stay valid). Buffers
+    made under ``inference_mode`` (generation) cannot be written outside it."""
+    return (
+        buf is not None
+        and tuple(buf.shape) == shape
+        and buf.dtype == dtype
+        and buf.device.type == device.type
+        and device.index in (None, buf.device.index)
+        and (torch.is_inference_mode_enabled() or not buf.is_inference())
+    )
+
+
 class KVCache(nn.Module):
     """Preallocated keys and values of one attention layer.
 

@@ -22,11 +22,12 @@ position 10 or 100,000 and the cache never grows. The model follows the common i
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM
-from gptforge.modeling.kv_cache import CacheOverflowError
+from gptforge.modeling.kv_cache import CacheOverflowError, reusable_buffer
 from gptforge.modeling.linear import Linear
 from gptforge.modeling.mmrec_config import MMRecConfig
 from gptforge.modeling.mmrec_scan import mdi_scan, mdi_step
@@ -310,15 +311,9 @@ class MMRec(CausalLM):
         dtype = torch.promote_types(dtype or param.dtype, torch.float32)
         device = torch.device(device) if device is not None else param.device
         self._max_seq_len = max_seq_len
-        h = self.caches[0].h if self.caches else None
-        if (
-            h is not None
-            and h.shape == (max_batch_size, self.config.n_embd)
-            and h.dtype == dtype
-            and h.device.type == device.type
-            and device.index in (None, h.device.index)
-            and (torch.is_inference_mode_enabled() or not h.is_inference())
-        ):  # the same state: zero it in place (CUDA graphs keep their addresses)
+        h = cast(RecurrentStateCache, self.caches[0]).h if self.caches else None
+        if reusable_buffer(h, (max_batch_size, self.config.n_embd), dtype, device):
+            # The same state: zero it in place (CUDA graphs keep their addresses).
             self.reset_caches()
             return
         self.caches = nn.ModuleList(

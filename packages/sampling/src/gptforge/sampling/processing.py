@@ -28,10 +28,13 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: Tensor) -> T
     return torch.where(logits > 0, logits / pen, logits * pen)
 
 
-def apply_top_k(logits: Tensor, top_k: Tensor) -> Tensor:
-    """Mask everything below each row's k-th largest logit; ``top_k[b] == 0`` leaves row b alone."""
+def apply_top_k(logits: Tensor, top_k: Tensor, k_max: int | None = None) -> Tensor:
+    """Mask everything below each row's k-th largest logit; ``top_k[b] == 0`` leaves row b alone.
+
+    ``k_max``: the largest ``top_k`` when the caller knows it (saves reading it back).
+    """
     vocab = logits.size(-1)
-    k_max = min(int(top_k.max()), vocab)
+    k_max = min(int(top_k.max()) if k_max is None else k_max, vocab)
     if k_max <= 0:
         return logits
     top_vals = torch.topk(logits, k_max, dim=-1).values  # (B, k_max), sorted descending
@@ -77,7 +80,10 @@ def logits_to_probs(
     top_p = _per_row(top_p, batch, logits.device, torch.float32)
     logits = logits / temperature.clamp(min=1e-5).unsqueeze(-1)  # (B, V)
     # Python scalars decide on the host; tensors are read back (a sync on a GPU).
-    if top_k_given > 0 if isinstance(top_k_given, int) else bool((top_k > 0).any()):
+    if isinstance(top_k_given, int):
+        if top_k_given > 0:
+            logits = apply_top_k(logits, top_k, k_max=top_k_given)
+    elif bool((top_k > 0).any()):
         logits = apply_top_k(logits, top_k)
     if top_p_given < 1.0 if isinstance(top_p_given, float) else bool((top_p < 1.0).any()):
         logits = apply_top_p(logits, top_p)

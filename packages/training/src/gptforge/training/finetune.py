@@ -20,7 +20,13 @@ from gptforge.training.instruct import (
     read_records,
 )
 from gptforge.training.io import atomic_write_text
-from gptforge.training.loop import Callback, LoopResult, resolve_device, train_loop
+from gptforge.training.loop import (
+    Callback,
+    LoopResult,
+    resolve_device,
+    train_loop,
+    uses_fsdp,
+)
 from gptforge.training.pretrain import check_fresh_run_dir, save_run_config
 from gptforge.training.tasks import generate_tasks
 
@@ -75,7 +81,7 @@ def finetune(
         src, run_dir = Path(cfg.from_run), Path(cfg.out)
         tokenizer = Tokenizer.from_dir(src / "tokenizer")
         tokenizer.add_special_tokens(SPECIAL_TOKENS)
-        if info.enabled and cfg.parallel == "fsdp":
+        if uses_fsdp(cfg, info):
             # Rank 0 loads the model on the CPU, the others describe it on the meta device;
             # the loop shards it and hands out rank 0's weights (as pretrain does).
             if info.is_main:
@@ -148,7 +154,7 @@ def finetune(
             sample=sample,
             callbacks=callbacks,
         )
-        if info.enabled and cfg.parallel == "fsdp":
+        if uses_fsdp(cfg, info):
             # Rank 0's model came back whole and trained (on the CPU); the others hold none.
             if not info.is_main:
                 return FinetuneResult(loop, before, None)

@@ -80,6 +80,11 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def uses_fsdp(cfg: LoopConfig, info: DistInfo) -> bool:
+    """Whether this run shards with FSDP (``--parallel fsdp`` under torchrun)."""
+    return info.enabled and cfg.parallel == "fsdp"
+
+
 def bf16_native() -> bool:
     """Whether the GPU computes in bf16 natively (Ampere and later; not emulated as on a V100)."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -232,7 +237,7 @@ def train_loop(
     write = write or tqdm.write
     run_dir = Path(cfg.out)
     ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
-    use_fsdp = info.enabled and cfg.parallel == "fsdp"
+    use_fsdp = uses_fsdp(cfg, info)
     if use_fsdp and cfg.dtype == "float16":
         raise ValueError(
             "--dtype float16 with --parallel fsdp is not supported (its loss scaling needs "
@@ -317,9 +322,10 @@ def train_loop(
             if info.is_main:
                 export_model.load_state_dict(export_state)
         if info.is_main:
+            assert rngs is not None  # rank 0 receives every rank's states
             state = {
                 "optimizer": optim_state if use_fsdp else optimizer.state_dict(),
-                "rng": rngs[0] if rngs else rng_state(device),
+                "rng": rngs[0],
                 "rng_ranks": rngs,
                 "sampler": sampler.state_dict(),
                 "scaler": scaler.state_dict(),

@@ -11,7 +11,13 @@ import torch
 from gptforge.training.config import TrainConfig
 from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
 from gptforge.training.distributed import init_distributed, shutdown
-from gptforge.training.loop import Callback, LoopResult, resolve_device, train_loop
+from gptforge.training.loop import (
+    Callback,
+    LoopResult,
+    resolve_device,
+    train_loop,
+    uses_fsdp,
+)
 from gptforge.training.textgen import sample_text
 
 TRAIN_CONFIG = "train_config.json"
@@ -132,7 +138,7 @@ def pretrain(
         # FSDP: rank 0 initialises the whole model on the CPU, the others only describe it on
         # the meta device; the loop shards it and hands out rank 0's weights.
         where = device
-        if info.enabled and cfg.parallel == "fsdp":
+        if uses_fsdp(cfg, info):
             where = torch.device("cpu") if info.is_main else torch.device("meta")
         with torch.device(where):
             model: Any = build_model(mcfg)
