@@ -64,7 +64,7 @@ format: sync ## Apply ruff fixes and formatting
 	$(RUN) ruff format .
 
 typecheck: sync ## mypy over the packages
-	$(RUN) mypy -p gptforge.corpus -p gptforge.tokenizer -p gptforge.api -p gptforge.modeling -p gptforge.training \
+	$(RUN) mypy -p gptforge.fileio -p gptforge.corpus -p gptforge.tokenizer -p gptforge.api -p gptforge.modeling -p gptforge.training \
 		-p gptforge.sampling -p gptforge.conversion -p gptforge.cli -p gptforge.services.tokenizer -p gptforge.services.generation
 
 proto: sync ## Regenerate the protobuf/gRPC code from proto/ (pinned grpcio-tools)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,13 @@ def run_captured(settings: DemoSettings, **kwargs: Any) -> tuple[PipelineReport,
 def test_demo_end_to_end_then_a_second_run_skips_completed_stages(tmp_path: Path) -> None:
     """One demo run feeds every check (a single test, so pytest-xdist never runs it twice)."""
     settings = settings_for(tmp_path / "run", write_corpus(tmp_path / "corpus.txt"))
-    report, text = run_captured(settings)
+    umask = os.umask(0o022)
+    try:
+        report, text = run_captured(settings)
+    finally:
+        os.umask(umask)
     check_every_stage_left_its_outputs_in_one_folder(settings, report)
+    check_files_are_readable_by_others(settings)
     check_stage_results_hold_the_checked_numbers(settings, report)
     check_printed_summaries_and_commands_to_continue(settings, text)
     check_second_run_skips_every_completed_stage(settings)
@@ -95,6 +102,16 @@ def check_every_stage_left_its_outputs_in_one_folder(
     markers = sorted(p.name for p in (run / "stages").glob("*.json"))
     assert markers == [f"{i:02d}-{s}.json" for i, s in enumerate(STAGES, start=1)]
     assert (run / "pretrain" / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_files_are_readable_by_others(settings: DemoSettings) -> None:
+    """Under umask 022 every file is 0644 and every folder 0755, as any other tool writes them."""
+    wrong = []
+    for path in [settings.run_dir, *settings.run_dir.rglob("*")]:
+        want = 0o755 if path.is_dir() else 0o644
+        if stat.S_IMODE(path.stat().st_mode) != want:
+            wrong.append(f"{path.relative_to(settings.run_dir)}: {oct(path.stat().st_mode)}")
+    assert not wrong, wrong
 
 
 def check_stage_results_hold_the_checked_numbers(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from gptforge.cli.options import DeviceOpt
 
 if TYPE_CHECKING:
     from gptforge.cli.pipeline import PipelineReport, StageRecord
@@ -347,7 +348,7 @@ def demo(
     finetune_steps: Annotated[int | None, typer.Option("--finetune-steps", hidden=True)] = None,
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", hidden=True)] = None,
     eval_examples: Annotated[int, typer.Option("--eval-examples", hidden=True)] = 100,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """The whole pipeline in one command: tokenizer, pre-training, fine-tuning, HF/GGUF export, gRPC services.
 

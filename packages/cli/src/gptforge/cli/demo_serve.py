@@ -42,13 +42,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def serving_device(run_dir: Path) -> str:
     """The device pre-training used (``auto`` resolved), so the server runs where training did."""
-    import torch
+    from gptforge.modeling.device import auto_device_name
     from gptforge.training.pretrain import load_run_config
 
     name = str(load_run_config(run_dir / "pretrain")["config"].get("device", "auto"))
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return auto_device_name() if name == "auto" else name
 
 
 class ServerProcess:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
+from gptforge.cli.options import DeviceOpt
 
 AUTH_ENV = "GPTFORGE_AUTH_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50052"
@@ -32,7 +33,6 @@ SeedOpt = Annotated[int | None, typer.Option(help="Seed of this generation (defa
 StopOpt = Annotated[
     list[str] | None, typer.Option("--stop", help="Stop string (repeatable); may span tokens.")
 ]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -118,7 +118,7 @@ def generate(
     allow_special_tokens: Annotated[
         bool, typer.Option("--allow-special-tokens", help="Encode special-token text as specials.")
     ] = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "",
     precision: PrecisionOpt = "",
     compile: CompileOpt = False,
@@ -185,7 +185,7 @@ def serve_generation(
     context_length: Annotated[
         int, typer.Option(help="Positions per sequence (0 = the model's block_size).")
     ] = 0,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "",
     precision: PrecisionOpt = "",
     compile: CompileOpt = False,

@@ -42,9 +42,33 @@ for _name, _group in groups.items():
     app.add_typer(_group, name=_name)
 
 
+#: Errors that come from what the user passed (a path, a value, a file's content); they print as
+#: one line. Anything else is a bug and keeps its traceback. GPTFORGE_DEBUG=1 shows them all.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
+
+
 def main() -> None:
-    """Entry point of the ``gptforge`` console script."""
-    app()
+    """Entry point of the ``gptforge`` console script: every user error is one line."""
+    import os
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: a bad flag or value
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        if exc.format_message():  # empty when a group without a verb already printed its help
+            typer.secho(f"error: {exc.format_message()}{hint}", err=True, fg="red")
+        sys.exit(getattr(exc, "exit_code", 2))
+    except USER_ERRORS as exc:
+        if os.environ.get("GPTFORGE_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        typer.secho(f"error: {message}", err=True, fg="red")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

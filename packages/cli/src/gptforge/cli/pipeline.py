@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -34,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from gptforge.fileio import atomic_write_json
 
 MARKER_DIR = "stages"
 LOG_DIR = "logs"
@@ -56,22 +56,6 @@ class StageFailed(RuntimeError):
         super().__init__(message)
         self.stage = stage
         self.log_path = log_path
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON to ``path`` atomically (temp file + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

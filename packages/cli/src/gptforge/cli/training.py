@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
+from gptforge.cli.options import DeviceOpt, check_device
 from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
 
@@ -52,7 +53,8 @@ def _config_params(cls: type) -> list[inspect.Parameter]:
             names = [f"{names[0]}/--no-{names[0][2:]}"]
         default = f.default
         help_text = f"{docs.get(f.name, '')} [default: {default}]"
-        option = typer.Option(None, *names, help=help_text, show_default=False)
+        check = check_device if f.name == "device" else None
+        option = typer.Option(None, *names, help=help_text, show_default=False, callback=check)
         params.append(
             inspect.Parameter(
                 f.name,
@@ -189,7 +191,7 @@ def chat_command(
     ),  # noqa: UP045
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 answers greedily."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: DeviceOpt = "auto",
 ) -> None:
     """Answer instructions with a fine-tuned model using its template.
 

@@ -13,14 +13,13 @@ import contextlib
 import json
 import os
 import pickle
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gptforge import fileio
 from gptforge.conversion.errors import ConversionError
 
 __all__ = [
@@ -351,16 +350,8 @@ def check_output(path: str | os.PathLike[str], force: bool) -> Path:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    p = check_output(path, force)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, p)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with fileio.atomic_file(check_output(path, force)) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -370,21 +361,8 @@ def atomic_dir(path: str | os.PathLike[str], force: bool = False) -> Iterator[Pa
     With ``force`` an existing ``path`` is moved aside first and deleted once the new directory
     is in place, so a failed conversion never leaves a half-written output behind.
     """
-    p = check_output(path, force)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
-    try:
+    with fileio.atomic_dir(check_output(path, force)) as tmp:
         yield tmp
-        old = None
-        if p.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".old", dir=p.parent))
-            os.replace(p, old / p.name)
-        os.replace(tmp, p)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_safetensors(

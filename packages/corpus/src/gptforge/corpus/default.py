@@ -16,10 +16,11 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from gptforge.fileio import atomic_file
 
 DEFAULT_CORPUS = "default"
 """The source name that :func:`gptforge.corpus.iter_documents` resolves to this corpus."""
@@ -106,14 +107,7 @@ def default_corpus_path() -> Path:
     path = cache_dir() / "corpus" / f"default-{impl}{version}-v{_FORMAT_VERSION}.jsonl"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for doc in build_default_documents():
-                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for doc in build_default_documents():
+            f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
     return path

@@ -12,13 +12,13 @@ LM head is stored once, under the token embedding's name (HF convention).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.fileio import atomic_dir, atomic_write
+from gptforge.modeling.device import resolve_device
 from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -27,18 +27,6 @@ from torch import nn
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then move the temp file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -72,8 +60,8 @@ def save_model_dir(
     config = config_to_dict(model.config)
     tensors = _unique_state_dict(model)
     meta = {"format": "pt", "arch": str(config["arch"])}
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
-    _atomic_write(
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write(
         directory / CONFIG_FILE,
         lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
     )
@@ -87,15 +75,8 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
         raise FileNotFoundError(f"tokenizer_dir {str(src)!r} is not a directory")
     if dst.exists() and src.resolve() == dst.resolve():
         return
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    shutil.copytree(src, tmp, dirs_exist_ok=True)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def read_config(directory: str | Path) -> Any:
@@ -118,12 +99,14 @@ def load_model_dir(
 
     Args:
         directory: the model directory.
-        device: where to put the weights.
+        device: where to put the weights: a ``torch.device`` or a name (``auto`` picks CUDA,
+            else MPS, else the CPU).
         dtype: cast floating weights to this dtype (default: the dtype they were saved in).
 
     >>> model = load_model_dir("runs/demo/pretrain")  # doctest: +SKIP
     """
     directory = Path(directory)
+    device = resolve_device(device)
     config = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():

@@ -64,14 +64,7 @@ def load_checkpoint(
 
     model_dir, kind = find_model_dir(ckpt)
     if kind == "hf":
-        try:  # optional: conversion is a sibling package, needed only for HF directories
-            from gptforge.conversion.hf import import_hf
-        except ImportError as exc:
-            raise ImportError(
-                f"{str(model_dir)!r} is a Hugging Face directory; loading it needs the "
-                "gptforge-conversion package (`uv sync` in the workspace installs it), or convert "
-                "it first with `gptforge convert from-hf`"
-            ) from exc
+        from gptforge.conversion.hf import import_hf
 
         with tempfile.TemporaryDirectory(prefix="gptforge-hf-") as tmp:
             ours = import_hf(model_dir, Path(tmp) / "model")

@@ -9,11 +9,10 @@ A directory holds ``tokenizer.json`` (HF ``tokenizers``), ``tokenizer_config.jso
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gptforge.fileio import atomic_write_text
 from gptforge.tokenizer.errors import TokenizerError
 from gptforge.tokenizer.specials import EOT, PAD
 from tokenizers import Tokenizer as HFTokenizer
@@ -28,15 +27,8 @@ HF_FILE = "tokenizer.json"
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`gptforge.fileio.atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 def _dumps(obj: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gptforge.fileio import make_readable
 from safetensors.torch import load_model, save_model
 
 CHECKPOINTS = "checkpoints"
@@ -156,6 +157,7 @@ class CheckpointManager:
         try:
             save_model(model, str(tmp / "model.safetensors"))
             torch.save(state, tmp / "state.pt")
+            make_readable(tmp)
             files = {}
             for fname in ("model.safetensors", "state.pt"):
                 _fsync_file(tmp / fname)

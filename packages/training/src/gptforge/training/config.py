@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,19 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEMPLATES = ("inst", "alpaca")
 PARALLELS = ("ddp", "fsdp")
+DEVICE_CHOICES = "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps"
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it names a device gptforge runs on (checked without importing torch).
+
+    >>> check_device_name("cuda:1")
+    'cuda:1'
+    """
+    if not _DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}: pass --device {DEVICE_CHOICES}")
+    return name
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -127,6 +141,7 @@ class LoopConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
+        check_device_name(self.device)
         _check_choice("parallel", self.parallel, PARALLELS)
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from gptforge.modeling.device import auto_device_name
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def init_distributed(device: str) -> DistInfo:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        cuda = device.startswith("cuda") or (device == "auto" and auto_device_name() == "cuda")
         backend = "nccl" if cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)

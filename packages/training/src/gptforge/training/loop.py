@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.modeling.device import auto_device_name
+from gptforge.modeling.device import resolve_device as modeling_device
 from gptforge.training.checkpoint import (
     CheckpointInfo,
     CheckpointManager,
@@ -65,19 +67,17 @@ class LoopResult:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` picks CUDA when available; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
+    """``auto`` picks CUDA, else MPS, else the CPU; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = auto_device_name()
     if info.enabled and name.startswith("cuda:"):
         raise ValueError(
             f"device {name!r} under torchrun would put every rank on one GPU; pass --device cuda "
             "(each rank takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available; pass --device cpu")
     if name == "cuda" and info.enabled:
         name = f"cuda:{info.local_rank}"
-    return torch.device(name)
+    return modeling_device(name)
 
 
 def uses_fsdp(cfg: LoopConfig, info: DistInfo) -> bool:

@@ -1,0 +1,23 @@
+"""Options shared by several verbs, checked before torch is imported."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from gptforge.training.config import DEVICE_CHOICES, check_device_name
+
+
+def check_device(value: str | None) -> str | None:
+    """Typer callback: refuse an unknown ``--device`` name before any torch import."""
+    if value is None:
+        return None
+    try:
+        return check_device_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help=f"{DEVICE_CHOICES}.", callback=check_device)
+]
