@@ -20,9 +20,9 @@ TOKENIZER ?= $(RUN_DIR)/tokenizer
 HOST ?= 127.0.0.1
 PORT ?=
 
-.PHONY: help bootstrap sync demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
+.PHONY: help bootstrap sync build lock-check demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
 	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
-	readme train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
+	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -42,14 +42,15 @@ test: sync ## Run the default test suite (no slow/gpu/load tests)
 test-slow: sync ## Run the slow tests
 	$(RUN) pytest -n 2 -m slow $(PYTEST_ARGS)
 
-# The lock pins torch's CPU build, so the GPU tests run on a Python whose torch has CUDA (a GPU
-# machine's own python3), with the workspace sources on PYTHONPATH instead of the uv venv.
-GPU_PYTHON ?= python3
+# `make sync` gives a CUDA torch on a Linux GPU server, so the GPU tests run in .venv when its torch
+# sees a GPU; GPU_PYTHON= names another Python with a CUDA torch (a GPU machine without a package
+# index), which then runs with the workspace sources on PYTHONPATH.
+GPU_PYTHON ?= $(shell test -x .venv/bin/python && .venv/bin/python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null && echo .venv/bin/python || echo python3)
 empty :=
 space := $(empty) $(empty)
 WORKSPACE_PATH := $(subst $(space),:,$(wildcard packages/*/src services/*/src)):.
 
-test-gpu: ## Run the GPU tests (tests/gpu) with GPU_PYTHON, a Python whose torch has CUDA
+test-gpu: ## Run the GPU tests (tests/gpu) in .venv when its torch sees CUDA, else with GPU_PYTHON
 	PYTHONPATH=$(WORKSPACE_PATH) $(GPU_PYTHON) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
 test-load: sync ## Run the load/concurrency tests
@@ -62,6 +63,13 @@ lint: sync ## ruff check + format check
 format: sync ## Apply ruff fixes and formatting
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
+
+build: sync ## Build every member's wheel and sdist into dist/
+	$(UV) build --all-packages -q -o dist
+
+lock-check: bootstrap ## Fail if uv.lock is stale or names a local path
+	$(UV) lock --check
+	@! grep -nE 'path = "/|registry = "/|file://' uv.lock || { echo "uv.lock names a local path: lock against the public index"; exit 1; }
 
 typecheck: sync ## mypy over the packages
 	$(RUN) mypy -p gptforge.fileio -p gptforge.corpus -p gptforge.tokenizer -p gptforge.api -p gptforge.modeling -p gptforge.training \
@@ -95,7 +103,7 @@ llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cac
 litgpt: sync ## Build litgpt (pulls lightning) in ~/.cache/gptforge/litgpt-venv, the LLaMA peer of bench-train
 	$(UV) venv -q --allow-existing --python $(CURDIR)/.venv/bin/python $(HOME)/.cache/gptforge/litgpt-venv
 	$(UV) pip install -q --python $(HOME)/.cache/gptforge/litgpt-venv/bin/python \
-		--find-links /opt/wheels "torch==$$($(RUN) python -c 'import torch; print(torch.__version__)')" litgpt
+		"torch==$$($(RUN) python -c 'import torch; print(torch.__version__)')" litgpt
 
 bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
 	$(RUN) python bench/bench_mmrec.py
@@ -124,5 +132,3 @@ serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
 serve-generation: sync ## Serve generation over gRPC (CKPT= HOST= PORT=)
 	$(RUN) gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
 
-readme: sync ## Splice docs/*.md user guides into README.md
-	$(RUN) python tools/build_readme.py

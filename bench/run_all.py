@@ -99,28 +99,7 @@ def main() -> int:
     tmp.write_text("\n".join(sections))
     os.replace(tmp, args.out)
     print(f"wrote {args.out}")
-    if args.out == HERE / "results.md":
-        update_readme("\n".join(sections[2:]))
     return 1 if failures else 0
-
-
-def update_readme(body: str, readme: Path = HERE.parent / "README.md") -> None:
-    """Replace the README's benchmark block (between the bench markers) with ``body``.
-
-    The README's table is generated from the measured report, never typed by hand.
-    """
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        print(f"README has no {start} ... {end} block; left unchanged")
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    body = body.replace("\n## ", "\n### ")
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{start}\n{body.strip()}\n{end}{tail}")
-    os.replace(tmp, readme)
-    print(f"updated the benchmark block of {readme}")
 
 
 if __name__ == "__main__":
