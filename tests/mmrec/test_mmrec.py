@@ -99,7 +99,7 @@ def test_mixer_gradcheck_fp64():
 
 
 def test_mixer_matches_the_formula_step_by_step():
-    """An independent oracle: the mixer written as the issue's equations, one step at a time."""
+    """An independent oracle: the mixer written as docs/mmrec.md's equations, one step at a time."""
     torch.manual_seed(0)
     cfg = MMRecConfig.from_name("mmrec-debug", chunk_size=4)
     mixer = MDIMixer(cfg).double()

@@ -104,7 +104,7 @@ class GPTConfig(_PresetMixin):
         n_embd: model width.
         dropout: embedding, attention and residual dropout probability.
         bias: biases in Linear layers and LayerNorms (nanoGPT's ``bias``).
-        qkv_bias: bias of the fused QKV projection (``c_attn``); off for the seeds' 163M figure.
+        qkv_bias: bias of the fused QKV projection (``c_attn``); off for the 163M figure of the LLMs-from-scratch book's GPT_CONFIG_124M.
         tie_embeddings: share ``wte`` and ``lm_head`` weights (GPT-2 does).
         gelu_approximate: ``"tanh"`` (GPT-2's ``gelu_new``) or ``"none"`` (exact erf).
         layer_norm_eps: LayerNorm epsilon.

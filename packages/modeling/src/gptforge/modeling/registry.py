@@ -108,7 +108,7 @@ def config_from_dict(d: dict[str, Any]) -> Any:
 
 register_architecture("gpt", GPTConfig, GPT)
 register_architecture("llama", LlamaConfig, Llama)
-# Further families register here (MM-Rec is owned by its engineer):
+# Further families register here; MM-Rec lives in its own module:
 from gptforge.modeling.mmrec import MMRec, MMRecConfig  # noqa: E402  (needs the helpers above)
 
 register_architecture("mmrec", MMRecConfig, MMRec)

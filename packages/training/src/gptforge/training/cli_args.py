@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-# Flag spellings fixed by the issue that differ from the field name.
+# Flag spellings that differ from the field name (`--from` reads as the verb it completes).
 ALIASES = {"from_run": ["--from", "--from-run"]}
 
 
