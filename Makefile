@@ -73,7 +73,7 @@ lock-check: bootstrap ## Fail if uv.lock is stale or names a local path
 
 typecheck: sync ## mypy over the packages
 	$(RUN) mypy -p gptforge.fileio -p gptforge.corpus -p gptforge.tokenizer -p gptforge.api -p gptforge.modeling -p gptforge.training \
-		-p gptforge.sampling -p gptforge.conversion -p gptforge.cli -p gptforge.services.tokenizer -p gptforge.services.generation
+		-p gptforge.sampling -p gptforge.conversion -p gptforge.demo -p gptforge.cli -p gptforge.services.tokenizer -p gptforge.services.generation
 
 proto: sync ## Regenerate the protobuf/gRPC code from proto/ (pinned grpcio-tools)
 	$(RUN) python tools/gen_proto.py

@@ -51,7 +51,8 @@ LAYERS = {
     "gptforge-training": 5,
     "gptforge-tokenizer-service": 6,
     "gptforge-generation-service": 6,
-    "gptforge-cli": 7,
+    "gptforge-demo": 7,
+    "gptforge-cli": 8,
 }
 
 

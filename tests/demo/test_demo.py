@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gptforge.cli.demo import SUMMARY_FILE, demo_command, run_demo
 from gptforge.cli.main import app
-from gptforge.cli.pipeline import DemoError, PipelineReport
-from gptforge.cli.pipeline_stages import DemoSettings
+from gptforge.demo.pipeline import DemoError, PipelineReport
+from gptforge.demo.report import SUMMARY_FILE, demo_command, run_demo
+from gptforge.demo.stages import DemoSettings
 from gptforge.training import TrainConfig
 from gptforge.training.tasks import WORDS
 from rich.console import Console

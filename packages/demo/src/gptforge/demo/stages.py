@@ -8,7 +8,7 @@
 4. ``export``: Hugging Face directory (loaded back by ``transformers``, logits compared) and GGUF
    (read back by ``gguf``) (:mod:`gptforge.conversion`);
 5. ``serve``: both gRPC services as ``gptforge serve ...`` subprocesses, called through their
-   clients (:mod:`gptforge.services`), stopped with SIGTERM (see :mod:`gptforge.cli.demo_serve`).
+   clients (:mod:`gptforge.services`), stopped with SIGTERM (see :mod:`gptforge.demo.serve`).
 
 Heavy imports (torch, transformers, grpc) happen inside the stage functions.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptforge.cli.demo_serve import serve_stage
-from gptforge.cli.pipeline import Stage, StageContext
+from gptforge.demo.pipeline import Stage, StageContext
+from gptforge.demo.serve import serve_stage
 
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Ünïcödé 🙂 works too."
 SAMPLE_PROMPT = "The"

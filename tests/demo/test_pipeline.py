@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gptforge.cli.pipeline import (
+from gptforge.demo.pipeline import (
     DemoError,
     Stage,
     StageContext,

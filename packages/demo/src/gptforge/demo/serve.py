@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from gptforge.cli.pipeline import StageContext
+from gptforge.demo.pipeline import StageContext
 
 TOKENIZER_START_TIMEOUT = 90.0
 GENERATION_START_TIMEOUT = 240.0
@@ -122,7 +122,7 @@ class ServerProcess:
 
 def serve_stage(ctx: StageContext) -> dict[str, Any]:
     """Start both services on the fine-tuned model, use them through the clients, stop them."""
-    from gptforge.cli.pipeline_stages import DEMO_INSTRUCTION, SAMPLE_TEXT
+    from gptforge.demo.stages import DEMO_INSTRUCTION, SAMPLE_TEXT
     from gptforge.services.generation import GenerationClient
     from gptforge.services.tokenizer import TokenizerClient
     from gptforge.tokenizer import Tokenizer

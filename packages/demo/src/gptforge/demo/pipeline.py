@@ -16,7 +16,7 @@ Rules that keep the run directory consistent:
   :class:`StageFailed`, which names the stage and the command that continues the run.
 
 This module knows nothing about tokenizers or models: the stages themselves live in
-:mod:`gptforge.cli.pipeline_stages`. It imports neither torch nor rich.
+:mod:`gptforge.demo.stages`. It imports neither torch nor rich.
 """
 
 from __future__ import annotations
