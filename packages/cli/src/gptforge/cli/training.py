@@ -111,7 +111,7 @@ def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
 
 
 def train_command(**kwargs: Any) -> None:
-    """Pre-train a model on prepared token shards (``gptforge data prepare``).
+    """Pre-train a model on prepared token shards (from gptforge data prepare).
 
     Writes a run directory: a model directory at the top (config.json, model.safetensors,
     tokenizer/), checkpoints/, metrics.jsonl and plots/. Example:
