@@ -11,7 +11,7 @@ Measured in one run, on the embedded default corpus and on a ~20 MB corpus built
 Every timing is the best of ``--repeats`` runs. stdout gets markdown tables only; progress goes
 to stderr. Usage: ``make bench-tokenizer`` or
 ``uv run python bench/bench_tokenizer.py [--small] [--vocab-size N] [--big-mb MB]``.
-Targets (issue 2): encode >= 0.9x raw tiktoken and >= 4x HF tokenizers single-threaded;
+Targets: encode >= 0.9x raw tiktoken and >= 4x HF tokenizers single-threaded;
 training time <= 1.1x HF tokenizers.
 """
 
