@@ -9,10 +9,10 @@ each sequence owns one row of every cache for its lifetime.
 from __future__ import annotations
 
 import math
-import torch
-import torch.nn.functional as F
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -78,7 +78,11 @@ class KVCache(nn.Module):
                 f"batch size {batch_size} exceeds the KV cache's max_batch_size="
                 f"{self.max_batch_size}; call setup_caches(max_batch_size={batch_size}, ...)"
             )
-        if rows is not None and rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < self.max_batch_size:
+        if (
+            rows is not None
+            and rows.numel()
+            and not 0 <= int(rows.min()) <= int(rows.max()) < self.max_batch_size
+        ):
             raise CacheOverflowError(
                 f"rows {rows.tolist()!r} are outside the KV cache's rows 0.."
                 f"{self.max_batch_size - 1}; call setup_caches with a larger max_batch_size"
