@@ -79,7 +79,7 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        C, eps = config.n_embd, config.layer_norm_eps
+        C, eps = config.n_embd, config.norm_eps
         self.ln_1 = nn.LayerNorm(C, eps=eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(C, eps=eps, bias=config.bias)
@@ -122,7 +122,7 @@ class GPT(KVCacheMixin, CausalLM):
         self.wpe = nn.Embedding(config.block_size, C)
         self.drop = _dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = nn.LayerNorm(C, eps=config.norm_eps, bias=config.bias)
         # A plain nn.Linear: training runs the head inside linear_cross_entropy (on oneDNN).
         self.lm_head = nn.Linear(C, Vp, bias=False)
         self.tie_weights()

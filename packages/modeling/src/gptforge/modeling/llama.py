@@ -120,7 +120,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        C, H = config.n_embd, config.intermediate_size
+        C, H = config.n_embd, config.ffn_hidden
         assert H is not None, "filled in by LlamaConfig.__post_init__"
         self.gate_proj = Linear(C, H, bias=False)
         self.up_proj = Linear(C, H, bias=False)
