@@ -100,7 +100,8 @@ def config_from_dict(d: dict[str, Any]) -> Any:
             f"config dict has arch={arch!r}; expected one of {sorted(ARCHITECTURES)} "
             "(config.json files written by config_to_dict carry it)"
         )
-    return ARCHITECTURES[arch][0].from_dict(d)
+    config_cls: Any = ARCHITECTURES[arch][0]
+    return config_cls.from_dict(d)
 
 
 register_architecture("gpt", GPTConfig, GPT)
