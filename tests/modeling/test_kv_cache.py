@@ -217,3 +217,31 @@ def test_caches_made_for_generation_are_replaced_outside_inference_mode(preset):
     assert not any(b.is_inference() for b in model.buffers())
     with torch.no_grad():
         model(torch.randint(0, 100, (2, 4)), input_pos=torch.arange(4))
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_explicit_rows_prefill_one_sequence_beside_live_ones(preset):
+    """Continuous batching: a sequence prefilled into cache row 2 while rows 0-1 hold others
+    decodes like a sequence of its own, and rows 0-1 are untouched."""
+    model = _model(preset)
+    V = model.config.vocab_size
+    a, b = torch.randint(0, V, (2, 7)), torch.randint(0, V, (1, 6))
+    model.setup_caches(max_batch_size=3, max_seq_len=16)
+    with torch.no_grad():
+        full_a, _ = model(a)
+        full_b, _ = model(b)
+        model(a[:, :6], input_pos=torch.arange(6))  # rows 0 and 1
+        first, _ = model(b[:, :5], input_pos=torch.arange(5), rows=torch.tensor([2]))
+        step, _ = model(b[:, 5:], input_pos=torch.tensor([[5]]), rows=torch.tensor([2]))
+        live, _ = model(a[:, 6:], input_pos=torch.tensor([6]))  # rows 0 and 1 again
+    torch.testing.assert_close(first[0], full_b[0, :5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step[0, 0], full_b[0, 5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(live[:, 0], full_a[:, 6], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_rows_outside_the_cache_are_refused(preset):
+    model = _model(preset)
+    model.setup_caches(max_batch_size=2, max_seq_len=8)
+    with pytest.raises(CacheOverflowError, match="rows"):
+        model(torch.zeros(1, 2, dtype=torch.long), input_pos=0, rows=torch.tensor([2]))
