@@ -43,7 +43,6 @@ from gptforge.sampling.processing import (
     sample_from_probs,
     token_logprobs,
 )
-from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
 
 __version__ = "0.1.0"
@@ -56,7 +55,6 @@ __all__ = [
     "Completion",
     "FinishReason",
     "SamplingParams",
-    "SlotCaches",
     "StopStringMatcher",
     "StreamingDetokenizer",
     "TokenEvent",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from gptforge.modeling.protocol import LanguageModel
 
 #: Where ``--ckpt RUN_DIR`` may keep its model directory, in the order they are tried.
 MODEL_SUBDIRS = ("", "finetune", "pretrain", "model")
@@ -47,7 +47,7 @@ def load_checkpoint(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-) -> tuple[nn.Module, Any]:
+) -> tuple[LanguageModel, Any]:
     """Load ``(model, tokenizer)`` for generation, the model in eval mode.
 
     Args:
