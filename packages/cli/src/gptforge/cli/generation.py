@@ -130,7 +130,7 @@ def generate(
     """
     from gptforge.sampling import SamplingParams
     from gptforge.sampling.core import model_config
-    from gptforge.sampling.loading import load_checkpoint
+    from gptforge.conversion import load_any
 
     try:
         params = SamplingParams(
@@ -143,7 +143,9 @@ def generate(
             seed=seed,
             stop=tuple(stop or ()),
         )
-        model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
+        model, tok, _ = load_any(
+            ckpt, device=device, dtype=_torch_dtype(dtype), require_tokenizer=True
+        )
         if precision:
             from gptforge.sampling.precision import apply_weight_precision
 

@@ -166,10 +166,10 @@ def _has_checkpoints(run: Path) -> bool:
 def _sample(model_dir: Path, prompt: str, seed: int, max_new_tokens: int = 40) -> str:
     """A sampled continuation of ``prompt`` (temperature 0.8, top-k 50) via gptforge.sampling."""
     from gptforge.sampling import SamplingParams, stream_generate
-    from gptforge.sampling.loading import load_checkpoint
+    from gptforge.conversion import load_any
 
     model: Any
-    model, tok = load_checkpoint(model_dir)
+    model, tok, _ = load_any(model_dir, require_tokenizer=True)
     ids = tok.encode(prompt) or [tok.eot_token]
     room = max(1, min(max_new_tokens, int(model.config.block_size) - len(ids)))
     params = SamplingParams(max_new_tokens=room, temperature=0.8, top_k=50, seed=seed)
