@@ -128,9 +128,9 @@ def generate(
     Works for every architecture through the model interface (KV cache or recurrent state).
     An empty --prompt starts from the end-of-text token.
     """
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams
     from gptforge.sampling.core import model_config
-    from gptforge.conversion import load_any
 
     try:
         params = SamplingParams(

@@ -49,6 +49,7 @@ class Loaded:
     family: str
     tokenizer_dir: Path | None  # where the tokenizer came from, when there is one
 
+
 def model_from_tensors(
     cfg: Any, plan: list[PlannedTensor] | Mapping[str, torch.Tensor]
 ) -> nn.Module:

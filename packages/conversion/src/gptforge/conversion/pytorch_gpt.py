@@ -143,7 +143,7 @@ def _book(sd: dict[str, torch.Tensor], n_head: int | None) -> tuple:
     cfg = GPTConfig(
         block_size=int(ours["wpe.weight"].shape[0]), vocab_size=int(wte.shape[0]),
         n_layer=n_layer, n_head=int(n_head), n_embd=int(wte.shape[1]), bias=True,
-        qkv_bias=f"h.0.attn.c_attn.bias" in ours, tie_embeddings=tied,
+        qkv_bias="h.0.attn.c_attn.bias" in ours, tie_embeddings=tied,
         gelu_approximate="tanh",  # the book's GELU is the tanh approximation
     )  # fmt: skip
     return cfg, ours

@@ -163,7 +163,9 @@ def torch_load_object(path: str | os.PathLike[str]) -> object:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), type(e).__name__)
+        first = next(
+            (ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), type(e).__name__
+        )
         if "GLOBAL" not in first:  # not a pickle of allowed objects at all: nothing was run
             raise _unreadable(p, first) from e
         raise ConversionError(
@@ -172,7 +174,9 @@ def torch_load_object(path: str | os.PathLike[str]) -> object:
             "because unpickling arbitrary objects can run any code. Fix: in a trusted environment, "
             "re-save just the state dict (torch.save(model.state_dict(), ...)) or use safetensors."
         ) from e
-    except (RuntimeError, EOFError, ValueError, struct.error) as e:
+    # On bytes that are not a checkpoint the weights-only unpickler fails wherever its stack
+    # machine stops (IndexError, KeyError, ...): all of them mean "not a file we can read".
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, struct.error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _unreadable(p, first) from e
 

@@ -165,8 +165,8 @@ def _has_checkpoints(run: Path) -> bool:
 
 def _sample(model_dir: Path, prompt: str, seed: int, max_new_tokens: int = 40) -> str:
     """A sampled continuation of ``prompt`` (temperature 0.8, top-k 50) via gptforge.sampling."""
-    from gptforge.sampling import SamplingParams, stream_generate
     from gptforge.conversion import load_any
+    from gptforge.sampling import SamplingParams, stream_generate
 
     model: Any
     model, tok, _ = load_any(model_dir, require_tokenizer=True)

@@ -71,8 +71,8 @@ def finetune(
 
     >>> finetune(FinetuneConfig(from_run="runs/demo/pretrain", out="runs/demo/sft"))  # doctest: +SKIP
     """
-    from gptforge.modeling import build_model
     from gptforge.conversion import load_any
+    from gptforge.modeling import build_model
     from gptforge.modeling.io import read_config, save_model_dir
     from gptforge.tokenizer import Tokenizer
 
