@@ -218,7 +218,7 @@ def import_pytorch(
                 f"vocab_size is {cfg.vocab_size}; pass the tokenizer the model was trained with"
             )
     plan = [
-        PlannedTensor(name, info.shape, sd[name].dtype, lambda t=sd[name]: t.contiguous())
+        PlannedTensor(name, info.shape, sd[name].dtype, sd[name].contiguous)
         for name, info in our_tensor_spec(cfg).items()
     ]
     with atomic_dir(out, force) as tmp:
