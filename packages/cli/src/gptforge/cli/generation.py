@@ -128,9 +128,9 @@ def generate(
     Works for every architecture through the model interface (KV cache or recurrent state).
     An empty --prompt starts from the end-of-text token.
     """
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams
     from gptforge.sampling.core import model_config
-    from gptforge.sampling.loading import load_checkpoint
 
     try:
         params = SamplingParams(
@@ -143,7 +143,9 @@ def generate(
             seed=seed,
             stop=tuple(stop or ()),
         )
-        model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
+        model, tok, _ = load_any(
+            ckpt, device=device, dtype=_torch_dtype(dtype), require_tokenizer=True
+        )
         if precision:
             from gptforge.sampling.precision import apply_weight_precision
 

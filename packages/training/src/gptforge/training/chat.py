@@ -27,7 +27,7 @@ class ChatModel:
     def __init__(
         self, run_dir: str | Path, *, device: str = "cpu", template: str | None = None
     ) -> None:
-        from gptforge.modeling.io import load_model_dir
+        from gptforge.conversion import load_any
         from gptforge.tokenizer import Tokenizer
 
         run_dir = Path(run_dir)
@@ -40,7 +40,7 @@ class ChatModel:
                 f"{str(run_dir)!r} is not a fine-tuned run (its tokenizer has no <INST> token); "
                 "fine-tune it first: gptforge finetune --from RUN_DIR --out RUN_DIR2"
             )
-        self.model: Any = load_model_dir(run_dir, device=device, dtype=torch.float32)
+        self.model: Any = load_any(run_dir, device=device, dtype=torch.float32)[0]
 
     def respond(
         self,
