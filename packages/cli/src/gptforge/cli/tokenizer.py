@@ -149,7 +149,7 @@ def encode(
         typer.echo(json.dumps(record, ensure_ascii=False))
         return
     typer.echo(" ".join(map(str, ids)))
-    for i, (text, partial) in zip(ids, shown, strict=True):
+    for i, (text, partial) in zip(ids, shown, strict=False):  # shown is empty unless --pieces
         typer.echo(f"{i:>7}  {text!r}" + ("  (partial UTF-8)" if partial else ""))
     typer.echo(f"{len(ids)} tokens, {len(body.encode('utf-8'))} bytes", err=True)
 

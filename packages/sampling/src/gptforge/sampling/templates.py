@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-EOT = "<|endoftext|>"
-INST, INST_END, RESP, RESP_END = "<INST>", "</INST>", "<RESP>", "</RESP>"
+from gptforge.tokenizer.specials import EOT, INST, INST_END, RESP, RESP_END
+
 SPECIAL_TOKENS = [INST, INST_END, RESP, RESP_END]
+"""The tokens the ``inst`` template needs (fine-tuning adds them to the tokenizer)."""
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
