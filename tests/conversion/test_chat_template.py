@@ -39,7 +39,9 @@ def test_single_turn_ids_equal_the_fine_tunes(chat_tokenizer: Path, template: st
     user = [{"role": "user", "content": record["instruction"]}]
     assert encode_conversation(tok, user, template) == prompt
     turn = [*user, {"role": "assistant", "content": record["output"]}]
-    assert encode_conversation(tok, turn, template, add_generation_prompt=False) == prompt + response
+    assert (
+        encode_conversation(tok, turn, template, add_generation_prompt=False) == prompt + response
+    )
 
 
 @pytest.mark.parametrize("template", sorted(CHAT_FORMATS))
