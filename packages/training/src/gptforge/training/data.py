@@ -50,6 +50,51 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def verify_checksums(data_dir: str | Path, *, chunk: int = 1 << 24) -> dict[str, Any]:
+    """Recompute every shard's sha256 and compare it with ``meta.json``; the meta on success.
+
+    Raises:
+        DataError: A shard's bytes are not what was prepared (changed in place), naming it.
+    """
+    import hashlib
+
+    meta = read_meta(data_dir)
+    for split in SPLITS:
+        for shard in meta["splits"][split]["shards"]:
+            expect = shard.get("sha256")
+            if expect is None:
+                continue  # prepared before shards carried checksums
+            digest = hashlib.sha256()
+            with open(Path(data_dir) / shard["file"], "rb") as f:
+                while block := f.read(chunk):
+                    digest.update(block)
+            if digest.hexdigest() != expect:
+                raise DataError(
+                    f"shard {shard['file']} of {str(data_dir)!r} changed after it was prepared "
+                    f"(sha256 {digest.hexdigest()[:16]}..., meta.json records {expect[:16]}...); "
+                    "prepare the data again (gptforge data prepare)"
+                )
+    return meta
+
+
+def check_resume_data(data_dir: str | Path, trained_on: str | None) -> None:
+    """Refuse to resume on data other than the run's: ``trained_on`` is the ``checksum`` of
+    ``meta.json`` recorded in the run's checkpoint (``None`` for runs that did not record one).
+
+    Raises:
+        DataError: The data directory now holds other tokens, with the way out.
+    """
+    meta = verify_checksums(data_dir)
+    now = meta.get("checksum")
+    if trained_on is not None and now is not None and now != trained_on:
+        raise DataError(
+            f"the data in {str(data_dir)!r} changed since this run was checkpointed (checksum "
+            f"{now[:16]}..., the run trained on {trained_on[:16]}...); resuming would continue "
+            "on other tokens. Resume with the data the run was trained on, or start a new run "
+            "on this data with another --out"
+        )
+
+
 class TokenShards:
     """The memory-mapped shards of one split, seen as one long token sequence per shard.
 
