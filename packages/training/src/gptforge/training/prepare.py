@@ -86,14 +86,15 @@ def _batch_encoder(tok: Any, dtype: np.dtype) -> Callable[[list[Segment]], np.nd
 
 
 def _batches(segments: Iterable[Segment], batch_bytes: int) -> Iterator[list[Segment]]:
+    """Pieces grouped into batches of at most ``batch_bytes`` characters (or one piece)."""
     batch: list[Segment] = []
     size = 0
     for segment in segments:
-        batch.append(segment)
-        size += len(segment[0])
-        if size >= batch_bytes:
+        if batch and size + len(segment[0]) > batch_bytes:
             yield batch
             batch, size = [], 0
+        batch.append(segment)
+        size += len(segment[0])
     if batch:
         yield batch
 
