@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 from gptforge.fileio import atomic_dir, atomic_write_json
-from gptforge.training.data import META, read_meta
 from gptforge.training.prepare import clean_leftovers
-from gptforge.training.shards import BlockSink, data_checksum, replay
+from gptforge.training.shards import META, BlockSink, data_checksum, read_meta, replay
 
 # Settings every part must share for the merge to equal one run.
 _SAME = ("tokenizer_fingerprint", "dtype", "n_vocab", "eot_token", "val_fraction", "block_tokens")

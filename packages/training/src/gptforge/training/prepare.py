@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 from gptforge.corpus import Segment
 from gptforge.fileio import TEMP_SUFFIX, atomic_dir, atomic_write_json
-from gptforge.training.data import FORMAT, META, token_dtype
 from gptforge.training.remote import GRPC_SCHEME, RemoteTokenizer
-from gptforge.training.shards import BlockSink, data_checksum
+from gptforge.training.shards import FORMAT, META, BlockSink, data_checksum, token_dtype
 
 _OWNER = ".prepare-owner"  # the pid of the run writing a temporary folder
 

@@ -1,4 +1,6 @@
-"""Writing token shards: the block router, checksummed shard files, and the stream replay.
+"""The token shard format (``meta.json``, checksummed shard files) and how it is written.
+
+This module imports no torch, so ``data prepare`` and ``data merge`` start light.
 
 The token stream (documents' ids, each document followed by the end-of-text id) is cut into
 blocks of ``block_tokens``; :class:`Router` sends each block to ``val`` while that keeps the
@@ -10,13 +12,85 @@ in stream order: what ``data merge`` concatenates parts with.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from gptforge.training.data import SPLITS
+
+FORMAT = "gptforge-tokens/1"
+META = "meta.json"
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """Prepared data that cannot be used as asked (missing, mismatched, out of vocabulary)."""
+
+
+def token_dtype(n_vocab: int) -> np.dtype:
+    """``uint16`` when every id fits in 16 bits, else ``uint32``."""
+    return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
+
+
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``meta.json`` of a prepared data directory."""
+    path = Path(data_dir) / META
+    if not path.exists():
+        raise DataError(
+            f"{str(data_dir)!r} is not a prepared data directory (no {META}); "
+            "create one with: gptforge data prepare --input SOURCE --tokenizer DIR --out DATA_DIR"
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}")
+    return meta
+
+
+def verify_checksums(data_dir: str | Path, *, chunk: int = 1 << 24) -> dict[str, Any]:
+    """Recompute every shard's sha256 and compare it with ``meta.json``; the meta on success.
+
+    Raises:
+        DataError: A shard's bytes are not what was prepared (changed in place), naming it.
+    """
+    import hashlib
+
+    meta = read_meta(data_dir)
+    for split in SPLITS:
+        for shard in meta["splits"][split]["shards"]:
+            expect = shard.get("sha256")
+            if expect is None:
+                continue  # prepared before shards carried checksums
+            digest = hashlib.sha256()
+            with open(Path(data_dir) / shard["file"], "rb") as f:
+                while block := f.read(chunk):
+                    digest.update(block)
+            if digest.hexdigest() != expect:
+                raise DataError(
+                    f"shard {shard['file']} of {str(data_dir)!r} changed after it was prepared "
+                    f"(sha256 {digest.hexdigest()[:16]}..., meta.json records {expect[:16]}...); "
+                    "prepare the data again (gptforge data prepare)"
+                )
+    return meta
+
+
+def check_resume_data(data_dir: str | Path, trained_on: str | None) -> None:
+    """Refuse to resume on data other than the run's: ``trained_on`` is the ``checksum`` of
+    ``meta.json`` recorded in the run's checkpoint (``None`` for runs that did not record one).
+
+    Raises:
+        DataError: The data directory now holds other tokens, with the way out.
+    """
+    meta = verify_checksums(data_dir)
+    now = meta.get("checksum")
+    if trained_on is not None and now is not None and now != trained_on:
+        raise DataError(
+            f"the data in {str(data_dir)!r} changed since this run was checkpointed (checksum "
+            f"{now[:16]}..., the run trained on {trained_on[:16]}...); resuming would continue "
+            "on other tokens. Resume with the data the run was trained on, or start a new run "
+            "on this data with another --out"
+        )
 
 
 class Router:
