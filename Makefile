@@ -89,7 +89,7 @@ bench-tokenizer: sync ## Tokenizer training/encode/service benchmark vs HF token
 	$(RUN) python bench/bench_tokenizer.py
 
 bench-prepare: sync ## data prepare vs a tiktoken baseline: peak RSS, CPU-s, wall at two corpus sizes
-	$(RUN) python bench/bench_prepare.py --shapes
+	$(RUN) python bench/bench_prepare.py
 
 bench-train: sync ## Forward+backward+AdamW tokens/s vs transformers (tiny, gpt2)
 	$(RUN) python bench/bench_train.py

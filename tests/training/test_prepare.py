@@ -221,3 +221,20 @@ def test_data_changed_in_place_is_refused_at_resume(tmp_path, tokenizer_dir, tex
     assert TokenShards(out, "train").num_tokens == meta["splits"]["train"]["tokens"]
     with pytest.raises(DataError, match=r"train_000000.bin .* changed after it was prepared"):
         check_resume_data(out, meta["checksum"])
+
+
+def test_resume_on_data_prepared_again_is_refused(tmp_path, tokenizer_dir, texts):
+    from gptforge.training.pretrain import pretrain
+
+    from tests.training.helpers import StopRun, debug_config, stop_at
+
+    data = tmp_path / "data"
+    prepare_data(texts, tokenizer_dir, data, progress=False)
+    cfg = debug_config(data, tmp_path / "run", max_steps=6, checkpoint_interval=2)
+    with pytest.raises(StopRun):
+        pretrain(cfg, callbacks=[stop_at(3)])
+    prepare_data(list(reversed(texts)), tokenizer_dir, data, progress=False)  # same size
+    with pytest.raises(DataError, match="changed since this run was checkpointed"):
+        pretrain(cfg, resume=True)
+    prepare_data(texts, tokenizer_dir, data, progress=False)  # the data it was trained on
+    assert pretrain(cfg, resume=True).step == 6

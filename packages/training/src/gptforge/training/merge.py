@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from gptforge.fileio import atomic_dir, atomic_write_json
-from gptforge.training.prepare import clean_leftovers
+from gptforge.training.prepare import check_out, claim, clean_leftovers, release
 from gptforge.training.shards import META, BlockSink, data_checksum, read_meta, replay
 
 # Settings every part must share for the merge to equal one run.
@@ -62,9 +62,11 @@ def merge_data(
     out = Path(out)
     if any(out.resolve() == path.resolve() for path, _ in parts):
         raise ValueError(f"--out {str(out)!r} is one of the parts; merge into a new directory")
+    check_out(out)
     clean_leftovers(out)
     dtype = np.dtype(first["dtype"])
     with atomic_dir(out) as tmp:
+        claim(tmp)
         sink = BlockSink(
             tmp,
             dtype,
@@ -89,4 +91,5 @@ def merge_data(
             "splits": splits,
         }
         atomic_write_json(tmp / META, meta)
+        release(tmp)
     return meta

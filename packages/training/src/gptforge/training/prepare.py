@@ -166,7 +166,19 @@ def clean_leftovers(out: Path, log: Callable[[str], None] | None = None) -> int:
     return freed
 
 
-def _check_out(out: Path) -> None:
+def claim(tmp: Path) -> None:
+    """Mark a temporary output folder as this process's, so :func:`clean_leftovers` keeps it
+    while the process runs (remove the mark before the folder is swapped in)."""
+    (tmp / _OWNER).write_text(str(os.getpid()))
+
+
+def release(tmp: Path) -> None:
+    """Remove the mark :func:`claim` left."""
+    (tmp / _OWNER).unlink()
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds something other than prepared data (it is replaced)."""
     if out.is_file() or (out.is_dir() and not (out / META).exists() and any(out.iterdir())):
         raise ValueError(
             f"--out {str(out)!r} exists and is not a prepared data directory (no {META}); "
@@ -264,7 +276,7 @@ def prepare_data(
 
     part = _parse_part(shard)
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     clean_leftovers(out)
     tok = load_tokenizer(tokenizer)
     tokenizer_dir = (
@@ -274,7 +286,7 @@ def prepare_data(
     workers = num_proc or min(8, os.cpu_count() or 1)
     segments = _segments(source, field, chunk_bytes, paragraphs, part)
     with atomic_dir(out) as tmp:
-        (tmp / _OWNER).write_text(str(os.getpid()))
+        claim(tmp)
         sink = BlockSink(
             tmp,
             dtype,
@@ -317,5 +329,5 @@ def prepare_data(
             "splits": splits,
         }
         atomic_write_json(tmp / META, meta)
-        (tmp / _OWNER).unlink()
+        release(tmp)
     return meta
