@@ -7,8 +7,8 @@ file, so one document) at two sizes, and for each size runs, every one as its ow
   over batches of lines, ids appended to a uint16 file, the end-of-text id at the end;
 - ``gptforge data prepare --num-proc 1`` and ``--num-proc N``.
 
-It reports peak RSS of the process tree (sampled every 20 ms, and never below the kernel's
-``ru_maxrss``), CPU-seconds (user + system of the process tree), wall time, MB/s, and whether
+It reports peak RSS of the process tree (each process's ``VmHWM``, polled every 20 ms),
+CPU-seconds (user + system of the process tree), wall time, MB/s, and whether
 the prepared token stream equals the baseline's. Then (``--no-shapes`` skips it) it prepares a
 smaller corpus as one huge line, 20,000 small files, ``.jsonl`` and parquet, reporting memory.
 
@@ -58,16 +58,33 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _peak_mb(proc: psutil.Process) -> float:
+    """The process's peak RSS since its exec (``VmHWM``), MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
+    return 0.0
+
+
 def measure(cmd: list[str]) -> dict[str, float]:
-    """Run ``cmd``; its wall time, CPU-seconds and the peak RSS of its process tree (MB)."""
+    """Run ``cmd``; its wall time, CPU-seconds and the peak RSS of its process tree (MB).
+
+    The peak is each process's ``VmHWM`` (peak since exec, so no sample misses a spike), summed
+    over the tree. ``ru_maxrss`` is not used: a child's counts the parent's memory from before
+    its exec.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    root, peak = psutil.Process(proc.pid), 0
+    root, peaks = psutil.Process(proc.pid), {}
     while proc.poll() is None:
         try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree))
+            for p in [root, *root.children(recursive=True)]:
+                peaks[p.pid] = max(peaks.get(p.pid, 0.0), _peak_mb(p))
         except psutil.Error:
             pass
         time.sleep(0.02)
@@ -76,8 +93,7 @@ def measure(cmd: list[str]) -> dict[str, float]:
         raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    peak = max(peak, after.ru_maxrss * 1024 if after.ru_maxrss > before.ru_maxrss else 0)
-    return {"wall": wall, "cpu": cpu, "rss": peak / 1e6}
+    return {"wall": wall, "cpu": cpu, "rss": sum(peaks.values())}
 
 
 def make_corpus(path: Path, mb: int, seed: int = 0) -> None:
