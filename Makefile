@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync build lock-check demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-gguf bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
+	bench bench-tokenizer bench-prepare bench-gguf bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
 	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -87,6 +87,9 @@ bench: sync ## Run every benchmark and write bench/results.md
 
 bench-tokenizer: sync ## Tokenizer training/encode/service benchmark vs HF tokenizers and tiktoken
 	$(RUN) python bench/bench_tokenizer.py
+
+bench-prepare: sync ## data prepare vs a tiktoken baseline: peak RSS, CPU-s, wall at two corpus sizes
+	$(RUN) python bench/bench_prepare.py
 
 bench-train: sync ## Forward+backward+AdamW tokens/s vs transformers (tiny, gpt2)
 	$(RUN) python bench/bench_train.py
