@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from gptforge.cli.options import DeviceOpt
+from gptforge.cli.options import DeviceOpt, warn_token_on_command_line
 
 AUTH_ENV = "GPTFORGE_AUTH_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50052"
@@ -206,6 +206,7 @@ def serve_generation(
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationLimits, serve
 
+    warn_token_on_command_line()
     if host not in {"127.0.0.1", "localhost", "::1"} and (auth_token is None or tls_cert is None):
         typer.secho(
             f"warning: serving on {host!r} without TLS and an auth token", err=True, fg="yellow"

@@ -278,16 +278,27 @@ def serve(
             model = apply_weight_precision(model, precision)
         return model, tok
 
-    config = config or ServerConfig(port=50052)
+    serve_model(
+        load, config or ServerConfig(port=50052), limits, Path(ckpt).resolve().name, compile
+    )
+
+
+def serve_model(
+    load: ModelLoader,
+    config: ServerConfig,
+    limits: GenerationLimits | None = None,
+    model_id: str = "",
+    compile: bool = False,
+) -> None:
+    """Bind, then load with ``load`` and serve until SIGTERM/SIGINT (the body of :func:`serve`).
+
+    A signal while the model loads or warms up (a ``--compile`` may take minutes) stops the
+    server at once and returns normally, without waiting for the load to finish.
+    """
 
     async def main() -> None:
         server = await start(
-            load,
-            config=config,
-            limits=limits,
-            model_id=Path(ckpt).resolve().name,
-            compile=compile,
-            wait_ready=False,
+            load, config=config, limits=limits, model_id=model_id, compile=compile, wait_ready=False
         )
         print(
             f"generation service listening on {server.address} (tls={config.tls}, "
