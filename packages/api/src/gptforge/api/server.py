@@ -394,10 +394,10 @@ async def start_server(
     try:
         if config.tls:
             assert config.tls_cert is not None and config.tls_key is not None
-            _check_key_pair(config.tls_cert, config.tls_key)
             credentials = grpc.ssl_server_credentials(
                 [(_read_pem(config.tls_key, "key"), _read_pem(config.tls_cert, "certificate"))]
             )
+            _check_key_pair(config.tls_cert, config.tls_key)
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
@@ -426,6 +426,7 @@ async def serve_until_signal(
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     *,
     loading: Awaitable[Any] | None = None,
+    announce: Callable[[], object] | None = None,
 ) -> bool:
     """Serve until one of ``signals`` arrives, then stop gracefully (main thread only).
 
@@ -435,6 +436,8 @@ async def serve_until_signal(
         loading: work that must finish before the server is useful (a model's load and
             warm-up). A signal meanwhile stops the server at once, without waiting for it;
             its failure stops the server and is raised.
+        announce: called once the signal handlers are in place (print the address there: a
+            signal sent as soon as it shows is then handled).
 
     Returns:
         False when a signal arrived before ``loading`` finished, else True.
@@ -445,6 +448,8 @@ async def serve_until_signal(
         loop.add_signal_handler(sig, received.set)
     waiter = asyncio.ensure_future(received.wait())
     try:
+        if announce is not None:
+            announce()
         if loading is not None:
             work = asyncio.ensure_future(loading)
             await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)

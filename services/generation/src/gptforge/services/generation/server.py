@@ -300,14 +300,17 @@ def serve_model(
         server = await start(
             load, config=config, limits=limits, model_id=model_id, compile=compile, wait_ready=False
         )
-        print(
-            f"generation service listening on {server.address} (tls={config.tls}, "
-            f"auth={config.auth_token is not None}); loading the model, health NOT_SERVING "
-            "until it is warm; Ctrl-C to stop",
-            flush=True,
-        )
+
+        def announce() -> None:
+            print(
+                f"generation service listening on {server.address} (tls={config.tls}, "
+                f"auth={config.auth_token is not None}); loading the model, health NOT_SERVING "
+                "until it is warm; Ctrl-C to stop",
+                flush=True,
+            )
+
         assert server.loading is not None
-        if await serve_until_signal(server, loading=server.loading):
+        if await serve_until_signal(server, loading=server.loading, announce=announce):
             print("generation service stopped", flush=True)
         else:
             print("generation service stopped during start-up", flush=True)
