@@ -50,14 +50,12 @@ def test_a_huge_token_ids_prompt_with_truncate_keeps_its_end(client):
 
 def test_a_request_over_the_whole_budget_is_invalid_not_retry_later(model, tokenizer):
     limits = GenerationLimits(max_batch_size=2, max_tokens_in_flight=CTX)
-    with serve_in_background(model, tokenizer, ServerConfig(port=0), limits) as bg:
-        with GenerationClient(bg.address, timeout=60) as c:
-            code, details = _code(lambda: c.generate([1], max_new_tokens=CTX - 1, n=2))
-            assert code == grpc.StatusCode.INVALID_ARGUMENT
-            assert f"max_tokens_in_flight={CTX}" in details and "retry" not in details
-            assert (
-                c.generate([1], max_new_tokens=CTX - 1, ignore_eos=True).usage.total_tokens == CTX
-            )
+    bg = serve_in_background(model, tokenizer, ServerConfig(port=0), limits)
+    with bg, GenerationClient(bg.address, timeout=60) as c:
+        code, details = _code(lambda: c.generate([1], max_new_tokens=CTX - 1, n=2))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"max_tokens_in_flight={CTX}" in details and "retry" not in details
+        assert c.generate([1], max_new_tokens=CTX - 1, ignore_eos=True).usage.total_tokens == CTX
 
 
 @pytest.mark.parametrize(
