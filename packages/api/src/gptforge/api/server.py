@@ -20,6 +20,9 @@ Both services build their server here so they behave the same way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import ctypes
 import hmac
 import inspect
 import logging
@@ -44,6 +47,7 @@ from grpc_reflection.v1alpha import reflection
 
 __all__ = [
     "AUTH_METADATA_KEY",
+    "REQUEST_BYTES",
     "BackgroundServer",
     "InvalidArgumentError",
     "RequestParseInterceptor",
@@ -67,6 +71,11 @@ HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Hea
 # Requests larger than this are parsed on a worker thread: parsing is O(size) and the event
 # loop must keep answering health checks and streaming tokens meanwhile.
 THREAD_PARSE_BYTES = 64 * 1024
+# Size of the request being handled, set before the handler runs (its cost without re-measuring:
+# ByteSize() or reading every string field is O(size) with the GIL held).
+REQUEST_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("request_bytes", default=0)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BUFFER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,19 @@ def _read_pem(path: Path, what: str) -> bytes:
         raise ValueError(
             f"cannot read the TLS {what} {str(path)!r}: {exc}; pass a PEM file"
         ) from exc
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Serve every allocation of ``LARGE_BUFFER_BYTES`` or more from its own mapping (glibc).
+
+    glibc raises its mmap threshold after the first large buffer is freed, so later
+    request-sized buffers come from per-thread heaps that keep the memory: a client sending
+    maximum-size messages in a loop then grows the server by tens of MiB per worker thread.
+    A fixed threshold returns each such buffer to the OS when it is freed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
 
 
 def _check_key_pair(cert: Path, key: Path) -> None:
@@ -237,6 +259,7 @@ class RequestParseInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            REQUEST_BYTES.set(len(raw))
             try:
                 if len(raw) > THREAD_PARSE_BYTES:
                     return await asyncio.to_thread(parse, raw)
@@ -377,6 +400,7 @@ async def start_server(
         all_interceptors.append(TokenAuthInterceptor(config.auth_token))
     all_interceptors.append(RequestParseInterceptor())
     all_interceptors.extend(interceptors)
+    _return_large_buffers_to_the_os()
     server = grpc.aio.server(interceptors=all_interceptors, options=config.grpc_options())
     register(server)
     health_servicer = ClosingHealthServicer()

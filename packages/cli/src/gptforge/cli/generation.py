@@ -194,6 +194,9 @@ def serve_generation(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
     auth_token: AuthOpt = None,
+    max_receive_message_bytes: Annotated[
+        int, typer.Option(help="Largest request message; gRPC refuses larger ones unparsed.")
+    ] = 4 * 1024 * 1024,
     grace_seconds: Annotated[
         float, typer.Option(help="Time in-flight streams get on SIGTERM/SIGINT.")
     ] = 30.0,
@@ -219,6 +222,7 @@ def serve_generation(
             tls_key=tls_key,
             auth_token=auth_token,
             grace_seconds=grace_seconds,
+            max_receive_message_bytes=max_receive_message_bytes,
         )
         limits = GenerationLimits(
             max_batch_size=max_batch_size,

@@ -15,6 +15,8 @@ from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.sampling import SamplingParams, fresh_seed
 
 MAX_REQUEST_ID_BYTES = 128
+# Request id, numbers and field tags together stay under this many bytes.
+SMALL_FIELDS_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,21 @@ def _bad(message: str) -> InvalidArgumentError:
     return InvalidArgumentError(message)
 
 
-def _encode_prompt(req: pb.GenerateRequest, tokenizer: Any, limits: GenerationLimits) -> list[int]:
+def _encode_prompt(
+    req: pb.GenerateRequest, tokenizer: Any, limits: GenerationLimits, request_bytes: int
+) -> list[int]:
     """Tokenize ``req.text``, refusing by length first: the work must not grow with the input."""
-    if not req.text:
-        raise _bad("text: the prompt is empty; send at least one character")
     limit = limits.max_prompt_bytes
     assert limit is not None
-    # A character is at least one UTF-8 byte, so len() alone refuses most oversized prompts.
-    size = len(req.text) if len(req.text) > limit else len(req.text.encode())
+    # Whatever the other fields add is bounded by the limits, so a request larger than the
+    # prompt limit plus that has a prompt over the limit: refused before the text is read.
+    others = SMALL_FIELDS_BYTES + limits.max_stop_sequences * (limits.max_stop_sequence_bytes + 3)
+    if request_bytes > limit + others:
+        size = request_bytes - others
+    elif not req.text:
+        raise _bad("text: the prompt is empty; send at least one character")
+    else:  # a character is at least one UTF-8 byte, so len() alone refuses most long prompts
+        size = len(req.text) if len(req.text) > limit else len(req.text.encode())
     if size > limit:
         raise _bad(
             f"text: the prompt has at least {size} UTF-8 bytes, over the server's "
@@ -170,9 +179,17 @@ def _prompt_ids(req: pb.GenerateRequest, vocab_size: int, ctx: int) -> tuple[lis
 
 
 def parse_request(
-    req: pb.GenerateRequest, tokenizer: Any, vocab_size: int, limits: GenerationLimits
+    req: pb.GenerateRequest,
+    tokenizer: Any,
+    vocab_size: int,
+    limits: GenerationLimits,
+    request_bytes: int = 0,
 ) -> ParsedRequest:
-    """Validate ``req`` against the model and ``limits`` (resolved); raise naming the field."""
+    """Validate ``req`` against the model and ``limits`` (resolved); raise naming the field.
+
+    ``request_bytes`` (the size as received, 0 = unknown) lets an oversized text prompt be
+    refused without reading it.
+    """
     ctx = limits.context_length
     assert ctx is not None and limits.max_new_tokens is not None
     if len(req.request_id.encode()) > MAX_REQUEST_ID_BYTES:
@@ -183,7 +200,7 @@ def parse_request(
     if which is None:
         raise _bad("prompt: set either `text` or `token_ids`")
     if which == "text":
-        ids, dropped = _encode_prompt(req, tokenizer, limits), 0
+        ids, dropped = _encode_prompt(req, tokenizer, limits, request_bytes), 0
     else:
         ids, dropped = _prompt_ids(req, vocab_size, ctx)
     if req.HasField("max_new_tokens"):

@@ -37,6 +37,10 @@ log = logging.getLogger("gptforge.services.generation")
 
 ModelLoader = Callable[[], tuple[torch.nn.Module, Any]]
 T = TypeVar("T")
+# Generation requests are small (a prompt fits the context); a lower receive limit than the
+# shared default makes gRPC refuse a huge message before Python parses it (parsing holds the
+# GIL, which would pause every stream). Token-id prompts with truncate_prompt fit ~800k ids.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -97,7 +101,7 @@ async def start(
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU); compiled during
             the warm-up, before health turns SERVING.
     """
-    config = config or ServerConfig()
+    config = config or ServerConfig(max_receive_message_bytes=MAX_REQUEST_BYTES)
     servicer = GenerationServicer(
         model_id=model_id,
         message_limits=(config.max_receive_message_bytes, config.max_send_message_bytes),
@@ -279,7 +283,11 @@ def serve(
         return model, tok
 
     serve_model(
-        load, config or ServerConfig(port=50052), limits, Path(ckpt).resolve().name, compile
+        load,
+        config or ServerConfig(port=50052, max_receive_message_bytes=MAX_REQUEST_BYTES),
+        limits,
+        Path(ckpt).resolve().name,
+        compile,
     )
 
 

@@ -27,6 +27,7 @@ from gptforge.api.errors import (
 )
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
+from gptforge.api.server import REQUEST_BYTES
 from gptforge.sampling import TokenEvent
 from gptforge.sampling.core import model_config
 from gptforge.services.generation.engine import (
@@ -194,6 +195,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             engine.tokenizer,
             self.vocab_size,
             self.limits,
+            REQUEST_BYTES.get(),
         )
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
 

@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import grpc
-from gptforge.api.server import InvalidArgumentError, ResourceExhaustedError, grpc_errors
+from gptforge.api.server import (
+    REQUEST_BYTES,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    grpc_errors,
+)
 from gptforge.api.tokenizer.v1 import tokenizer_pb2 as pb
 from gptforge.api.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
 
@@ -96,6 +101,11 @@ class TokenizerLimits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1")
+
+
+def _size(request: Any) -> int:
+    """The request's size in bytes, as received (cheap); measured only when called directly."""
+    return REQUEST_BYTES.get() or request.ByteSize()
 
 
 def _chunks(texts: list[str]) -> Iterator[list[str]]:
@@ -279,7 +289,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeResponse:
         """Encode a batch of texts (ids, optionally pieces and byte offsets)."""
-        return await self._run(request.ByteSize(), self._encode_reply, request)
+        return await self._run(_size(request), self._encode_reply, request)
 
     def _encode_reply(self, request: pb.EncodeRequest) -> pb.EncodeResponse:
         texts = list(request.texts)
@@ -317,7 +327,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokensResponse:
         """Count the tokens of a batch of texts."""
-        return await self._run(request.ByteSize(), self._count_reply, request)
+        return await self._run(_size(request), self._count_reply, request)
 
     def _count_reply(self, request: pb.CountTokensRequest) -> pb.CountTokensResponse:
         texts = list(request.texts)
@@ -364,7 +374,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
         """Decode a batch of id sequences."""
-        return await self._run(request.ByteSize(), self._decode_reply, request)
+        return await self._run(_size(request), self._decode_reply, request)
 
     def _decode_reply(self, request: pb.DecodeRequest) -> pb.DecodeResponse:
         sequences = self._check_ids(request.sequences)
