@@ -162,7 +162,7 @@ def prepare_command(
     try:
         meta = prepare_data(
             input,
-            tokenizer,
+            _tokenizer_source(tokenizer),
             out,
             val_fraction=val_fraction,
             field=field,
@@ -178,6 +178,13 @@ def prepare_command(
         f"{meta['documents']} documents -> {splits['train']['tokens']:,} train + "
         f"{splits['val']['tokens']:,} val tokens ({meta['dtype']}) in {out}"
     )
+
+
+def _tokenizer_source(spec: str) -> Any:
+    """A tokenizer directory as given, or a RemoteTokenizer for ``grpc://host:port``."""
+    from gptforge.services.tokenizer.remote import GRPC_SCHEME, RemoteTokenizer
+
+    return RemoteTokenizer(spec) if spec.startswith(GRPC_SCHEME) else spec
 
 
 def chat_command(

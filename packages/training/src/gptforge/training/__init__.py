@@ -32,7 +32,6 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "TrainingDiverged": "gptforge.training.loop",
         "ChatModel": "gptforge.training.chat",
         "generate_tasks": "gptforge.training.tasks",
-        "RemoteTokenizer": "gptforge.training.remote",
     }
     if name in lazy:
         import importlib
