@@ -1,4 +1,5 @@
-# gptforge: every recipe goes through `uv run`. `make help` lists the targets.
+# gptforge: every recipe goes through `uv run` except the serve targets (they exec the server).
+# `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
