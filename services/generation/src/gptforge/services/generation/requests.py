@@ -161,7 +161,9 @@ def _prompt_ids(req: pb.GenerateRequest, vocab_size: int, ctx: int) -> tuple[lis
     if not given:
         raise _bad("token_ids: the prompt is empty; send at least one token id")
     dropped = 0
-    if len(given) > ctx - 1:
+    if req.slide_tokens and len(given) > ctx:  # a sliding window sees the last ctx tokens
+        dropped = len(given) - ctx
+    elif len(given) > ctx - 1 and not req.slide_tokens:
         if not req.truncate_prompt:
             raise _bad(
                 f"token_ids: the prompt has {len(given)} tokens, the context holds {ctx} "
@@ -213,15 +215,17 @@ def parse_request(
         cut = False
     truncated = 0
     room = ctx - len(ids)
-    if req.HasField("max_new_tokens") and len(ids) + max_new > ctx:
+    if req.slide_tokens > ctx:
+        raise _bad(f"slide_tokens must be in [0, {ctx}] (the context), got {req.slide_tokens}")
+    if req.HasField("max_new_tokens") and len(ids) + max_new > ctx and not req.slide_tokens:
         if not req.truncate_prompt:
             raise _bad(
                 f"max_new_tokens: prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds "
                 f"the context of {ctx} tokens; shorten the prompt, lower max_new_tokens or set "
-                "truncate_prompt"
+                "truncate_prompt or slide_tokens"
             )
         truncated = len(ids) + max_new - ctx
-    elif not req.HasField("max_new_tokens"):
+    elif not req.HasField("max_new_tokens") and not req.slide_tokens:
         if room < 1:
             if not req.truncate_prompt:
                 raise _bad(
@@ -275,6 +279,7 @@ def parse_request(
                 seed=(base_seed + i) % 2**64,
                 logprobs=(req.top_logprobs if req.logprobs else None),
                 ignore_eos=req.ignore_eos,
+                slide_tokens=req.slide_tokens,
             )
             for i in range(n)
         ]
