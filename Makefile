@@ -1,4 +1,5 @@
-# gptforge: every recipe goes through `uv run`. `make help` lists the targets.
+# gptforge: every recipe goes through `uv run` except the serve targets (they exec the server).
+# `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
@@ -53,8 +54,8 @@ WORKSPACE_PATH := $(subst $(space),:,$(wildcard packages/*/src services/*/src)):
 test-gpu: ## Run the GPU tests (tests/gpu) in .venv when its torch sees CUDA, else with GPU_PYTHON
 	PYTHONPATH=$(WORKSPACE_PATH) $(GPU_PYTHON) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
-test-load: sync ## Run the load/concurrency tests
-	$(RUN) pytest -m load $(PYTEST_ARGS)
+test-load: sync ## Run the load/concurrency tests (prints the figures docs/services.md reports)
+	$(RUN) pytest -m load -s $(PYTEST_ARGS)
 
 lint: sync ## ruff check + format check
 	$(RUN) ruff check .
@@ -132,9 +133,12 @@ convert-gguf: sync ## Export a run to GGUF (CKPT= OUT=model.gguf)
 convert-arch: sync ## Transfer weights into MM-Rec (CKPT= OUT= PRESET=mmrec-..., default: matched to CKPT)
 	$(RUN) gptforge convert arch --source $(CKPT) --target mmrec $(if $(filter mmrec%,$(PRESET)),--preset $(PRESET)) --out $(or $(OUT),runs/mmrec-converted)
 
+# The serve targets exec the server from .venv (synced first) instead of `uv run`, which would
+# stay its parent: a signal to the recipe's process then reaches the server itself, and no
+# killed `uv run` leaves it serving its port orphaned (docs/services.md: supervisors).
 serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
-	$(RUN) gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)
+	exec .venv/bin/gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)
 
 serve-generation: sync ## Serve generation over gRPC (CKPT= HOST= PORT=)
-	$(RUN) gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
+	exec .venv/bin/gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
 

@@ -172,7 +172,7 @@ def prepare_command(
     try:
         meta = prepare_data(
             input,
-            tokenizer,
+            _tokenizer_source(tokenizer),
             out,
             val_fraction=val_fraction,
             field=field,
@@ -212,6 +212,11 @@ def merge_command(
     except (ValueError, OSError) as exc:
         _fail(exc)
     _report(meta, out)
+def _tokenizer_source(spec: str) -> Any:
+    """A tokenizer directory as given, or a RemoteTokenizer for ``grpc://host:port``."""
+    from gptforge.services.tokenizer.remote import GRPC_SCHEME, RemoteTokenizer
+
+    return RemoteTokenizer(spec) if spec.startswith(GRPC_SCHEME) else spec
 
 
 def chat_command(

@@ -30,33 +30,30 @@ from typing import Any
 import numpy as np
 from gptforge.corpus import Segment
 from gptforge.fileio import TEMP_SUFFIX, atomic_dir, atomic_write_json
-from gptforge.training.remote import GRPC_SCHEME, RemoteTokenizer
 from gptforge.training.shards import FORMAT, META, BlockSink, data_checksum, token_dtype
 
 _OWNER = ".prepare-owner"  # the pid of the run writing a temporary folder
 
 
 def load_tokenizer(spec: str | Path | Any) -> Any:
-    """A tokenizer from a directory, a ``grpc://host:port`` address, or an object (returned)."""
+    """A tokenizer from a directory, or any object with ``encode_batch`` (returned as is, e.g.
+    ``gptforge.services.tokenizer.RemoteTokenizer``, which the CLI makes from grpc://host:port)."""
     if not isinstance(spec, str | Path):
         return spec
     text = str(spec)
-    if text.startswith(GRPC_SCHEME):
-        return RemoteTokenizer(text)
     from gptforge.tokenizer import Tokenizer
 
     if not Path(text).is_dir():
         raise FileNotFoundError(
-            f"tokenizer {text!r} is neither a directory nor grpc://host:port; train one with "
-            "`gptforge tokenizer train` or start the service with `gptforge serve tokenizer`"
+            f"tokenizer {text!r} is not a directory; train one with `gptforge tokenizer train`, "
+            "or tokenize through a service: `--tokenizer grpc://host:port` on the command line, "
+            "gptforge.services.tokenizer.RemoteTokenizer from Python"
         )
     return Tokenizer.from_dir(text)
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Encode documents with special-token text treated as plain text (never as control ids)."""
-    if isinstance(tokenizer, RemoteTokenizer):
-        return tokenizer.encode_batch(texts)
     return tokenizer.encode_batch(texts, allowed_special=frozenset(), disallowed_special=())
 
 
@@ -258,8 +255,8 @@ def prepare_data(
         source: Anything :func:`gptforge.corpus.iter_segments` reads (``"default"`` included),
             or documents in Python: a list of strings, or rows (``row[field]``) such as a
             ``datasets`` dataset loaded with ``streaming=True``.
-        tokenizer: Tokenizer directory, ``grpc://host:port`` of a tokenizer service, or a
-            tokenizer object.
+        tokenizer: Tokenizer directory, or any object with ``encode_batch`` (a ``Tokenizer``,
+            or ``gptforge.services.tokenizer.RemoteTokenizer`` for a tokenizer service).
         out: Output data directory; replaced whole, and only when the run succeeds.
         val_fraction: Share of tokens routed to the validation split.
         field: Text field of ``.jsonl``/parquet records and dataset rows.
