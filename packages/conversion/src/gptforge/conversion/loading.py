@@ -3,7 +3,7 @@
 ``load_any`` is the one model loader of the project: ``generate``, ``chat``, the services, the
 CLI's converters and ``train --init-from`` call it. It takes our run/model directories, HF
 directories, Meta LLaMA directories, OpenAI's GPT-2 release, nanoGPT ``ckpt.pt`` files and the
-LLMs-from-scratch book's ``GPTModel`` state dicts; what a path holds is decided by
+LLMs-from-scratch book's ``GPTModel`` state dicts and GGUF files gptforge wrote; what a path holds is decided by
 :mod:`gptforge.conversion.detect`.
 """
 
@@ -87,7 +87,8 @@ def load_any(
     Args:
         path: a run directory (its ``finetune/``, ``pretrain/`` or ``model/`` is used), one of our
             model directories, a HF ``GPT2LMHeadModel``/``LlamaForCausalLM`` directory, a Meta
-            LLaMA or OpenAI GPT-2 directory, or a nanoGPT / book ``GPTModel`` ``.pt`` file.
+            LLaMA or OpenAI GPT-2 directory, a nanoGPT / book ``GPTModel`` ``.pt`` file, or a
+            ``.gguf`` file of the ``gpt2`` / ``llama`` architecture (dequantized, tokenizer included).
         device: where the weights go (``"auto"`` picks CUDA, then MPS, then the CPU).
         dtype: cast floating weights (default: as stored).
         n_head: heads, for a bare state dict that does not store them.
@@ -106,6 +107,14 @@ def load_any(
 
     p = find_model_dir(path)
     layout = detect_layout(p)
+    device = resolve_device(device)
+    if layout == "gguf":  # the tokenizer travels inside the file
+        from gptforge.conversion.gguf_import import read_gguf
+
+        cfg, sd, gguf_tok = read_gguf(p)
+        model = model_from_tensors(cfg, sd)
+        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        return model, gguf_tok, Loaded(p, layout, detect_family(p), None)
     tok, tok_dir = _tokenizer(p, layout)
     if tok is None and require_tokenizer:
         raise ConversionError(
@@ -114,7 +123,6 @@ def load_any(
             "model was trained with there (nanoGPT and book imports: `gptforge convert from-torch "
             "... --tokenizer DIR`)"
         )
-    device = resolve_device(device)
     if layout == "ours":  # straight onto the device: no second copy of the weights
         model = _load_ours(p, device, dtype)
     else:
@@ -178,20 +186,11 @@ def _load_weights(p: Path, n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, sd)
 
 
-def _load_gguf(p: Path, _n_head: int | None) -> nn.Module:
-    raise ConversionError(
-        f"{str(p)!r} is a GGUF file; gptforge loads run/model, Hugging Face, Meta and OpenAI "
-        "directories and nanoGPT/book .pt files. A GGUF file is an export for llama.cpp and "
-        "Ollama: convert the run directory it came from instead"
-    )
-
-
 _LOADERS = {
     "hf": _load_hf,
     "meta": _load_meta,
     "openai": _load_openai,
     "weights": _load_weights,
-    "gguf": _load_gguf,
 }
 
 
