@@ -51,7 +51,7 @@ class _Fields:
 def _config(meta: _Fields, arch: str, names: set[str]) -> Any:
     from gptforge.modeling import GPTConfig, LlamaConfig
 
-    common = dict(
+    common: dict[str, Any] = dict(
         block_size=int(meta.need(f"{arch}.context_length")),
         vocab_size=int(meta.get(f"{arch}.vocab_size") or len(meta.need("tokenizer.ggml.tokens"))),
         n_layer=int(meta.need(f"{arch}.block_count")),
