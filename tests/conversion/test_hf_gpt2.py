@@ -22,7 +22,7 @@ VARIANTS = {
     "untied": {"tie_embeddings": False},
     "no-bias": {"bias": False, "qkv_bias": False},
     "qkv-bias-only": {"bias": False},
-    "exact-gelu-eps": {"gelu_approximate": "none", "layer_norm_eps": 1e-6},
+    "exact-gelu-eps": {"gelu_approximate": "none", "norm_eps": 1e-6},
     "no-padding": {"pad_vocab_multiple": 1},
 }
 

@@ -80,7 +80,7 @@ def test_inspect_every_layout(tmp_path: Path, tokenizer_dir: Path) -> None:
         "hf",
         "llama",
         lcfg.n_kv_head,
-        lcfg.intermediate_size,
+        lcfg.ffn_hidden,
     )
 
     bare = inspect_checkpoint(tmp_path / "llama-hf" / "model.safetensors")

@@ -158,7 +158,7 @@ def test_meta_export_and_import_match_meta_reference(tmp_path: Path, tokenizer_d
         ref = meta_reference_forward(sd, params, ids)
         torch.testing.assert_close(ours(ids)[0], ref, atol=1e-4, rtol=0)
     import_meta(tmp_path / "meta", tmp_path / "back", tokenizer_dir=tokenizer_dir)
-    assert read_config(tmp_path / "back").intermediate_size == read_config(run).intermediate_size
+    assert read_config(tmp_path / "back").ffn_hidden == read_config(run).ffn_hidden
     back = load_model_dir(tmp_path / "back")
     with torch.no_grad():
         torch.testing.assert_close(back(ids)[0], ref, atol=1e-4, rtol=0)

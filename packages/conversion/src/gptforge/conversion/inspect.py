@@ -63,7 +63,7 @@ def _from_config(info: CheckpointInfo, cfg: Any) -> None:
     info.vocab_size = cfg.vocab_size
     info.n_embd, info.n_layer, info.n_head = cfg.n_embd, cfg.n_layer, cfg.n_head
     info.n_kv_head = getattr(cfg, "n_kv_head", cfg.n_head)
-    info.ffn_dim = getattr(cfg, "intermediate_size", None) or 4 * cfg.n_embd
+    info.ffn_dim = getattr(cfg, "ffn_hidden", None) or 4 * cfg.n_embd
     info.context_length = cfg.block_size
     info.tied_embeddings = getattr(cfg, "tie_embeddings", None)
 

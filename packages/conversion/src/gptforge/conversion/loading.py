@@ -27,6 +27,7 @@ from gptforge.conversion.detect import (
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
+from gptforge.modeling.protocol import LanguageModel
 from torch import nn
 
 __all__ = [
@@ -81,7 +82,7 @@ def load_any(
     dtype: torch.dtype | None = None,
     n_head: int | None = None,
     require_tokenizer: bool = False,
-) -> tuple[nn.Module, Any, Loaded]:
+) -> tuple[LanguageModel, Any, Loaded]:
     """Load a model, its tokenizer when there is one, and what was loaded, from any checkpoint.
 
     Args:

@@ -248,8 +248,8 @@ def finetune_stage(ctx: StageContext) -> dict[str, Any]:
     """Instruction-fine-tune the pre-trained model; held-out exact match before and after."""
     import json
 
+    from gptforge.sampling.chat import ChatModel
     from gptforge.training import FinetuneConfig
-    from gptforge.training.chat import ChatModel
     from gptforge.training.finetune import finetune
 
     s = ctx.settings

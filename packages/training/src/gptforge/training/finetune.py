@@ -10,15 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import init_distributed, shutdown
-from gptforge.training.instruct import (
-    SPECIAL_TOKENS,
-    InstructionDataset,
-    encode_record,
-    exact_match,
-    read_records,
-)
+from gptforge.training.instruct import InstructionDataset, exact_match, read_records
 from gptforge.training.io import atomic_write_text
 from gptforge.training.loop import (
     Callback,
