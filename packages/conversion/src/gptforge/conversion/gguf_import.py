@@ -62,7 +62,7 @@ def _config(meta: _Fields, arch: str, names: set[str]) -> Any:
     if arch == "gpt2":
         return GPTConfig(
             **common,
-            layer_norm_eps=float(meta.get(f"{arch}.attention.layer_norm_epsilon", 1e-5)),
+            norm_eps=float(meta.get(f"{arch}.attention.layer_norm_epsilon", 1e-5)),
             gelu_approximate="tanh",  # llama.cpp's gpt2 graph
         )
     if "rope_freqs.weight" in names:
@@ -73,7 +73,7 @@ def _config(meta: _Fields, arch: str, names: set[str]) -> Any:
     return LlamaConfig(
         **common,
         n_kv_head=int(meta.get(f"{arch}.attention.head_count_kv") or common["n_head"]),
-        intermediate_size=int(meta.need(f"{arch}.feed_forward_length")),
+        ffn_hidden=int(meta.need(f"{arch}.feed_forward_length")),
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         attention_bias="blk.0.attn_q.bias" in names,
