@@ -21,7 +21,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync build lock-check demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
+	bench bench-tokenizer bench-gguf bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
 	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -96,6 +96,9 @@ bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
 
 bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
 	$(RUN) python bench/bench_generate.py
+
+bench-gguf: sync ## GGUF types: file size, perplexity vs f16, llama.cpp decode tok/s (CKPT= to use a run)
+	$(RUN) python bench/bench_gguf.py $(if $(CKPT),--ckpt $(CKPT))
 
 llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
 	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"
