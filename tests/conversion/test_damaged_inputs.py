@@ -59,7 +59,7 @@ def test_truncated_safetensors_is_one_line_naming_file_size_and_fix(
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.gguf").exists()
 
 
-def test_to_hf_refuses_a_gguf_file_saying_what_it_takes(runs: dict[str, Path], tmp_path: Path):
+def test_to_hf_on_a_gguf_file_names_the_import_verb(runs: dict[str, Path], tmp_path: Path):
     gguf_file = tmp_path / "model.gguf"
     ok = CliRunner().invoke(app, ["convert", "to-gguf", "--ckpt", str(runs["run"]),
                                   "--out", str(gguf_file), "--no-modelfile"])  # fmt: skip
@@ -67,10 +67,12 @@ def test_to_hf_refuses_a_gguf_file_saying_what_it_takes(runs: dict[str, Path], t
     result = CliRunner().invoke(app, ["convert", "to-hf", "--ckpt", str(gguf_file),
                                       "--out", str(tmp_path / "hf")])  # fmt: skip
     assert result.exit_code == 2
-    assert "reads a gptforge run or model directory, not the GGUF file" in result.output
+    assert "is a 'gguf' checkpoint: import it first with `gptforge convert from-gguf" in (
+        result.output
+    )
     assert "config.json" not in result.output
-    with pytest.raises(ValueError, match=r"is a GGUF file"):
-        load_any(gguf_file)
+    model, tok, info = load_any(gguf_file)  # straight into memory, tokenizer included
+    assert info.layout == "gguf" and tok is not None and model.config.n_layer == 2
 
 
 def test_to_hf_on_a_foreign_checkpoint_names_the_import_verb(runs: dict[str, Path], tmp_path):
@@ -102,3 +104,46 @@ def test_run_directory_resolves_to_its_model(runs: dict[str, Path], tmp_path: Pa
     shutil.copytree(runs["run"], tmp_path / "r" / "pretrain")
     _, tok, info = load_any(tmp_path / "r")
     assert info.path == tmp_path / "r" / "pretrain" and tok is not None
+
+
+@pytest.mark.parametrize(("preset", "dtype", "atol"), [("debug", "f32", 1e-5), ("debug", "q8_0", 0.1),
+                                                       ("llama-debug", "f16", 2e-2)])  # fmt: skip
+def test_from_gguf_recovers_model_and_tokenizer(
+    tmp_path: Path, tokenizer_dir: Path, preset: str, dtype: str, atol: float
+) -> None:
+    import torch
+    from gptforge.conversion import import_gguf
+
+    extra = {"gelu_approximate": "tanh"} if preset == "debug" else {}  # what llama.cpp runs
+    run = make_run_dir(tmp_path / "run", preset, tokenizer_dir, **extra)
+    gguf_file = tmp_path / "m.gguf"
+    res = CliRunner().invoke(app, ["convert", "to-gguf", "--ckpt", str(run), "--out",
+                                   str(gguf_file), "--dtype", dtype, "--no-modelfile"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["convert", "from-gguf", "--gguf", str(gguf_file), "--out",
+                                   str(tmp_path / "back")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    a, tok_a, _ = load_any(run)
+    b, tok_b, _ = load_any(tmp_path / "back")
+    text = "The quick brown fox 0123 ünïcödé 🙂<|endoftext|>"
+    ids = tok_a.encode(text, allowed_special="all")
+    assert tok_b.encode(text, allowed_special="all") == ids and tok_b.decode(ids) == text
+    x = torch.tensor([ids[:16]])
+    with torch.no_grad():
+        diff = (a(x)[0] - b(x)[0]).abs().max().item()
+    assert diff < atol, diff
+    with pytest.raises(ValueError, match=r"architecture 'bert'"):
+        import_gguf(_bert_gguf(tmp_path), tmp_path / "bert")
+
+
+def _bert_gguf(tmp_path: Path) -> Path:
+    import gguf
+
+    path = tmp_path / "b.gguf"
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

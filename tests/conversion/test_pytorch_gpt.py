@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from gptforge.conversion import ConversionError, export_hf, import_pytorch, load_any
+from gptforge.conversion import (
+    ConversionError,
+    export_gguf,
+    export_hf,
+    import_pytorch,
+    load_any,
+)
 from gptforge.conversion.arch_sources import load_source
 from torch import nn
 
@@ -216,6 +222,10 @@ def test_nanogpt_import_exports_to_hugging_face(tmp_path: Path, tokenizer_dir: P
     model, tok, info = load_any(hf)
     assert info.layout == "hf" and tok is not None
     torch.testing.assert_close(_logits(model, IDX, 300), _logits(ref, IDX, 300), atol=ATOL, rtol=0)
+    with pytest.warns(UserWarning, match="exact GELU"):  # nanoGPT's GELU is the erf form
+        export_gguf(out, tmp_path / "nano.gguf", modelfile=False)
+    back, tok, _ = load_any(tmp_path / "nano.gguf")
+    assert tok is not None and back.config.n_layer == 2
 
 
 def test_bare_transformer_prefixed_state_dict_needs_and_takes_n_head(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_convert_model_weights_wrapper_reports_counts_and_scores(tmp_path):
     cfg = src.config
     target = build_model(get_config("mmrec-debug", vocab_size=cfg.vocab_size, n_embd=cfg.n_embd,
                                     n_layer=cfg.n_layer, n_head=cfg.n_head, ffn="swiglu",
-                                    norm="rmsnorm", ffn_hidden=cfg.intermediate_size,
+                                    norm="rmsnorm", ffn_hidden=cfg.ffn_hidden,
                                     bias=False, tie_embeddings=cfg.tie_embeddings))  # fmt: skip
     before = {k: v.clone() for k, v in target.state_dict().items()}
     report = convert_model_weights(tmp_path / "src", target, tmp_path / "out", strict=False,

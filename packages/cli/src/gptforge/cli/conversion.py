@@ -1,6 +1,6 @@
 """CLI verbs of the conversion area.
 
-``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|to-meta|to-gguf`` (in the shared
+``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|from-gguf|to-meta|to-gguf`` (in the shared
 ``convert`` group) and ``gptforge inspect PATH [--json]`` (on the root).
 """
 
@@ -131,6 +131,19 @@ def from_torch(
     )
 
 
+def from_gguf(
+    gguf: Annotated[
+        Path, typer.Option("--gguf", help="A .gguf file gptforge wrote (gpt2 or llama).")
+    ],
+    out: Out,
+    force: Force = False,
+) -> None:
+    """Recover a model and its tokenizer from a GGUF file (q8_0/f16 tensors dequantized)."""
+    from gptforge.conversion import import_gguf
+
+    _run(lambda: import_gguf(gguf, out, force=force), f"wrote {out}")
+
+
 def to_meta(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Our Llama run/model directory.")],
     out: Out,
@@ -216,5 +229,6 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     convert.command("from-meta")(from_meta)
     convert.command("to-meta")(to_meta)
     convert.command("from-torch")(from_torch)
+    convert.command("from-gguf")(from_gguf)
     convert.command("to-gguf")(to_gguf)
     root.command("inspect")(inspect)

@@ -7,6 +7,7 @@
 from gptforge.conversion.detect import find_model_dir, require_ours
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.gguf_export import export_gguf
+from gptforge.conversion.gguf_import import import_gguf, read_gguf
 from gptforge.conversion.hf import export_hf, import_hf, read_hf_config
 from gptforge.conversion.hf_gpt2 import (
     gpt_config_to_hf,
@@ -67,6 +68,7 @@ __all__ = [
     "hf_gpt2_to_ours",
     "hf_llama_config",
     "hf_llama_to_ours",
+    "import_gguf",
     "import_hf",
     "import_meta",
     "import_openai",
@@ -84,6 +86,7 @@ __all__ = [
     "ours_to_hf_gpt2",
     "ours_to_hf_llama",
     "ours_to_meta_llama",
+    "read_gguf",
     "read_hf_config",
     "read_pytorch_gpt",
     "require_ours",

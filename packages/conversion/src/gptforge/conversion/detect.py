@@ -213,6 +213,7 @@ _IMPORT_VERB = {
     "meta": "gptforge convert from-meta --dir DIR --out RUN",
     "openai": "gptforge convert from-openai --dir DIR --out RUN",
     "weights": "gptforge convert from-torch --ckpt FILE --out RUN",
+    "gguf": "gptforge convert from-gguf --gguf FILE --out RUN",
 }
 
 
@@ -227,12 +228,6 @@ def require_ours(path: str | os.PathLike[str], verb: str) -> Path:
     layout = detect_layout(p)
     if layout == "ours":
         return p
-    if layout == "gguf":
-        raise ConversionError(
-            f"`gptforge {verb}` reads a gptforge run or model directory, not the GGUF file "
-            f"{str(p)!r}: GGUF is an export for llama.cpp/Ollama; pass the run directory it was "
-            "written from"
-        )
     raise ConversionError(
         f"`gptforge {verb}` reads a gptforge run or model directory; {str(p)!r} is a {layout!r} "
         f"checkpoint: import it first with `{_IMPORT_VERB[layout]}`"

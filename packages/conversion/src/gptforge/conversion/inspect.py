@@ -144,8 +144,7 @@ def _inspect_gguf(path: Path) -> CheckpointInfo:
     pre = get("tokenizer.ggml.pre")
     info.notes.append(f"tokenizer: {get('tokenizer.ggml.model')!r}, pre-tokenizer {pre!r}")
     info.notes.append(
-        "GGUF is an export format for llama.cpp/Ollama: generate, convert and train read the run "
-        "directory it was written from"
+        "loadable: `gptforge convert from-gguf` imports it (dequantized, with its tokenizer)"
     )
     return info
 

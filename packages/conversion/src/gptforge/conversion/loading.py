@@ -3,7 +3,7 @@
 ``load_any`` is the one model loader of the project: ``generate``, ``chat``, the services, the
 CLI's converters and ``train --init-from`` call it. It takes our run/model directories, HF
 directories, Meta LLaMA directories, OpenAI's GPT-2 release, nanoGPT ``ckpt.pt`` files and the
-LLMs-from-scratch book's ``GPTModel`` state dicts; what a path holds is decided by
+LLMs-from-scratch book's ``GPTModel`` state dicts and GGUF files gptforge wrote; what a path holds is decided by
 :mod:`gptforge.conversion.detect`.
 """
 
@@ -28,7 +28,6 @@ from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
 from gptforge.modeling.protocol import LanguageModel
-from torch import nn
 
 __all__ = [
     "Family",
@@ -53,7 +52,7 @@ class Loaded:
 
 def model_from_tensors(
     cfg: Any, plan: list[PlannedTensor] | Mapping[str, torch.Tensor]
-) -> nn.Module:
+) -> LanguageModel:
     """Build our model of ``cfg`` directly from converted tensors (no random init), in eval mode."""
     from gptforge.modeling import build_model
 
@@ -88,7 +87,8 @@ def load_any(
     Args:
         path: a run directory (its ``finetune/``, ``pretrain/`` or ``model/`` is used), one of our
             model directories, a HF ``GPT2LMHeadModel``/``LlamaForCausalLM`` directory, a Meta
-            LLaMA or OpenAI GPT-2 directory, or a nanoGPT / book ``GPTModel`` ``.pt`` file.
+            LLaMA or OpenAI GPT-2 directory, a nanoGPT / book ``GPTModel`` ``.pt`` file, or a
+            ``.gguf`` file of the ``gpt2`` / ``llama`` architecture (dequantized, tokenizer included).
         device: where the weights go (``"auto"`` picks CUDA, then MPS, then the CPU).
         dtype: cast floating weights (default: as stored).
         n_head: heads, for a bare state dict that does not store them.
@@ -107,6 +107,14 @@ def load_any(
 
     p = find_model_dir(path)
     layout = detect_layout(p)
+    device = resolve_device(device)
+    if layout == "gguf":  # the tokenizer travels inside the file
+        from gptforge.conversion.gguf_import import read_gguf
+
+        cfg, sd, gguf_tok = read_gguf(p)
+        model = model_from_tensors(cfg, sd)
+        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        return model, gguf_tok, Loaded(p, layout, detect_family(p), None)
     tok, tok_dir = _tokenizer(p, layout)
     if tok is None and require_tokenizer:
         raise ConversionError(
@@ -115,7 +123,6 @@ def load_any(
             "model was trained with there (nanoGPT and book imports: `gptforge convert from-torch "
             "... --tokenizer DIR`)"
         )
-    device = resolve_device(device)
     if layout == "ours":  # straight onto the device: no second copy of the weights
         model = _load_ours(p, device, dtype)
     else:
@@ -124,7 +131,7 @@ def load_any(
     return model, tok, Loaded(p, layout, detect_family(p) if p.is_dir() else "gpt2", tok_dir)
 
 
-def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> LanguageModel:
     from gptforge.conversion.ours import read_model_config
     from gptforge.modeling.io import WEIGHTS_FILE, load_model_dir
 
@@ -134,7 +141,7 @@ def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> nn.M
     return load_model_dir(p, device=device, dtype=dtype)
 
 
-def _load_hf(p: Path, _n_head: int | None) -> nn.Module:
+def _load_hf(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.hf import HF_ARCHITECTURES, read_hf_config
 
     hf_cfg = read_hf_config(p)
@@ -144,7 +151,7 @@ def _load_hf(p: Path, _n_head: int | None) -> nn.Module:
         return model_from_tensors(cfg, planner(src.infos, src.get, cfg))
 
 
-def _load_meta(p: Path, _n_head: int | None) -> nn.Module:
+def _load_meta(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.meta_llama import (
         load_meta_checkpoint,
         meta_llama_config,
@@ -157,7 +164,7 @@ def _load_meta(p: Path, _n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, plan_meta_llama_to_ours(infos, sd.__getitem__, cfg))
 
 
-def _load_openai(p: Path, _n_head: int | None) -> nn.Module:
+def _load_openai(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.openai_gpt2 import openai_gpt2_config, plan_openai_gpt2_to_ours
     from gptforge.conversion.tf_checkpoint import TFCheckpoint
 
@@ -167,7 +174,7 @@ def _load_openai(p: Path, _n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, plan_openai_gpt2_to_ours(infos, ckpt.read, cfg))
 
 
-def _load_weights(p: Path, n_head: int | None) -> nn.Module:
+def _load_weights(p: Path, n_head: int | None) -> LanguageModel:
     from gptforge.conversion.pytorch_gpt import read_pytorch_gpt
 
     if p.suffix == ".safetensors":
@@ -179,20 +186,11 @@ def _load_weights(p: Path, n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, sd)
 
 
-def _load_gguf(p: Path, _n_head: int | None) -> nn.Module:
-    raise ConversionError(
-        f"{str(p)!r} is a GGUF file; gptforge loads run/model, Hugging Face, Meta and OpenAI "
-        "directories and nanoGPT/book .pt files. A GGUF file is an export for llama.cpp and "
-        "Ollama: convert the run directory it came from instead"
-    )
-
-
 _LOADERS = {
     "hf": _load_hf,
     "meta": _load_meta,
     "openai": _load_openai,
     "weights": _load_weights,
-    "gguf": _load_gguf,
 }
 
 
