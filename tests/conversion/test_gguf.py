@@ -71,7 +71,7 @@ def test_gguf_gpt2_roundtrip(
     assert _field(reader, "gpt2.embedding_length") == cfg.n_embd
     assert _field(reader, "gpt2.feed_forward_length") == 4 * cfg.n_embd
     assert _field(reader, "gpt2.attention.head_count") == cfg.n_head
-    assert _field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(cfg.layer_norm_eps)
+    assert _field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(cfg.norm_eps)
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
     assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     tokens = _field(reader, "tokenizer.ggml.tokens")
@@ -121,7 +121,7 @@ def test_gguf_llama_from_hf_dir_permutes_rope(tmp_path: Path, tokenizer_dir: Pat
     assert _field(reader, "llama.attention.head_count_kv") == cfg.n_kv_head
     assert _field(reader, "llama.rope.dimension_count") == cfg.head_dim
     assert _field(reader, "llama.rope.freq_base") == pytest.approx(cfg.rope_theta)
-    assert _field(reader, "llama.feed_forward_length") == cfg.intermediate_size
+    assert _field(reader, "llama.feed_forward_length") == cfg.ffn_hidden
     got = _tensors(reader)
     sd = load_state_dict(run)
     V = cfg.vocab_size

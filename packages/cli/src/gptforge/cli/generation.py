@@ -169,8 +169,8 @@ def generate(
     """
     from dataclasses import replace
 
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams
-    from gptforge.sampling.loading import load_checkpoint
 
     try:
         params = SamplingParams(
@@ -183,7 +183,9 @@ def generate(
             seed=seed,
             stop=tuple(stop or ()),
         )
-        model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
+        model, tok, _ = load_any(
+            ckpt, device=device, dtype=_torch_dtype(dtype), require_tokenizer=True
+        )
         if precision:
             from gptforge.sampling.precision import apply_weight_precision
 

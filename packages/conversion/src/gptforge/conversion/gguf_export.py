@@ -393,9 +393,9 @@ def _write_metadata(w: Any, cfg: Any, arch: str, name: str, dtype: GGUFDtype) ->
     w.add_vocab_size(cfg.vocab_size)
     if arch == "gpt2":
         w.add_feed_forward_length(4 * cfg.n_embd)
-        w.add_layer_norm_eps(cfg.layer_norm_eps)
+        w.add_layer_norm_eps(cfg.norm_eps)
     else:
-        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_feed_forward_length(cfg.ffn_hidden)
         w.add_head_count_kv(cfg.n_kv_head)
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_rope_dimension_count(cfg.head_dim)

@@ -45,7 +45,6 @@ from gptforge.sampling.processing import (
     sample_from_probs,
     token_logprobs,
 )
-from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
 
 __version__ = "0.1.0"
@@ -59,7 +58,6 @@ __all__ = [
     "Completion",
     "FinishReason",
     "SamplingParams",
-    "SlotCaches",
     "StopStringMatcher",
     "StreamingDetokenizer",
     "TokenEvent",

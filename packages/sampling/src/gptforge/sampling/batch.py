@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.core import (
     cache_length,
     check_slide,
@@ -26,9 +27,8 @@ from gptforge.sampling.core import (
 )
 from gptforge.sampling.params import SamplingParams
 from gptforge.sampling.processing import apply_repetition_penalty, sample, token_logprobs
-from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
-from torch import Tensor, nn
+from torch import Tensor
 
 #: Why a sequence ended: its EOS, one of its stop token ids, one of its stop strings, its
 #: ``max_new_tokens``, the end of the cache/context, or a cancel.
@@ -131,7 +131,7 @@ class BatchGenerator:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: LanguageModel,
         *,
         max_batch_size: int = 8,
         max_seq_len: int | None = None,
@@ -147,10 +147,9 @@ class BatchGenerator:
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eot_token", None)
         self.device = next(model.parameters()).device
-        # A slot count equal to the sequence length would make batch-dim detection ambiguous.
-        slots = max_batch_size + 1 if max_batch_size == self.max_seq_len else max_batch_size
         self.max_batch_size = max_batch_size
-        self.caches = SlotCaches(model, slots, self.max_seq_len)
+        # One cache row per slot: a sequence keeps its row from add() to its end.
+        model.setup_caches(max_batch_size, self.max_seq_len)
         self.compile = compile
         self._free = list(range(max_batch_size))
         heapq.heapify(self._free)
@@ -227,7 +226,6 @@ class BatchGenerator:
         self._by_slot[slot] = seq
         self._by_id[seq_id] = seq
         try:
-            self.caches.clear(slot)
             logits = self._prefill(seq, prompt)
         except BaseException:
             self._release(seq)
@@ -236,9 +234,10 @@ class BatchGenerator:
 
     def _prefill(self, seq: _Seq, tokens: Tensor) -> Tensor:
         """Fill ``seq``'s cache row with ``tokens`` (1, T) from position 0; next-token logits."""
-        with self.caches.rows(seq.slot, seq.slot + 1):
-            pos = torch.arange(tokens.size(1), device=self.device)  # (T,)
-            logits = prefill(self.model, tokens, pos)  # (1, V)
+        pos = torch.arange(tokens.size(1), device=self.device)  # (T,)
+        # Position 0 starts the row afresh: stale keys are masked, a recurrent state zeroed.
+        rows = torch.tensor([seq.slot], device=self.device)  # (1,)
+        logits = prefill(self.model, tokens, pos, rows)  # (1, V)
         seq.pos = tokens.size(1)
         return logits
 
@@ -259,14 +258,13 @@ class BatchGenerator:
             return 0
         if self._by_slot:
             raise RuntimeError("precompile() needs an idle BatchGenerator (no live sequences)")
-        buckets = batch_buckets(self.caches.max_batch_size)
+        buckets = batch_buckets(self.max_batch_size)
         # CUDA graph trees warm a new shape up eagerly and record it on a later call.
         calls = 3 if self.device.type == "cuda" else 1
         for rows in buckets:
             tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # (rows, 1)
-            with self.caches.rows(0, rows):
-                for _ in range(calls):
-                    compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
+            for _ in range(calls):  # the first ``rows`` cache rows, like step()
+                compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
         return len(buckets)
 
     @torch.inference_mode()
@@ -281,9 +279,7 @@ class BatchGenerator:
         slots = [s for s in live if s not in full]
         # Compiled: the rows up to the next power of two, so a few static shapes (one graph
         # each, CUDA graphs on a GPU) serve every mix of slots; free rows decode junk.
-        hi = (
-            batch_bucket(live[-1] + 1, self.caches.max_batch_size) if self.compile else live[-1] + 1
-        )
+        hi = batch_bucket(live[-1] + 1, self.max_batch_size) if self.compile else live[-1] + 1
         tokens = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1); free rows decode junk
         pos = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1)
         for s in slots:
@@ -294,9 +290,9 @@ class BatchGenerator:
         same_pos = not self.compile and len(slots) == hi and bool((pos == pos[0]).all())
         decode = compiled_decode_one_token if self.compile else decode_one_token
         try:
-            with self.caches.rows(0, hi):
-                # Equal positions need only the shared-position form of the model contract.
-                logits = decode(self.model, tokens, pos[0] if same_pos else pos)  # (hi, V)
+            # The batch is cache rows 0..hi-1 (the model's default rows), so the step reads
+            # the caches in place. Equal positions use the shared-position form of the contract.
+            logits = decode(self.model, tokens, pos[0] if same_pos else pos)  # (hi, V)
             for s in full:
                 logits[s] = self._slide(self._by_slot[s])[0]
         except BaseException:
@@ -432,7 +428,7 @@ def _completion(
 
 @torch.inference_mode()
 def generate_batch(
-    model: nn.Module,
+    model: LanguageModel,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     *,
@@ -497,7 +493,7 @@ def _with_seed(p: SamplingParams) -> SamplingParams:
 
 @torch.inference_mode()
 def stream_generate(
-    model: nn.Module,
+    model: LanguageModel,
     prompt_ids: Sequence[int],
     params: SamplingParams = SamplingParams(),
     *,

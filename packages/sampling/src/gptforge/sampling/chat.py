@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from gptforge.sampling.core import context_limit, generate
-from gptforge.sampling.loading import load_checkpoint
+from gptforge.conversion import load_any
 from gptforge.sampling.templates import INST, encode_record, stop_ids
 
 
@@ -33,7 +33,9 @@ class ChatModel:
         saved = json.loads(chat_file.read_text()) if chat_file.exists() else {}
         self.template: str = template or saved.get("template", "inst")
         self.model: Any
-        self.model, self.tokenizer = load_checkpoint(run_dir, device=device, dtype=torch.float32)
+        self.model, self.tokenizer, _ = load_any(
+            run_dir, device=device, dtype=torch.float32, require_tokenizer=True
+        )
         if self.template == "inst" and INST not in self.tokenizer.special_tokens:
             raise ValueError(
                 f"{str(run_dir)!r} is not a fine-tuned run (its tokenizer has no {INST} token); "

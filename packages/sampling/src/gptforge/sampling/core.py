@@ -1,7 +1,8 @@
 """gpt-fast style generation on the model's KV cache: ``prefill``, ``decode_one_token``, ``generate``.
 
-These functions only use the model interface of ``docs/contracts.md``
-(``forward(idx, input_pos=...)``, ``setup_caches``), so they work for every architecture.
+These functions only use the :class:`~gptforge.modeling.protocol.LanguageModel` contract
+(``forward(idx, input_pos=..., rows=...)``, ``setup_caches``), so they work for every
+architecture.
 """
 
 from __future__ import annotations
@@ -11,23 +12,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.processing import NEG_INF, apply_repetition_penalty, sample
-from torch import Tensor, nn
+from torch import Tensor
 
 
-def model_config(model: nn.Module) -> Any:
+def model_config(model: LanguageModel) -> Any:
     """The model's config (``Any``: each architecture has its own dataclass)."""
     return model.config
 
 
-def context_limit(model: nn.Module) -> int | None:
+def context_limit(model: LanguageModel) -> int | None:
     """Most positions one sequence may span, or None when the architecture has no limit
-    (MM-Rec's recurrence); ``config.block_size`` for models without ``max_context``."""
-    limit = getattr(model, "max_context", model_config(model).block_size)
-    return None if limit is None else int(limit)
+    (MM-Rec's recurrence)."""
+    return model.max_context
 
 
-def cache_length(model: nn.Module, positions: int, *, compile: bool = False) -> int:
+def cache_length(model: LanguageModel, positions: int, *, compile: bool = False) -> int:
     """Cache positions to set up for a request spanning ``positions`` (prompt + new tokens):
     capped by the model's context limit, and the whole context when ``compile`` (the same
     cache shape on every call, so one compiled graph serves them all)."""
@@ -52,22 +53,26 @@ def check_slide(slide_tokens: int, context: int, prompt_len: int, max_new_tokens
         )
 
 
-def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
+def prefill(
+    model: LanguageModel, idx: Tensor, input_pos: Tensor, rows: Tensor | None = None
+) -> Tensor:
     """Run the prompt through the model, filling its caches; return last-position logits.
 
     Args:
         model: a model with caches set up (``model.setup_caches``).
         idx: ``(B, T)`` prompt token ids.
         input_pos: ``(T,)`` positions shared by all rows, or ``(B, T)`` per-row positions.
+        rows: ``(B,)`` cache rows to fill (continuous batching); None means rows 0..B-1.
 
     Returns:
         ``(B, V)`` logits for the token after the prompt.
     """
-    logits, _ = model(idx, input_pos=input_pos)  # (B, T, V)
+    logits, _ = model(idx, input_pos=input_pos, rows=rows)  # (B, T, V)
+    assert logits is not None, "return_logits defaults to True"
     return logits[:, -1]
 
 
-def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+def decode_one_token(model: LanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
     """Feed one token per row at ``input_pos``; return the next-token logits ``(B, V)``.
 
     Args:
@@ -75,6 +80,7 @@ def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Ten
         input_pos: ``(1,)`` shared position or ``(B, 1)`` per-row positions.
     """
     logits, _ = model(tokens, input_pos=input_pos)  # (B, 1, V)
+    assert logits is not None, "return_logits defaults to True"
     return logits[:, -1]
 
 
@@ -91,7 +97,7 @@ def _compiled_step(mode: str | None) -> Callable[..., Tensor]:
     return cast(Callable[..., Tensor], torch.compile(decode_one_token, dynamic=False, mode=mode))
 
 
-def compiled_decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+def compiled_decode_one_token(model: LanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
     """:func:`decode_one_token` through ``torch.compile`` (gpt-fast's decode recipe).
 
     One graph with static shapes: keep the batch size, the cache length and the form of
@@ -150,7 +156,7 @@ def _generators(
 
 @torch.inference_mode()
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     prompt_ids: Tensor | Sequence[int],
     max_new_tokens: int,
     *,
@@ -218,7 +224,7 @@ def generate(
     vocab = model_config(model).vocab_size
 
     cache_len = cache_length(model, t_prompt + max_new_tokens, compile=compile)
-    cast(Any, model).setup_caches(batch, cache_len)
+    model.setup_caches(batch, cache_len)
     decode = compiled_decode_one_token if compile else decode_one_token
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
     seen = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import BatchGenerator, SamplingParams, TokenEvent
 from gptforge.sampling.core import model_config
 
@@ -89,7 +90,7 @@ class Engine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: LanguageModel,
         tokenizer: Any,
         *,
         max_batch_size: int = 8,

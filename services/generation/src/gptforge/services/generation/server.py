@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
@@ -26,6 +26,7 @@ from gptforge.api.server import (
     serve_until_signal,
     start_server,
 )
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import SamplingParams
 from gptforge.sampling.core import context_limit, model_config
 from gptforge.services.generation.engine import Engine, EngineEvent, Job
@@ -34,7 +35,7 @@ from gptforge.services.generation.servicer import SERVICE_NAME, GenerationServic
 
 log = logging.getLogger("gptforge.services.generation")
 
-ModelLoader = Callable[[], tuple[torch.nn.Module, Any]]
+ModelLoader = Callable[[], tuple[LanguageModel, Any]]
 
 
 @dataclass
@@ -72,7 +73,7 @@ def warm_up(engine: Engine, timeout: float = 300.0) -> None:
 
 
 async def start(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any = None,
     config: ServerConfig | None = None,
     limits: GenerationLimits | None = None,
@@ -131,41 +132,28 @@ async def start(
 
 
 def _build_engine(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any,
     limits: GenerationLimits,
     compile: bool = False,
 ) -> tuple[Engine, GenerationLimits]:
-    if not isinstance(model, torch.nn.Module):
-        model, tokenizer = model()
+    if isinstance(model, torch.nn.Module):
+        lm = cast(LanguageModel, model)
+    else:
+        lm, tokenizer = cast(ModelLoader, model)()
     if tokenizer is None:
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
-    model.eval()
-    resolved = limits.resolved(
-        model_config(model).block_size, unbounded=context_limit(model) is None
+    lm.eval()
+    resolved = limits.resolved(model_config(lm).block_size, unbounded=context_limit(lm) is None)
+    # Every model family keeps its cache state in explicit rows, so all share slots.
+    engine = Engine(
+        lm,
+        tokenizer,
+        max_batch_size=resolved.max_batch_size,
+        max_seq_len=resolved.context_length,
+        max_tokens_in_flight=resolved.max_tokens_in_flight,
+        compile=compile,
     )
-    try:
-        engine = Engine(
-            model,
-            tokenizer,
-            max_batch_size=resolved.max_batch_size,
-            max_seq_len=resolved.context_length,
-            max_tokens_in_flight=resolved.max_tokens_in_flight,
-            compile=compile,
-        )
-    except RuntimeError as exc:
-        # A model whose cache state is not in batch-first buffers (e.g. MM-Rec's recurrent
-        # state) cannot share slots; serve it one sequence at a time.
-        log.warning("%s; serving with max_batch_size=1", exc)
-        resolved = dataclasses.replace(resolved, max_batch_size=1)
-        engine = Engine(
-            model,
-            tokenizer,
-            max_batch_size=1,
-            max_seq_len=resolved.context_length,
-            max_tokens_in_flight=resolved.max_tokens_in_flight,
-            compile=compile,
-        )
     engine.start()
     try:
         warm_up(engine)
@@ -176,7 +164,7 @@ def _build_engine(
 
 
 def serve_in_background(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any = None,
     config: ServerConfig | None = None,
     limits: GenerationLimits | None = None,
@@ -207,7 +195,7 @@ def serve(
     """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
 
     Args:
-        ckpt: where the model is (see ``gptforge.sampling.loading.find_model_dir``).
+        ckpt: where the model is: anything ``gptforge.conversion.load_any`` reads.
         config: network settings (the CLI defaults to ``127.0.0.1:50052``).
         limits: request limits and batching.
         device: ``cpu`` or ``cuda``.
@@ -216,15 +204,15 @@ def serve(
             ``int8-dynamic``, ...), applied after loading.
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU).
     """
-    from gptforge.sampling.loading import find_model_dir, load_checkpoint
+    from gptforge.conversion import detect_layout, find_model_dir, load_any
     from gptforge.sampling.precision import MODES, apply_weight_precision
 
-    find_model_dir(ckpt)  # fail before binding when the path is wrong
+    detect_layout(find_model_dir(ckpt))  # fail before binding when the path is wrong
     if precision is not None and precision not in MODES:
         raise ValueError(f"precision {precision!r} is not one of {list(MODES)}")
 
-    def load() -> tuple[torch.nn.Module, Any]:
-        model, tok = load_checkpoint(ckpt, device=device, dtype=dtype)
+    def load() -> tuple[LanguageModel, Any]:
+        model, tok, _ = load_any(ckpt, device=device, dtype=dtype, require_tokenizer=True)
         if precision is not None:
             model = apply_weight_precision(model, precision)
         return model, tok

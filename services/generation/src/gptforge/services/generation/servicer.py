@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from gptforge.api.errors import (
@@ -151,7 +151,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             architecture=getattr(model_config(model), "arch", type(model).__name__.lower()),
             context_length=lim.context_length,
             vocab_size=self.vocab_size,
-            num_parameters=int(cast(Any, model).num_params()),
+            num_parameters=model.num_params(),
             dtype=str(param.dtype).removeprefix("torch."),
             device=str(param.device),
             eos_token_id=int(tok.eot_token),
