@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gptforge.sampling.core import context_limit, generate
 from gptforge.conversion import load_any
+from gptforge.sampling.core import context_limit, generate
 from gptforge.sampling.templates import INST, encode_record, stop_ids
 
 
