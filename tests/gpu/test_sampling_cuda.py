@@ -121,3 +121,17 @@ def test_int8_dynamic_refuses_a_gpu_model_with_the_fix():
     _, gpu = _twins("debug")
     with pytest.raises(ValueError, match="CPU only.*bfloat16"):
         apply_weight_precision(gpu, "int8-dynamic")
+
+
+@pytest.mark.parametrize("preset", ["debug", "llama-debug"])
+def test_compiled_sliding_window_matches_the_cpu(preset):
+    """Past the context, the cache is recomputed under the CUDA graphs: the CPU's greedy ids."""
+    torch.manual_seed(0)
+    cpu = build_model(get_config(preset, vocab_size=300, block_size=32)).eval()
+    gpu = copy.deepcopy(cpu).to(DEVICE)
+    want = generate(cpu, PROMPT[0], 70, temperature=0.0, slide_tokens=8).tolist()
+    got = generate(gpu, PROMPT[0], 70, temperature=0.0, slide_tokens=8, compile=True)
+    assert got.tolist() == want
+    params = SamplingParams(max_new_tokens=70, temperature=0.0, ignore_eos=True, slide_tokens=8)
+    done = generate_batch(gpu, [PROMPT[0], [3] * 40], params, compile=True)
+    assert done[0].token_ids == want[len(PROMPT[0]) :]

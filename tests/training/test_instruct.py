@@ -122,12 +122,12 @@ def test_exact_match_counts_stripped_answers_and_caps_decoding(tok):
             self.w = torch.nn.Parameter(torch.zeros(1))
             self.calls = 0
 
-        max_context = 64
+        max_context = 64  # the model contract: most positions one sequence may span
 
-        def setup_caches(self, max_batch_size: int, max_seq_len: int, **_) -> None:
+        def setup_caches(self, max_batch_size: int, max_seq_len: int) -> None:
             pass  # the answer depends on the last token only: nothing to cache
 
-        def forward(self, idx, targets=None, input_pos=None, rows=None, return_logits=True):
+        def forward(self, idx, targets=None, input_pos=None, rows=None):
             self.calls += 1
             logits = torch.zeros(idx.shape[0], idx.shape[1], self.config.vocab_size)  # (B, T, V)
             said = idx[:, -1] == answer[0]  # (B,) answered already: stop next

@@ -67,6 +67,9 @@ def test_slide_tokens_generates_past_the_context_only_when_asked(client):
     assert len(resp.completions[0].token_ids) == 30
     assert resp.completions[0].finish_reason == pb.FINISH_REASON_LENGTH
     assert resp.usage.truncated_prompt_tokens == 0
+    longer = client.generate(list(range(1, 81)), max_new_tokens=5, slide_tokens=8)
+    assert longer.usage.truncated_prompt_tokens == 80 - CTX  # the window starts on its end
+    assert len(longer.completions[0].token_ids) >= 1
 
 
 def test_special_tokens_allowed_on_request(client):

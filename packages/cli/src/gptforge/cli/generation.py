@@ -298,6 +298,14 @@ def client_generate(
     top_p: Annotated[float | None, typer.Option("--top-p")] = None,
     seed: SeedOpt = None,
     stop: StopOpt = None,
+    slide_tokens: Annotated[
+        int,
+        typer.Option(
+            "--slide-tokens",
+            help="Let prompt + --max-new-tokens exceed the server's context: a window sliding "
+            "N tokens at a time (see `gptforge generate --help`); 0 = refused past the context.",
+        ),
+    ] = 0,
     auth_token: AuthOpt = None,
     tls_root_cert: Annotated[
         Path | None, typer.Option("--tls-root-cert", help="PEM to trust for a TLS server.")
@@ -314,6 +322,7 @@ def client_generate(
         top_p=top_p,
         seed=seed,
         stop=stop or (),
+        slide_tokens=slide_tokens,
     )
     try:
         with GenerationClient(target, auth_token=auth_token, tls_root_cert=tls_root_cert) as c:

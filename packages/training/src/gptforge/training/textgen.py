@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import generate
 from gptforge.sampling.core import context_limit
 from torch import nn
@@ -33,7 +34,7 @@ def _generating(model: nn.Module) -> Iterator[None]:
 
 def _slide(model: nn.Module) -> int:
     # Past the context, slide a quarter of it at a time (the prompt keeps its last tokens).
-    return max(1, (context_limit(model) or 4) // 4)
+    return max(1, (context_limit(cast(LanguageModel, model)) or 4) // 4)
 
 
 def new_tokens(
@@ -67,7 +68,7 @@ def new_tokens(
             for start in range(0, len(members), batch_size):
                 rows = members[start : start + batch_size]
                 ids = generate(
-                    model,
+                    cast(LanguageModel, model),
                     torch.tensor([list(prompts[i]) for i in rows]),
                     max_new_tokens,
                     temperature=0.0,
@@ -93,7 +94,7 @@ def sample_text(
     ids = tokenizer.encode(prompt) or [tokenizer.eot_token]
     with _generating(model):
         out = generate(
-            model,
+            cast(LanguageModel, model),
             ids,
             max_new_tokens,
             temperature=temperature,

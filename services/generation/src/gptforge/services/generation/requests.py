@@ -214,6 +214,8 @@ def parse_request(
         max_new = limits.default_max_new_tokens
         cut = False
     truncated = 0
+    if req.slide_tokens and len(ids) > ctx:  # the window starts on the prompt's last tokens
+        truncated = len(ids) - ctx
     room = ctx - len(ids)
     if req.slide_tokens > ctx:
         raise _bad(f"slide_tokens must be in [0, {ctx}] (the context), got {req.slide_tokens}")
