@@ -192,10 +192,10 @@ def to_gguf(
         lambda: export_gguf(
             src,
             out,
-            dtype=dtype,
+            dtype=dtype,  # type: ignore[arg-type]  # export_gguf names the valid types
             force=force,
             modelfile=modelfile,
-            name=name,  # type: ignore[arg-type]
+            name=name,
             report=lambda line: typer.echo(f"fallback: {line}"),
         ),
         f"wrote {out}",

@@ -212,6 +212,8 @@ def merge_command(
     except (ValueError, OSError) as exc:
         _fail(exc)
     _report(meta, out)
+
+
 def _tokenizer_source(spec: str) -> Any:
     """A tokenizer directory as given, or a RemoteTokenizer for ``grpc://host:port``."""
     from gptforge.services.tokenizer.remote import GRPC_SCHEME, RemoteTokenizer

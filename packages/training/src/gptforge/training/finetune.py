@@ -7,9 +7,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import init_distributed, shutdown
@@ -125,7 +126,7 @@ def finetune(
             )
 
         def save_top(m: torch.nn.Module) -> None:
-            save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
+            save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             got = exact_match(m, tokenizer, scored[:1], cfg.template)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.training.checkpoint import CheckpointManager
 from gptforge.training.config import TrainConfig
 from gptforge.training.data import (
@@ -160,7 +161,7 @@ def pretrain(
             )
 
         def save_top(m: torch.nn.Module) -> None:
-            save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
+            save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             return sample_text(
