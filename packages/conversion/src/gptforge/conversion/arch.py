@@ -39,7 +39,7 @@ import torch
 from gptforge.conversion.arch_sources import Role, SourceAnalysis, load_source, source_roles
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.weights import atomic_dir, atomic_file
-from torch import nn
+from gptforge.modeling.protocol import LanguageModel
 
 __all__ = [
     "REPORT_FILE",
@@ -141,7 +141,7 @@ def mmrec_config_for_source(analysis: SourceAnalysis, base: str = "mmrec-tiny", 
 class _Transfer:
     """Accumulates the converted state dict and the report while roles are placed."""
 
-    def __init__(self, target: nn.Module, analysis: SourceAnalysis) -> None:
+    def __init__(self, target: LanguageModel, analysis: SourceAnalysis) -> None:
         self.cfg: Any = target.config
         self.analysis = analysis
         self.sd = {k: v.detach().clone() for k, v in target.state_dict().items()}
@@ -316,7 +316,7 @@ class _Transfer:
 
 def convert_weights(
     source: str | os.PathLike[str] | dict[str, torch.Tensor],
-    target_model: nn.Module,
+    target_model: LanguageModel,
     *,
     source_config: dict[str, Any] | str | os.PathLike[str] | None = None,
     strict: bool = False,

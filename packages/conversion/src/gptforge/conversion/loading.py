@@ -18,7 +18,7 @@ import torch
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
-from torch import nn
+from gptforge.modeling.protocol import LanguageModel
 
 __all__ = ["Family", "Layout", "detect_family", "detect_layout", "load_any", "model_from_tensors"]
 
@@ -135,7 +135,7 @@ def detect_family(
 
 def model_from_tensors(
     cfg: Any, plan: list[PlannedTensor] | Mapping[str, torch.Tensor]
-) -> nn.Module:
+) -> LanguageModel:
     """Build our model of ``cfg`` directly from converted tensors (no random init), in eval mode."""
     from gptforge.modeling import build_model
 
@@ -162,7 +162,7 @@ def load_any(
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[nn.Module, Any]:
+) -> tuple[LanguageModel, Any]:
     """Load a model (and its tokenizer, when one is there) from any supported directory.
 
     Accepts our run/model directories, HF ``GPT2LMHeadModel``/``LlamaForCausalLM`` directories,

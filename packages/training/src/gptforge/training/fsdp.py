@@ -13,7 +13,7 @@ Works with NCCL on GPU and with gloo on CPU (torch >= 2.6; checked with 2.13).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -86,7 +86,7 @@ def shard_from_rank0(
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     with torch.device("meta"):
-        model = build_model(config)
+        model = cast(nn.Module, build_model(config))  # sharding works on modules
     shard_model(model, param_dtype=param_dtype)
     model.to_empty(device=device)
     state = full.state_dict() if full is not None else {}
