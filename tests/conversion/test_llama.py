@@ -182,7 +182,7 @@ def test_meta_model_parallel_shards_are_joined(tmp_path: Path, tokenizer_dir: Pa
     (tmp_path / "meta" / "consolidated.00.pth").unlink()
     for i, s in enumerate(shards):
         torch.save(s, tmp_path / "meta" / f"consolidated.{i:02d}.pth")
-    model, tok = load_any(tmp_path / "meta")
+    model, tok, _ = load_any(tmp_path / "meta")
     assert tok is None  # Meta's SentencePiece tokenizer is not ours
     ours = load_model_dir(run)
     ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(3))

@@ -156,10 +156,10 @@ def test_cli_client_reports_invalid_argument(server):
 
 def test_cli_generate_streams_the_library_output(model_dir, tokenizer):
     from gptforge.cli.main import app
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams, generate_batch
-    from gptforge.sampling.loading import load_checkpoint
 
-    model, tok = load_checkpoint(model_dir)
+    model, tok, _ = load_any(model_dir)
     (ref,) = generate_batch(
         model,
         [tok.encode("hello")],

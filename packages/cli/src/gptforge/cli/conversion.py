@@ -1,6 +1,6 @@
 """CLI verbs of the conversion area.
 
-``gptforge convert to-hf|from-hf|from-openai|from-meta|to-meta|to-gguf`` (in the shared
+``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|to-meta|to-gguf`` (in the shared
 ``convert`` group) and ``gptforge inspect PATH [--json]`` (on the root).
 """
 
@@ -35,7 +35,9 @@ def _run(action: Callable[[], Any], what: str) -> Any:
 
 
 def to_hf(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Our run/model directory.")],
+    ckpt: Annotated[
+        Path, typer.Option("--ckpt", help="A gptforge run or model directory (not a .gguf file).")
+    ],
     out: Out,
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: as saved).")
@@ -98,6 +100,35 @@ def from_meta(
     from gptforge.conversion import import_meta
 
     _run(lambda: import_meta(dir, out, force=force, tokenizer_dir=tokenizer), f"wrote {out}")
+
+
+def from_torch(
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt",
+            help="A nanoGPT ckpt.pt / best_model.pt or a state dict of the LLMs-from-scratch "
+            "book's GPTModel (.pt/.pth).",
+        ),
+    ],
+    out: Out,
+    n_head: Annotated[
+        int | None,
+        typer.Option(help="Attention heads, when the file does not store them (the book's model)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="A tokenizer dir to bundle (ours or HF tokenizer.json / GPT-2 files)."),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Import a nanoGPT or LLMs-from-scratch GPT checkpoint (read with weights_only=True)."""
+    from gptforge.conversion import import_pytorch
+
+    _run(
+        lambda: import_pytorch(ckpt, out, n_head=n_head, tokenizer_dir=tokenizer, force=force),
+        f"wrote {out}",
+    )
 
 
 def to_meta(
@@ -170,5 +201,6 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     convert.command("from-openai")(from_openai)
     convert.command("from-meta")(from_meta)
     convert.command("to-meta")(to_meta)
+    convert.command("from-torch")(from_torch)
     convert.command("to-gguf")(to_gguf)
     root.command("inspect")(inspect)

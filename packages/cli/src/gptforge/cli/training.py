@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
+from gptforge.cli.generation import SlideOpt, slide_for
 from gptforge.cli.options import DeviceOpt, check_device
 from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
@@ -192,13 +193,15 @@ def chat_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 answers greedily."),
     device: DeviceOpt = "auto",
+    slide_tokens: SlideOpt = None,
 ) -> None:
     """Answer instructions with a fine-tuned model using its template.
 
     Interactive: type an instruction; put an input after ' || ' (e.g. 'Repeat the words. || blue
-    moon'); an empty line or Ctrl-D quits.
+    moon'); an empty line or Ctrl-D quits. Past the model's context a sliding window goes on
+    (see --slide-tokens for what it costs).
     """
-    from gptforge.training.chat import ChatModel
+    from gptforge.sampling.chat import ChatModel
 
     try:
         bot = ChatModel(ckpt, device=device, template=template)
@@ -206,8 +209,17 @@ def chat_command(
         _fail(exc)
 
     def answer(instruction: str, extra: str) -> str:
+        try:
+            prompt_len = len(bot.prompt_ids(instruction, extra))
+            slide = slide_for(bot.model, prompt_len, max_new_tokens, slide_tokens)
+        except ValueError as exc:
+            _fail(exc)
         return bot.respond(
-            instruction, extra, max_new_tokens=max_new_tokens, temperature=temperature
+            instruction,
+            extra,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            slide_tokens=slide,
         )
 
     if prompt is not None:

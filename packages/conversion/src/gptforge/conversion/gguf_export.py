@@ -3,8 +3,9 @@
 Written with the ``gguf`` package, tensor by tensor (tensor infos first, then each tensor's data
 as it is converted). The file carries every key llama.cpp's loader reads for the architecture
 and the whole tokenizer: the BPE model (``tokenizer.ggml.model = "gpt2"``), the pre-tokenizer
-named explicitly as ``"gpt-2"`` (llama.cpp otherwise hashes the tokenizer's output to guess it and
-refuses tokenizers it has never seen: "BPE pre-tokenizer was not recognized"), the tokens, the
+named explicitly (``"gpt-2"`` or ``"tekken"``, as ``tokenizer.json`` records; llama.cpp otherwise
+hashes the tokenizer's output to guess it and refuses tokenizers it has never seen: "BPE
+pre-tokenizer was not recognized"), the tokens, the
 merges, token types (special tokens are CONTROL) and the BOS/EOS/EOT ids. An Ollama
 ``Modelfile`` with the instruction template is written beside it.
 
@@ -358,7 +359,9 @@ def export_gguf(
         with atomic_file(out_path, force) as tmp:
             w = gguf.GGUFWriter(str(tmp), arch)
             _write_metadata(w, cfg, arch, name or src_dir.resolve().name, dtype)
-            eot = _write_tokenizer(w, tokens, types, merges, specials, _chat(tok_dir, src_dir))
+            eot = _write_tokenizer(
+                w, tokens, types, merges, specials, _chat(tok_dir, src_dir), tok_dir
+            )
             for t in plan:
                 shape, np_dtype, nbytes, qtype = _planned_bytes(t, dtype)
                 w.add_tensor_info(t.name, shape, np_dtype, nbytes, raw_dtype=qtype)
@@ -406,9 +409,14 @@ def _write_tokenizer(
     merges: list[str],
     specials: dict[str, int],
     template: str,
+    tok_dir: Path,
 ) -> str | None:
+    from gptforge.tokenizer.pretokenize import gguf_pre
+
     w.add_tokenizer_model("gpt2")  # byte-level BPE
-    w.add_tokenizer_pre("gpt-2")  # explicit: skips llama.cpp's pre-tokenizer hash guess
+    # Named explicitly (llama.cpp would otherwise guess from a hash of the tokenizer's output):
+    # the llama.cpp pre-tokenizer whose regex is the one tokenizer.json records.
+    w.add_tokenizer_pre(gguf_pre(json.loads((tok_dir / "tokenizer.json").read_text("utf-8"))))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

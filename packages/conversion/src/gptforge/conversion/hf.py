@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.conversion.detect import require_ours
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.hf_gpt2 import (
     gpt_config_to_hf,
@@ -127,7 +128,7 @@ def export_hf(
     >>> export_hf("runs/demo/pretrain", "runs/hf")  # doctest: +SKIP
     >>> AutoModelForCausalLM.from_pretrained("runs/hf")  # doctest: +SKIP
     """
-    src_dir = Path(ckpt)
+    src_dir = require_ours(ckpt, "convert to-hf")
     cfg = read_model_config(src_dir)
     if cfg.arch not in EXPORTERS:
         raise ConversionError(

@@ -38,6 +38,21 @@ def cache_length(model: LanguageModel, positions: int, *, compile: bool = False)
     return limit if compile else min(positions, limit)
 
 
+def check_slide(slide_tokens: int, context: int, prompt_len: int, max_new_tokens: int) -> None:
+    """Raise ``ValueError`` unless ``slide_tokens`` lets ``prompt_len + max_new_tokens`` tokens
+    run past a ``context``-position cache (a sliding window of 1 to ``context`` tokens)."""
+    if slide_tokens == 0:
+        raise ValueError(
+            f"max_new_tokens ({max_new_tokens}) + prompt ({prompt_len} tokens) exceeds the "
+            f"model's context of {context} tokens; shorten the prompt, ask for fewer tokens or "
+            "set slide_tokens > 0 to slide a window past the context"
+        )
+    if not 1 <= slide_tokens <= context:
+        raise ValueError(
+            f"slide_tokens must be in [1, {context}] (the context) to slide, got {slide_tokens!r}"
+        )
+
+
 def prefill(
     model: LanguageModel, idx: Tensor, input_pos: Tensor, rows: Tensor | None = None
 ) -> Tensor:
@@ -156,6 +171,7 @@ def generate(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     pad_id: int | None = None,
     compile: bool = False,
+    slide_tokens: int = 0,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after equal-length prompts, on the model's KV cache.
 
@@ -177,6 +193,10 @@ def generate(
         compile: decode through :func:`compiled_decode_one_token` (for GPUs). The caches are
             then set up at the model's full context, so every call with the same batch size
             reuses one compiled graph.
+        slide_tokens: 0 refuses a prompt plus ``max_new_tokens`` longer than the model's
+            context; ``n > 0`` slides a window instead (see :class:`SamplingParams`): a long
+            prompt keeps its last ``context`` tokens, and each time the cache is full the oldest
+            ``n`` tokens leave and the cache is recomputed over the ``context - n + 1`` left.
 
     Returns:
         prompt and new tokens, ``(T + n,)`` or ``(B, T + n)`` like the input, ``n <= max_new_tokens``.
@@ -193,11 +213,11 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
     block = context_limit(model)
+    history = prompt  # (B, T), the whole prompt
     if block is not None and t_prompt + max_new_tokens > block:
-        raise ValueError(
-            f"prompt ({t_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"context of {block} tokens; shorten the prompt or ask for fewer tokens"
-        )
+        check_slide(slide_tokens, block, t_prompt, max_new_tokens)
+        prompt = prompt[:, -block:]  # the books' crop of a long prompt
+        t_prompt = prompt.size(1)
     stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     gens = _generators(batch, seed, generator, prompt.device)
@@ -210,11 +230,12 @@ def generate(
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=prompt.device)  # (B, V)
-        seen.scatter_(1, prompt, True)
+        seen.scatter_(1, history, True)
     penalty = torch.full((batch,), repetition_penalty, device=prompt.device)
     stop_t = torch.tensor(stops, dtype=torch.long, device=prompt.device)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt.device)  # (B,)
     out: list[Tensor] = []
+    pos = t_prompt  # the next cache position to fill
     for i in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits.float(), seen, penalty)
@@ -230,7 +251,13 @@ def generate(
         # done.all() reads back from the device: only worth it when rows can stop.
         if i == max_new_tokens - 1 or (len(stops) and bool(done.all())):
             break
-        pos = torch.tensor([t_prompt + i], device=prompt.device)
-        logits = decode(model, tok.view(batch, 1), pos)  # (B, V)
-    result = torch.cat([prompt, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
+        if pos == cache_len:  # the context is full: slide the window, recompute the cache
+            keep = cache_len - slide_tokens + 1
+            window = torch.cat([history, torch.stack(out, dim=1)], dim=1)[:, -keep:]  # (B, keep)
+            logits = prefill(model, window, torch.arange(keep, device=prompt.device))
+            pos = keep
+        else:
+            logits = decode(model, tok.view(batch, 1), torch.tensor([pos], device=prompt.device))
+            pos += 1
+    result = torch.cat([history, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
     return result[0] if squeeze else result

@@ -30,7 +30,6 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "SlidingWindowDataset": "gptforge.training.data",
         "DataError": "gptforge.training.data",
         "TrainingDiverged": "gptforge.training.loop",
-        "ChatModel": "gptforge.training.chat",
         "generate_tasks": "gptforge.training.tasks",
         "RemoteTokenizer": "gptforge.training.remote",
     }

@@ -131,15 +131,17 @@ def parse_request(
         cut = False
     truncated = 0
     room = ctx - len(ids)
-    if req.HasField("max_new_tokens") and len(ids) + max_new > ctx:
+    if req.slide_tokens > ctx:
+        raise _bad(f"slide_tokens must be in [0, {ctx}] (the context), got {req.slide_tokens}")
+    if req.HasField("max_new_tokens") and len(ids) + max_new > ctx and not req.slide_tokens:
         if not req.truncate_prompt:
             raise _bad(
                 f"max_new_tokens: prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds "
                 f"the context of {ctx} tokens; shorten the prompt, lower max_new_tokens or set "
-                "truncate_prompt"
+                "truncate_prompt or slide_tokens"
             )
         truncated = len(ids) + max_new - ctx
-    elif not req.HasField("max_new_tokens"):
+    elif not req.HasField("max_new_tokens") and not req.slide_tokens:
         if room < 1:
             if not req.truncate_prompt:
                 raise _bad(
@@ -202,6 +204,7 @@ def parse_request(
                 seed=(base_seed + i) % 2**64,
                 logprobs=(req.top_logprobs if req.logprobs else None),
                 ignore_eos=req.ignore_eos,
+                slide_tokens=req.slide_tokens,
             )
             for i in range(n)
         ]

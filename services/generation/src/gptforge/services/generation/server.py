@@ -195,7 +195,7 @@ def serve(
     """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
 
     Args:
-        ckpt: where the model is (see ``gptforge.sampling.loading.find_model_dir``).
+        ckpt: where the model is: anything ``gptforge.conversion.load_any`` reads.
         config: network settings (the CLI defaults to ``127.0.0.1:50052``).
         limits: request limits and batching.
         device: ``cpu`` or ``cuda``.
@@ -204,15 +204,15 @@ def serve(
             ``int8-dynamic``, ...), applied after loading.
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU).
     """
-    from gptforge.sampling.loading import find_model_dir, load_checkpoint
+    from gptforge.conversion import detect_layout, find_model_dir, load_any
     from gptforge.sampling.precision import MODES, apply_weight_precision
 
-    find_model_dir(ckpt)  # fail before binding when the path is wrong
+    detect_layout(find_model_dir(ckpt))  # fail before binding when the path is wrong
     if precision is not None and precision not in MODES:
         raise ValueError(f"precision {precision!r} is not one of {list(MODES)}")
 
     def load() -> tuple[LanguageModel, Any]:
-        model, tok = load_checkpoint(ckpt, device=device, dtype=dtype)
+        model, tok, _ = load_any(ckpt, device=device, dtype=dtype, require_tokenizer=True)
         if precision is not None:
             model = apply_weight_precision(model, precision)
         return model, tok
