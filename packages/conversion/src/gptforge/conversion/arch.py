@@ -473,7 +473,7 @@ def convert_to_mmrec_dir(
 
 def _convert_and_save(
     source: str | os.PathLike[str],
-    model: nn.Module,
+    model: LanguageModel,
     out: str | os.PathLike[str],
     force: bool,
     **options: Any,
@@ -494,7 +494,7 @@ def _convert_and_save(
 
 def convert_model_weights(
     source_checkpoint_path: str | os.PathLike[str],
-    target_model: nn.Module,
+    target_model: LanguageModel,
     output_path: str | os.PathLike[str],
     strict: bool = False,
     initialize_new: bool = True,

@@ -28,7 +28,6 @@ from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
 from gptforge.modeling.protocol import LanguageModel
-from torch import nn
 
 __all__ = [
     "Family",
@@ -124,7 +123,7 @@ def load_any(
     return model, tok, Loaded(p, layout, detect_family(p) if p.is_dir() else "gpt2", tok_dir)
 
 
-def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> LanguageModel:
     from gptforge.conversion.ours import read_model_config
     from gptforge.modeling.io import WEIGHTS_FILE, load_model_dir
 
@@ -134,7 +133,7 @@ def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> nn.M
     return load_model_dir(p, device=device, dtype=dtype)
 
 
-def _load_hf(p: Path, _n_head: int | None) -> nn.Module:
+def _load_hf(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.hf import HF_ARCHITECTURES, read_hf_config
 
     hf_cfg = read_hf_config(p)
@@ -144,7 +143,7 @@ def _load_hf(p: Path, _n_head: int | None) -> nn.Module:
         return model_from_tensors(cfg, planner(src.infos, src.get, cfg))
 
 
-def _load_meta(p: Path, _n_head: int | None) -> nn.Module:
+def _load_meta(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.meta_llama import (
         load_meta_checkpoint,
         meta_llama_config,
@@ -157,7 +156,7 @@ def _load_meta(p: Path, _n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, plan_meta_llama_to_ours(infos, sd.__getitem__, cfg))
 
 
-def _load_openai(p: Path, _n_head: int | None) -> nn.Module:
+def _load_openai(p: Path, _n_head: int | None) -> LanguageModel:
     from gptforge.conversion.openai_gpt2 import openai_gpt2_config, plan_openai_gpt2_to_ours
     from gptforge.conversion.tf_checkpoint import TFCheckpoint
 
@@ -167,7 +166,7 @@ def _load_openai(p: Path, _n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, plan_openai_gpt2_to_ours(infos, ckpt.read, cfg))
 
 
-def _load_weights(p: Path, n_head: int | None) -> nn.Module:
+def _load_weights(p: Path, n_head: int | None) -> LanguageModel:
     from gptforge.conversion.pytorch_gpt import read_pytorch_gpt
 
     if p.suffix == ".safetensors":
@@ -179,7 +178,7 @@ def _load_weights(p: Path, n_head: int | None) -> nn.Module:
     return model_from_tensors(cfg, sd)
 
 
-def _load_gguf(p: Path, _n_head: int | None) -> nn.Module:
+def _load_gguf(p: Path, _n_head: int | None) -> LanguageModel:
     raise ConversionError(
         f"{str(p)!r} is a GGUF file; gptforge loads run/model, Hugging Face, Meta and OpenAI "
         "directories and nanoGPT/book .pt files. A GGUF file is an export for llama.cpp and "

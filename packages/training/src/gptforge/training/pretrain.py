@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.training.config import TrainConfig
 from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
 from gptforge.training.distributed import init_distributed, shutdown
@@ -153,8 +154,12 @@ def pretrain(
             save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
-            return sample_text(
-                m, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed
+            return sample_text(  # the loop hands over a module; it is one of ours
+                cast(LanguageModel, m),
+                tokenizer,
+                cfg.sample_prompt,
+                max_new_tokens=cfg.sample_tokens,
+                seed=cfg.seed,
             )
 
         manifest = {
