@@ -101,6 +101,7 @@ def test_sigterm_during_a_stream_lets_it_finish(long_model_dir):
             if "listening on" in line:
                 address = line.split("listening on ")[1].split()[0]
         with GenerationClient(address, timeout=120) as c:
+            c.wait_until_serving(timeout=120)
             stream = c.generate_stream([1, 2, 3], max_new_tokens=1000, ignore_eos=True, seed=1)
             first = next(stream)
             proc.send_signal(signal.SIGTERM)

@@ -148,7 +148,13 @@ def to_gguf(
     hf: Annotated[
         Path | None, typer.Option("--hf", help="Or a Hugging Face GPT-2 / Llama directory.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="f32, f16 or q8_0 for the weight matrices.")] = "f16",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, or the K-quants q4_k_m, q5_k_m, q6_k "
+            "(llama.cpp's quantizer: pip install 'gptforge-conversion[llama-cpp]')."
+        ),
+    ] = "f16",
     modelfile: Annotated[
         bool, typer.Option(help="Write an Ollama Modelfile beside the .gguf.")
     ] = True,
@@ -170,7 +176,15 @@ def to_gguf(
     src = ckpt if ckpt is not None else hf
     assert src is not None
     _run(
-        lambda: export_gguf(src, out, dtype=dtype, force=force, modelfile=modelfile, name=name),  # type: ignore[arg-type]
+        lambda: export_gguf(
+            src,
+            out,
+            dtype=dtype,
+            force=force,
+            modelfile=modelfile,
+            name=name,  # type: ignore[arg-type]
+            report=lambda line: typer.echo(f"fallback: {line}"),
+        ),
         f"wrote {out}",
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from gptforge.cli.options import DeviceOpt
+from gptforge.cli.options import DeviceOpt, warn_token_on_command_line
 
 AUTH_ENV = "GPTFORGE_AUTH_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50052"
@@ -232,6 +232,9 @@ def serve_generation(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
     auth_token: AuthOpt = None,
+    max_receive_message_bytes: Annotated[
+        int, typer.Option(help="Largest request message; gRPC refuses larger ones unparsed.")
+    ] = 4 * 1024 * 1024,
     grace_seconds: Annotated[
         float, typer.Option(help="Time in-flight streams get on SIGTERM/SIGINT.")
     ] = 30.0,
@@ -244,6 +247,7 @@ def serve_generation(
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationLimits, serve
 
+    warn_token_on_command_line()
     if host not in {"127.0.0.1", "localhost", "::1"} and (auth_token is None or tls_cert is None):
         typer.secho(
             f"warning: serving on {host!r} without TLS and an auth token", err=True, fg="yellow"
@@ -256,6 +260,7 @@ def serve_generation(
             tls_key=tls_key,
             auth_token=auth_token,
             grace_seconds=grace_seconds,
+            max_receive_message_bytes=max_receive_message_bytes,
         )
         limits = GenerationLimits(
             max_batch_size=max_batch_size,

@@ -32,6 +32,7 @@ from gptforge.conversion.hf_llama import (
 )
 from gptforge.conversion.ours import WEIGHTS_FILE, read_model_config, write_model_dir
 from gptforge.conversion.tokenizer_files import (
+    chat_template_of,
     copy_tokenizer_to_hf,
     find_tokenizer_dir,
     load_tokenizer_from,
@@ -153,7 +154,7 @@ def export_hf(
         gen = {"_from_model_config": True, "bos_token_id": eot, "eos_token_id": eot}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer and tok_dir is not None:
-            copy_tokenizer_to_hf(tok_dir, tmp)
+            copy_tokenizer_to_hf(tok_dir, tmp, chat_template_of(src_dir)[1])
     return Path(out)
 
 

@@ -74,10 +74,17 @@ def save_model_dir(
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise FileNotFoundError(f"tokenizer_dir {str(src)!r} is not a directory")
-    if dst.exists() and src.resolve() == dst.resolve():
-        return
+    if dst.exists() and (src.resolve() == dst.resolve() or _same_files(src, dst)):
+        return  # a run saves its model dir often; its tokenizer is written once, never swapped
     with atomic_dir(dst) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two directories hold the same file names with the same bytes (tokenizers: small)."""
+    names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return names_a == names_b and all((a / n).read_bytes() == (b / n).read_bytes() for n in names_a)
 
 
 def read_config(directory: str | Path) -> Any:

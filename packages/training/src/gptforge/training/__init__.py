@@ -31,7 +31,6 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "DataError": "gptforge.training.data",
         "TrainingDiverged": "gptforge.training.loop",
         "generate_tasks": "gptforge.training.tasks",
-        "RemoteTokenizer": "gptforge.training.remote",
     }
     if name in lazy:
         import importlib

@@ -9,8 +9,15 @@ from typing import Any, cast
 
 import torch
 from gptforge.modeling.protocol import LanguageModel
+from gptforge.training.checkpoint import CheckpointManager
 from gptforge.training.config import TrainConfig
-from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
+from gptforge.training.data import (
+    DataError,
+    TokenShards,
+    TokenWindows,
+    check_resume_data,
+    read_meta,
+)
 from gptforge.training.distributed import init_distributed, shutdown
 from gptforge.training.loop import (
     Callback,
@@ -119,6 +126,9 @@ def pretrain(
             )
         mcfg = model_config(cfg, tokenizer.n_vocab)
         context = int(mcfg.block_size)
+        if resume:
+            saved = CheckpointManager(run_dir).list()
+            check_resume_data(cfg.data, saved[-1].manifest.get("data_checksum") if saved else None)
         train_shards = TokenShards(cfg.data, "train")
         val_shards = TokenShards(cfg.data, "val")
         for shards in (train_shards, val_shards):
@@ -168,6 +178,7 @@ def pretrain(
             "model_config": json.loads(json.dumps(vars(mcfg))),
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "tokenizer_dir": str(tok_dir),
+            "data_checksum": meta.get("checksum"),
         }
         return train_loop(
             cfg,
