@@ -12,6 +12,7 @@ from gptforge.modeling.gpt import GPT
 from gptforge.modeling.kv_cache import CacheOverflowError, KVCache, causal_attention
 from gptforge.modeling.llama import Llama
 from gptforge.modeling.mmrec import MMRec, MMRecConfig
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.modeling.registry import (
     ARCHITECTURES,
     build_model,
@@ -33,6 +34,7 @@ __all__ = [
     "GPTConfig",
     "KVCache",
     "Llama",
+    "LanguageModel",
     "LlamaConfig",
     "MMRec",
     "MMRecConfig",

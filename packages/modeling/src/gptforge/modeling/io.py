@@ -23,13 +23,14 @@ from gptforge.modeling.protocol import LanguageModel
 from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _unique_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+def _unique_state_dict(model: LanguageModel | nn.Module) -> dict[str, torch.Tensor]:
     """``state_dict`` with each shared tensor once, under the first name it appears with."""
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -43,7 +44,7 @@ def _unique_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
 
 
 def save_model_dir(
-    model: LanguageModel, directory: str | Path, tokenizer_dir: str | Path | None = None
+    model: LanguageModel | nn.Module, directory: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and optionally a copy of ``tokenizer/``.
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import encode_record, stop_ids
 
 
@@ -104,7 +105,10 @@ def exact_match(
         # (the response ids end with the stop token, which is not generated)
         max_new_tokens = max((len(response) for _, response in encoded), default=1) + 3
     outs = new_tokens(
-        model, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids(template, tokenizer)
+        cast(LanguageModel, model),
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stop_ids=stop_ids(template, tokenizer),
     )
     hits: dict[str, list[bool]] = {}
     correct = 0

@@ -164,8 +164,12 @@ def pretrain(
             save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
-            return sample_text(
-                m, tokenizer, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed
+            return sample_text(  # the loop hands over a module; it is one of ours
+                cast(LanguageModel, m),
+                tokenizer,
+                cfg.sample_prompt,
+                max_new_tokens=cfg.sample_tokens,
+                seed=cfg.seed,
             )
 
         manifest = {

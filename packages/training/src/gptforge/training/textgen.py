@@ -16,11 +16,10 @@ import torch
 from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import generate
 from gptforge.sampling.core import context_limit
-from torch import nn
 
 
 @contextmanager
-def _generating(model: nn.Module) -> Iterator[None]:
+def _generating(model: LanguageModel) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
@@ -32,13 +31,13 @@ def _generating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _slide(model: nn.Module) -> int:
+def _slide(model: LanguageModel) -> int:
     # Past the context, slide a quarter of it at a time (the prompt keeps its last tokens).
     return max(1, (context_limit(cast(LanguageModel, model)) or 4) // 4)
 
 
 def new_tokens(
-    model: nn.Module,
+    model: LanguageModel,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
@@ -81,7 +80,7 @@ def new_tokens(
 
 
 def sample_text(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Any,
     prompt: str,
     *,
