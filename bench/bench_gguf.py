@@ -163,7 +163,8 @@ def main() -> int:
             train_text, text = corpus_texts()
             run = trained_tiny(tmp, train_text, args.train_steps, args.train_chars)
         else:
-            run, text = args.ckpt, args.text.read_text(encoding="utf-8")
+            run = args.ckpt
+            text = args.text.read_text(encoding="utf-8") if args.text else corpus_texts()[1]
         cfg = read_config(run)
         ids = load_tokenizer_from(run).encode(text, disallowed_special=())
         T = min(128, cfg.block_size)
