@@ -101,8 +101,8 @@ bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
 bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
 	$(RUN) python bench/bench_generate.py
 
-bench-gguf: sync ## GGUF types: file size, perplexity vs f16, llama.cpp decode tok/s (CKPT= to use a run)
-	$(RUN) python bench/bench_gguf.py $(if $(CKPT),--ckpt $(CKPT))
+bench-gguf: sync ## GGUF types: file size, perplexity vs f16, llama.cpp decode tok/s (GGUF_CKPT= a trained run)
+	$(RUN) python bench/bench_gguf.py $(if $(GGUF_CKPT),--ckpt $(GGUF_CKPT))
 
 llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
 	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"

@@ -74,13 +74,14 @@ def corpus_texts() -> tuple[str, str]:
     return "\n\n".join(docs[:cut]), "\n\n".join(docs[cut:])
 
 
-def trained_tiny(tmp: Path, train_text: str, steps: int) -> Path:
-    """A ``tiny`` GPT trained for ``steps`` AdamW steps on ``train_text``, saved as a run."""
+def trained_tiny(tmp: Path, train_text: str, steps: int, chars: int) -> Path:
+    """A ``tiny`` GPT trained for ``steps`` AdamW steps on the first ``chars`` of ``train_text``."""
     from gptforge.modeling import build_model, get_config
     from gptforge.modeling.io import save_model_dir
     from gptforge.tokenizer import EOT, Tokenizer
 
-    tok = Tokenizer.train(texts=[train_text[:2_000_000]], vocab_size=2048, special_tokens=[EOT],
+    train_text = train_text[:chars]
+    tok = Tokenizer.train(texts=[train_text], vocab_size=2048, special_tokens=[EOT],
                           show_progress=False)  # fmt: skip
     tok.save(tmp / "tokenizer")
     data = torch.tensor(tok.encode(train_text, disallowed_special=()))
@@ -94,7 +95,7 @@ def trained_tiny(tmp: Path, train_text: str, steps: int) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 100 == 0:
+        if step % 20 == 0:
             print(f"train step {step}: loss {loss.item():.3f}", file=sys.stderr)
     return save_model_dir(model.eval(), tmp / "model", tokenizer_dir=tmp / "tokenizer")
 
@@ -143,7 +144,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", type=Path, default=None, help="our run (default: train a tiny GPT)")
     ap.add_argument("--text", type=Path, default=None, help="held-out text file for perplexity")
-    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--train-steps", type=int, default=80)
+    ap.add_argument("--train-chars", type=int, default=400_000)
     ap.add_argument("--windows", type=int, default=8, help="perplexity windows of 128 tokens")
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -159,9 +161,10 @@ def main() -> int:
         tmp = Path(d)
         if args.ckpt is None:
             train_text, text = corpus_texts()
-            run = trained_tiny(tmp, train_text, args.train_steps)
+            run = trained_tiny(tmp, train_text, args.train_steps, args.train_chars)
         else:
-            run, text = args.ckpt, args.text.read_text(encoding="utf-8")
+            run = args.ckpt
+            text = args.text.read_text(encoding="utf-8") if args.text else corpus_texts()[1]
         cfg = read_config(run)
         ids = load_tokenizer_from(run).encode(text, disallowed_special=())
         T = min(128, cfg.block_size)
