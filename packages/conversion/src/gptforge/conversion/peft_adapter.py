@@ -32,6 +32,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "PEFT_PREFIX",
     "is_adapter_dir",
+    "load_adapted",
     "load_adapter",
     "merge_adapter",
     "save_adapter",
@@ -173,6 +174,28 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike[str]) -> nn.Module
             m.lora_A.weight.copy_(parts["A.weight"])
             m.lora_B.weight.copy_(b)
     return model
+
+
+def load_adapted(
+    run: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A LoRA run's model (``RUN/base`` with the adapters of ``RUN`` merged), in eval mode.
+
+    >>> model = load_adapted("runs/sft-lora")  # doctest: +SKIP
+    """
+    from gptforge.modeling.io import load_model_dir
+
+    base = Path(run) / "base"
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(run)!r} holds LoRA adapters but no base model under base/; merge them onto "
+            "their base with `gptforge convert merge-lora --run RUN --base BASE_DIR --out DIR`"
+        )
+    model = merge_lora(load_adapter(load_model_dir(base, dtype=torch.float32), run))
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 
 def merge_adapter(

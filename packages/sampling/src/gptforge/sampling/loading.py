@@ -62,6 +62,12 @@ def load_checkpoint(
     from gptforge.modeling.io import load_model_dir
     from gptforge.tokenizer import Tokenizer
 
+    from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
+
+    root = Path(ckpt)
+    if is_adapter_dir(root) and not (root / "config.json").is_file():  # a LoRA run
+        model = load_adapted(root, device=device, dtype=dtype)
+        return model, Tokenizer.from_dir(root / "tokenizer")
     model_dir, kind = find_model_dir(ckpt)
     if kind == "hf":
         from gptforge.conversion.hf import import_hf

@@ -27,6 +27,7 @@ class ChatModel:
     def __init__(
         self, run_dir: str | Path, *, device: str = "cpu", template: str | None = None
     ) -> None:
+        from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
         from gptforge.modeling.io import load_model_dir
         from gptforge.tokenizer import Tokenizer
 
@@ -40,7 +41,10 @@ class ChatModel:
                 f"{str(run_dir)!r} is not a fine-tuned run (its tokenizer has no <INST> token); "
                 "fine-tune it first: gptforge finetune --from RUN_DIR --out RUN_DIR2"
             )
-        self.model: Any = load_model_dir(run_dir, device=device, dtype=torch.float32)
+        if is_adapter_dir(run_dir) and not (run_dir / "config.json").is_file():  # LoRA, unmerged
+            self.model: Any = load_adapted(run_dir, device=device)
+        else:
+            self.model = load_model_dir(run_dir, device=device, dtype=torch.float32)
 
     def respond(
         self,
