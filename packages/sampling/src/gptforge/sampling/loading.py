@@ -59,10 +59,9 @@ def load_checkpoint(
 
     >>> model, tok = load_checkpoint("runs/demo/pretrain")  # doctest: +SKIP
     """
+    from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
     from gptforge.modeling.io import load_model_dir
     from gptforge.tokenizer import Tokenizer
-
-    from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
 
     root = Path(ckpt)
     if is_adapter_dir(root) and not (root / "config.json").is_file():  # a LoRA run
