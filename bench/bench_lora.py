@@ -12,7 +12,7 @@ own. Trainable state is what the optimiser owns per trainable parameter: the fp3
 gradient and AdamW's two moments (16 bytes).
 
     python bench/bench_lora.py                    # both models (about 20 CPU-minutes)
-    python bench/bench_lora.py --quick            # debug model, a few steps (smoke run)
+    python bench/bench_lora.py --quick --preset debug --pretrain-steps 60 --steps 40  # smoke run
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def run_child(spec: dict) -> dict:
     return row
 
 
-def base_models(work: Path, quick: bool) -> dict[str, Path]:
-    """A demo-style pre-trained ``tiny`` (or ``debug``) and a random ``gpt2``-shaped model."""
+def base_models(work: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """A demo-style pre-trained small model and (unless ``--quick``) a random ``gpt2`` one."""
     import torch
     from gptforge.modeling import build_model, get_config
     from gptforge.modeling.io import save_model_dir
@@ -83,13 +83,14 @@ def base_models(work: Path, quick: bool) -> dict[str, Path]:
     from gptforge.training.prepare import prepare_data
     from gptforge.training.pretrain import pretrain
 
-    preset, vocab, steps = ("debug", 512, 60) if quick else ("tiny", 4096, 200)
+    quick, preset, steps = args.quick, args.preset, args.pretrain_steps
+    vocab = {"debug": 512}.get(preset, 4096)
     tok_dir, data_dir = work / f"tok-{vocab}", work / f"data-{vocab}"
     if not (tok_dir / "tokenizer.json").exists():
         Tokenizer.train("default", vocab_size=vocab, show_progress=False).save(tok_dir)
     if not (data_dir / "meta.json").exists():
         prepare_data("default", tok_dir, data_dir, progress=False)
-    small = work / f"{preset}-pretrained"
+    small = work / f"{preset}-pretrained-{steps}"
     if not (small / "model.safetensors").exists():
         pretrain(
             TrainConfig(
@@ -117,7 +118,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="debug model, a few steps")
     parser.add_argument("--work", default=str(Path.home() / ".cache/gptforge/bench-lora"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default="tiny", help="the small model (demo: tiny)")
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="demo: 200 for tiny")
+    parser.add_argument("--steps", type=int, default=500, help="fine-tuning steps (demo: 500)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
     parser.add_argument("--lora-lr", type=float, nargs="+", default=[1e-3, 3e-3])
+    parser.add_argument("--big-steps", type=int, default=6, help="gpt2-sized steps timed")
+    parser.add_argument("--big-batch", type=int, default=32, help="gpt2-sized batch size")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))), flush=True)
@@ -125,11 +132,12 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, base in base_models(work, args.quick).items():
+    for name, base in base_models(work, args).items():
         quality = name != "gpt2"
         common = {
             "from_run": str(base),
-            "max_steps": (40 if args.quick else 500) if quality else 6,
+            "max_steps": args.steps if quality else args.big_steps,
+            "batch_size": 32 if quality else args.big_batch,
             "eval_examples": 100 if quality else 1,
             "eval_interval": 0,
             "checkpoint_interval": 0,
@@ -138,7 +146,7 @@ def main() -> None:
             "progress": False,
             "threads": args.threads,
         }
-        runs = [("full", {"lr": 1e-3})]
+        runs = [("full", {"lr": args.lr})]
         lrs = args.lora_lr if quality else args.lora_lr[:1]
         runs += [(f"lora r16 lr {lr:g}", {**LORA, "lr": lr}) for lr in lrs]
         for label, extra in runs:
