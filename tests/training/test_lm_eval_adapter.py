@@ -11,7 +11,11 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 
 MC = [
-    {"context": "The quick brown fox", "choices": [" jumps", " sleeps", " reads a book"], "label": 0},
+    {
+        "context": "The quick brown fox",
+        "choices": [" jumps", " sleeps", " reads a book"],
+        "label": 0,
+    },
     {"context": "Note 3: the red", "choices": [" fox", " dog", " lazy fox jumps"], "label": 1},
     {"context": "Two plus two is ", "choices": ["four", "five", "a number"], "label": 0},
 ]

@@ -66,6 +66,12 @@ def _add_adapters(
     resumed run start from the same ones); rank 0 of a fresh run saves the base first."""
     from gptforge.modeling.io import save_model_dir
 
+    arch = getattr(model.config, "arch", None)
+    if arch not in ("gpt", "llama"):
+        raise ValueError(
+            f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
+            f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
+        )
     if write_base:
         save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=tok_dir)
     torch.manual_seed(cfg.seed)

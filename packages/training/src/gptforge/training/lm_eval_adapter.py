@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 try:
+    import lm_eval.models  # noqa: F401 - lm-eval fills its registry lazily only while it is empty
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as exc:  # pragma: no cover - depends on the environment
