@@ -62,6 +62,29 @@ def test_lora_trains_only_adapters_and_writes_a_peft_dir(tmp_path, base_run):
     assert any(torch.count_nonzero(v) for k, v in adapter.items() if "lora_B" in k)
 
 
+def test_unmerged_lora_run_chats_and_merges_from_the_cli(tmp_path, base_run):
+    from gptforge.cli.main import app
+    from gptforge.conversion.peft_adapter import load_adapted
+    from gptforge.modeling.io import load_model_dir
+    from gptforge.training.chat import ChatModel
+    from gptforge.training.finetune import finetune
+    from typer.testing import CliRunner
+
+    run = tmp_path / "sft"
+    finetune(_cfg(base_run, run, max_steps=2, lora_dropout=0.0))
+    assert isinstance(ChatModel(run).respond("Last word.", "a b", max_new_tokens=2), str)
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "chat.json").is_file()
+    idx = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = load_adapted(run)(idx)[0]
+        torch.testing.assert_close(load_model_dir(out).eval()(idx)[0], want)
+    again = CliRunner().invoke(app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
 def test_lora_resume_is_exact(tmp_path, base_run):
     from gptforge.training.finetune import finetune
 
