@@ -74,7 +74,9 @@ def test_unmerged_lora_run_chats_and_merges_from_the_cli(tmp_path, base_run):
     finetune(_cfg(base_run, run, max_steps=2, lora_dropout=0.0))
     assert isinstance(ChatModel(run).respond("Last word.", "a b", max_new_tokens=2), str)
     out = tmp_path / "merged"
-    result = CliRunner().invoke(app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "chat.json").is_file()
     idx = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))

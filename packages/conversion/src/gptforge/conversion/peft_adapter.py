@@ -89,7 +89,8 @@ def save_adapter(model: nn.Module, out: str | os.PathLike[str], *, base: str = "
     arch, modules = _arch(model), lora_modules(model)
     if not modules:
         raise ConversionError("the model has no LoRA adapters to save; call apply_lora first")
-    vocab = int(model.config.vocab_size)
+    model_config: Any = model.config
+    vocab = int(model_config.vocab_size)
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
         prefix = PEFT_PREFIX + hf_module_name(arch, name)
@@ -212,4 +213,4 @@ def merge_adapter(
     model = load_model_dir(base_dir, device="cpu", dtype=torch.float32)
     merge_lora(load_adapter(model, adapter))
     tok = base_dir / "tokenizer"
-    return Path(save_model_dir(model, out, tokenizer_dir=tok if tok.is_dir() else None))
+    return save_model_dir(model, Path(out), tokenizer_dir=tok if tok.is_dir() else None)

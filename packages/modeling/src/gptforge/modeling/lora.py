@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from gptforge.modeling.linear import linear
@@ -202,5 +203,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
         plain.bias = m.bias
         _set_module(model, name, plain)
     if untied and hasattr(model, "config"):
-        model.config = dataclasses.replace(model.config, tie_embeddings=False)  # type: ignore[call-overload]
+        config: Any = model.config
+        model.config = dataclasses.replace(config, tie_embeddings=False)
     return model

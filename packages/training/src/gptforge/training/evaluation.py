@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ from torch import nn
 
 
 def _check_window(model: nn.Module, max_length: int | None, stride: int | None) -> tuple[int, int]:
-    block = int(model.config.block_size)
+    config: Any = model.config
+    block = int(config.block_size)
     max_length = max_length or block
     if not 2 <= max_length <= block:
         raise ValueError(
@@ -149,6 +150,7 @@ def text_token_ids(
     else:
         from gptforge.corpus import iter_documents
 
+        assert source is not None  # checked above
         docs = iter_documents(source, field=field)
     text = "\n\n".join(d for d in docs if d)
     ids = tokenizer.encode(text, disallowed_special=())
@@ -203,7 +205,8 @@ def continuation_logprobs(
 
     Long inputs keep their last ``block_size + 1`` tokens (the continuation is never cut).
     """
-    block = int(model.config.block_size)
+    config: Any = model.config
+    block = int(config.block_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -296,7 +299,7 @@ def held_out_records(run_dir: str | Path) -> tuple[list[dict[str, str]], str]:
             f"{str(run_dir)!r} is not a `gptforge finetune` run (no finetune train_config.json); "
             "pass --instructions FILE.jsonl to score exact match on your own records"
         )
-    cfg = FinetuneConfig.from_dict(saved["config"])
+    cfg = cast(FinetuneConfig, FinetuneConfig.from_dict(saved["config"]))
     records = (
         read_records(cfg.data)
         if cfg.data

@@ -48,7 +48,8 @@ class GPTForgeLM(LM):  # type: ignore[misc]
         self.model, self.tokenizer = load_checkpoint(
             ckpt, device=resolve_device(device), dtype=torch.float32
         )
-        self.max_length = int(self.model.config.block_size)
+        config: Any = self.model.config
+        self.max_length = int(config.block_size)
         self.max_gen_toks = int(max_gen_toks)
         self.eot = int(self.tokenizer.eot_token)
 
