@@ -22,7 +22,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync build lock-check demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-prepare bench-gguf bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
+	bench bench-tokenizer bench-prepare bench-gguf bench-train bench-train-quality bench-generate bench-mmrec bench-lora llama-cpp litgpt \
 	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -114,6 +114,9 @@ litgpt: sync ## Build litgpt (pulls lightning) in ~/.cache/gptforge/litgpt-venv,
 
 bench-mmrec: sync ## MM-Rec vs GPT: validation loss, generation memory and tokens/s vs context
 	$(RUN) python bench/bench_mmrec.py
+
+bench-lora: sync ## LoRA vs full fine-tuning: exact match, trainable state, peak RSS, step time
+	$(RUN) python bench/bench_lora.py
 
 train: sync ## Pre-train (ARCH= PRESET= DATA=prepared data dir, default RUN_DIR/data; OUT= STEPS=)
 	$(RUN) gptforge train --arch $(ARCH) --preset $(PRESET) --data $(or $(DATA),$(RUN_DIR)/data) --out $(or $(OUT),runs/train) $(if $(STEPS),--max-steps $(STEPS))

@@ -26,6 +26,7 @@ BENCHES = {
     "train-quality": ("bench_train_quality.py", "Training recipe vs a plain baseline"),
     "generate": ("bench_generate.py", "Generation: decode speed and the service"),
     "mmrec": ("bench_mmrec.py", "MM-Rec vs GPT"),
+    "lora": ("bench_lora.py", "LoRA vs full fine-tuning"),
 }
 
 

@@ -1,7 +1,7 @@
 """CLI verbs of the conversion area.
 
-``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|from-gguf|to-meta|to-gguf`` (in the shared
-``convert`` group) and ``gptforge inspect PATH [--json]`` (on the root).
+``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|from-gguf|to-meta|to-gguf|merge-lora``
+(in the shared ``convert`` group) and ``gptforge inspect PATH [--json]`` (on the root).
 """
 
 from __future__ import annotations
@@ -51,6 +51,32 @@ def to_hf(
     _run(
         lambda: export_hf(ckpt, out, force=force, tokenizer=tokenizer, dtype=dtype), f"wrote {out}"
     )
+
+
+def merge_lora(
+    run: Annotated[
+        Path,
+        typer.Option("--run", help="A LoRA run (adapter_config.json + adapter_model.safetensors)."),
+    ],
+    out: Out,
+    base: Annotated[
+        Path | None, typer.Option(help="The base model directory (default: RUN/base).")
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Fold a LoRA run's adapters into its base: a plain model directory for to-hf, to-gguf, chat."""
+    import shutil
+
+    from gptforge.conversion.peft_adapter import merge_adapter
+
+    if out.exists() and not force:
+        typer.secho(
+            f"error: {out} exists; pass --force to replace it", err=True, fg=typer.colors.RED
+        )
+        raise typer.Exit(code=2)
+    _run(lambda: merge_adapter(base or run / "base", run, out), f"wrote {out}")
+    if (run / "chat.json").is_file():  # the chat template travels with the merged weights
+        shutil.copyfile(run / "chat.json", out / "chat.json")
 
 
 def from_hf(
@@ -231,4 +257,5 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     convert.command("from-torch")(from_torch)
     convert.command("from-gguf")(from_gguf)
     convert.command("to-gguf")(to_gguf)
+    convert.command("merge-lora")(merge_lora)
     root.command("inspect")(inspect)

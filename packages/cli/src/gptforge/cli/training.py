@@ -287,3 +287,71 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         _with_config_flags(FinetuneConfig, finetune_command, [_resume_param()])
     )
     root.command("chat")(chat_command)
+    root.command("eval")(eval_command)
+
+
+def eval_command(
+    ckpt: str = typer.Option(..., "--ckpt", help="Run/model directory (LoRA runs too) or HF dir."),
+    text: str | None = typer.Option(None, "--text", help="Text file(s) for perplexity."),  # noqa: UP045
+    data: str | None = typer.Option(None, "--data", help="Prepared data directory."),  # noqa: UP045
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="A datasets name, NAME or NAME:CONFIG."
+    ),  # noqa: UP045
+    split: str | None = typer.Option(
+        None, "--split", help="Split of --data (val) / --dataset (test)."
+    ),  # noqa: UP045
+    field: str = typer.Option("text", "--field", help="Text field of records."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Perplexity window (default: context)."
+    ),  # noqa: UP045
+    stride: int | None = typer.Option(
+        None, "--stride", help="Window stride (default: half the window)."
+    ),  # noqa: UP045
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Score at most this many."),  # noqa: UP045
+    choices: str | None = typer.Option(
+        None, "--choices", help="Multiple-choice .jsonl: context, choices, label."
+    ),  # noqa: UP045
+    exact_match: bool = typer.Option(
+        False, "--exact-match", help="Instruction exact match on the fine-tune's held-out set."
+    ),
+    instructions: str | None = typer.Option(
+        None, "--instructions", help="Alpaca-style .jsonl for exact match."
+    ),  # noqa: UP045
+    template: str | None = typer.Option(None, "--template", help="inst or alpaca."),  # noqa: UP045
+    json_out: str | None = typer.Option(None, "--json", help="Also write the report here."),  # noqa: UP045
+    device: DeviceOpt = "auto",
+) -> None:
+    """Perplexity and bits per byte, multiple-choice accuracy and exact match, as one report.
+
+    Example: gptforge eval --ckpt runs/sft --data runs/data --choices mc.jsonl --exact-match
+    """
+    import json
+
+    from gptforge.fileio import atomic_write_json
+    from gptforge.training.evaluation import evaluate_checkpoint, format_report
+
+    try:
+        report = evaluate_checkpoint(
+            ckpt,
+            text=text,
+            data=data,
+            dataset=dataset,
+            split=split,
+            field=field,
+            max_length=max_length,
+            stride=stride,
+            max_tokens=max_tokens,
+            choices=choices,
+            exact_match=exact_match,
+            instructions=instructions,
+            template=template,
+            device=device,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    typer.echo(format_report(report))
+    if json_out:
+        atomic_write_json(json_out, report)
+        typer.echo(f"wrote {json_out}")
+    else:
+        typer.echo(json.dumps(report))

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from gptforge.conversion.detect import (
@@ -26,6 +26,7 @@ from gptforge.conversion.detect import (
 )
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
+from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
 from gptforge.modeling.protocol import LanguageModel
 
@@ -105,9 +106,11 @@ def load_any(
     """
     from gptforge.modeling.device import resolve_device
 
+    device = resolve_device(device)
+    if is_adapter_dir(path) and not (Path(path) / "config.json").is_file():
+        return _load_lora_run(Path(path), device, dtype)
     p = find_model_dir(path)
     layout = detect_layout(p)
-    device = resolve_device(device)
     if layout == "gguf":  # the tokenizer travels inside the file
         from gptforge.conversion.gguf_import import read_gguf
 
@@ -129,6 +132,18 @@ def load_any(
         model = _LOADERS[layout](p, n_head)
         model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model, tok, Loaded(p, layout, detect_family(p) if p.is_dir() else "gpt2", tok_dir)
+
+
+def _load_lora_run(
+    run: Path, device: torch.device, dtype: torch.dtype | None
+) -> tuple[LanguageModel, Any, Loaded]:
+    """An unmerged LoRA run: its base model with the run's adapters merged in."""
+    from gptforge.tokenizer import Tokenizer
+
+    model = cast(LanguageModel, load_adapted(run, device=device, dtype=dtype))
+    tok_dir = run / "tokenizer"
+    tok = Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
+    return model, tok, Loaded(run, "lora", detect_family(run / "base"), tok_dir)
 
 
 def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> LanguageModel:

@@ -285,9 +285,10 @@ def head_and_loss(
     """
     V, Vp = vocab_size, lm_head.weight.size(0)
     if targets is not None and not return_logits:
-        fused = linear_cross_entropy(
-            x.flatten(0, 1), lm_head.weight, targets.flatten(), IGNORE_INDEX, V
-        )
+        # An adapted head (gptforge.modeling.lora) trains through its merged weight.
+        merged = getattr(lm_head, "merged_weight", None)
+        head = merged() if merged is not None else lm_head.weight
+        fused = linear_cross_entropy(x.flatten(0, 1), head, targets.flatten(), IGNORE_INDEX, V)
         return None, fused
     logits = lm_head(x)  # (B, T, Vp)
     if Vp != V:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from gptforge.conversion.peft_adapter import save_adapter
+from gptforge.modeling.lora import apply_lora, merge_lora
 from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
@@ -27,6 +29,7 @@ from gptforge.training.pretrain import check_fresh_run_dir, save_run_config
 from gptforge.training.tasks import generate_tasks
 
 CHAT_FILE = "chat.json"
+BASE_DIR = "base"  # a LoRA run's frozen base model (grown by the template's special tokens)
 
 
 @dataclass
@@ -50,6 +53,27 @@ def split_records(
             f"{len(records)} records leave nothing to train on with val_fraction={val_fraction}"
         )
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+def _add_adapters(
+    model: torch.nn.Module, cfg: FinetuneConfig, run_dir: Path, tok_dir: Path, *, write_base: bool
+) -> None:
+    """Freeze ``model`` and add the LoRA adapters of ``cfg`` (seeded, so every rank and a
+    resumed run start from the same ones); rank 0 of a fresh run saves the base first."""
+    from gptforge.modeling.io import save_model_dir
+
+    arch = getattr(model.config, "arch", None)
+    if arch not in ("gpt", "llama"):
+        raise ValueError(
+            f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
+            f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
+        )
+    if write_base:
+        save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=tok_dir)
+    torch.manual_seed(cfg.seed)
+    names = apply_lora(model, cfg.lora_config())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"LoRA: {len(names)} layers adapted, {trainable:,} trainable parameters")
 
 
 def finetune(
@@ -90,6 +114,12 @@ def finetune(
             model = load_any(src, device=device, dtype=torch.float32)[0]
         if tokenizer.n_vocab > model.config.vocab_size:
             model.resize_token_embeddings(tokenizer.n_vocab)
+        if cfg.lora_rank and uses_fsdp(cfg, info):
+            raise ValueError(
+                "--lora-rank with --parallel fsdp is not supported (the frozen base would be "
+                "sharded for a few trainable adapters); use --parallel ddp, which replicates "
+                "the base and all-reduces only the adapters' gradients"
+            )
         model.train()
         block = int(model.config.block_size)
         records = (
@@ -124,9 +154,14 @@ def finetune(
             print(
                 f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}"
             )
+        if cfg.lora_rank:
+            _add_adapters(model, cfg, run_dir, tok_dir, write_base=info.is_main and not resume)
 
         def save_top(m: torch.nn.Module) -> None:
-            save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
+            if cfg.lora_rank:
+                save_adapter(m, run_dir, base=str(run_dir / BASE_DIR))
+            else:
+                save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             got = exact_match(m, tokenizer, scored[:1], cfg.template)
@@ -161,6 +196,8 @@ def finetune(
             print(
                 f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}"
             )
+            if cfg.merge:
+                save_model_dir(merge_lora(model), run_dir, tokenizer_dir=tok_dir)
             chat = {"template": cfg.template, "before": before, "after": after}
             if before is None and (run_dir / CHAT_FILE).exists():
                 chat["before"] = json.loads((run_dir / CHAT_FILE).read_text()).get("before")

@@ -1,0 +1,208 @@
+"""LoRA: low-rank adapters on a model's ``nn.Linear`` layers, found by name.
+
+``apply_lora(model, LoraConfig(rank=8, targets=("attn", "mlp")))`` swaps every targeted linear
+layer for a :class:`LoRALinear` that keeps the layer's own ``weight`` and ``bias`` Parameters
+(ties survive, state-dict names do not change) and adds ``lora_A`` (rank x in) and ``lora_B``
+(out x rank): ``y = x W^T + b + (alpha / rank) * B A dropout(x)``, PEFT's formula and names.
+Everything else is frozen. ``B`` starts at zero, so the adapted model starts equal to the base.
+
+Layers are chosen by the last components of their module names, so any model whose
+projections are ``nn.Linear`` modules with the Hugging Face names of :data:`TARGET_GROUPS` is
+covered without the model file knowing about adapters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from gptforge.modeling.linear import linear
+from torch import Tensor, nn
+
+#: Target groups -> module-name suffixes, per the Hugging Face names our families use.
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attn": (
+        "attn.c_attn",
+        "attn.c_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+    ),
+    "mlp": ("mlp.c_fc", "mlp.c_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    "head": ("lm_head",),
+}
+DEFAULT_TARGETS = ("attn", "mlp", "head")
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """``"attn,mlp"`` -> ``("attn", "mlp")``, each checked against :data:`TARGET_GROUPS`."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in TARGET_GROUPS]
+    if unknown or not names:
+        raise ValueError(
+            f"lora targets {text!r} name unknown groups {unknown}; choose from "
+            f"{list(TARGET_GROUPS)}, comma-separated (e.g. --lora-targets attn,mlp)"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Shape of the adapters.
+
+    Args:
+        rank: Inner dimension ``r`` of each adapter.
+        alpha: Scale numerator: the update is multiplied by ``alpha / rank``.
+        dropout: Dropout on the adapter's input while training.
+        targets: Groups of :data:`TARGET_GROUPS` to adapt.
+    """
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = field(default=DEFAULT_TARGETS)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora rank must be >= 1, got {self.rank!r}; pass --lora-rank 16")
+        if self.alpha <= 0:
+            raise ValueError(f"lora alpha must be > 0, got {self.alpha!r}; pass --lora-alpha 32")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        parse_targets(",".join(self.targets))
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / rank``."""
+        return self.alpha / self.rank
+
+
+class LoRALinear(nn.Linear):
+    """A linear layer plus a trainable low-rank update; the base weight stays as it was.
+
+    Args:
+        base: The layer to adapt; its ``weight`` and ``bias`` Parameters are taken over as they
+            are (not copied).
+        cfg: Rank, alpha and dropout.
+    """
+
+    def __init__(self, base: nn.Linear, cfg: LoraConfig) -> None:
+        nn.Module.__init__(self)  # take over base's tensors instead of allocating new ones
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        # Adapters train in float32 even over a bf16/fp16 base.
+        kw = {"device": base.weight.device, "dtype": torch.float32}
+        self.lora_A = nn.Linear(self.in_features, cfg.rank, bias=False, **kw)  # type: ignore[arg-type]
+        self.lora_B = nn.Linear(cfg.rank, self.out_features, bias=False, **kw)  # type: ignore[arg-type]
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's initialisation
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.scaling = cfg.scaling
+        self.base_class = type(base)  # what merge_lora puts back
+
+    def delta_weight(self) -> Tensor:
+        """``scaling * B A`` as a (out, in) float32 matrix."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+
+    def merged_weight(self) -> Tensor:
+        """The weight the layer computes with (differentiable in the adapters): the model's
+        fused head-and-loss reads this instead of ``weight`` (no adapter dropout there)."""
+        return self.weight + self.delta_weight().to(self.weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = linear(x, self.weight, self.bias)  # (..., out)
+        a = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
+        return y + (self.lora_B(a) * self.scaling).to(y.dtype)  # (..., out)
+
+
+def target_names(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` that ``targets`` select."""
+    suffixes = tuple(s for t in parse_targets(",".join(targets)) for s in TARGET_GROUPS[t])
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and not isinstance(module, LoRALinear)
+        and any(name == s or name.endswith("." + s) for s in suffixes)
+    ]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig, names: list[str] | None = None) -> list[str]:
+    """Freeze ``model`` and wrap the targeted linear layers in :class:`LoRALinear` (in place).
+
+    Args:
+        model: Any module whose projections are ``nn.Linear`` layers.
+        cfg: Rank, alpha, dropout and target groups.
+        names: Exact module names to adapt instead of ``cfg.targets`` (loading saved adapters).
+
+    Returns:
+        The adapted module names.
+
+    >>> from gptforge.modeling import GPT, GPTConfig
+    >>> model = GPT(GPTConfig.from_name("debug"))
+    >>> names = apply_lora(model, LoraConfig(rank=4, targets=("attn",)))
+    >>> names[:2], sum(p.numel() for p in model.parameters() if p.requires_grad)
+    (['h.0.attn.c_attn', 'h.0.attn.c_proj'], 4096)
+    """
+    names = target_names(model, cfg.targets) if names is None else names
+    if not names:
+        raise ValueError(
+            f"no linear layer of {type(model).__name__} matches lora targets {list(cfg.targets)} "
+            f"(module-name suffixes {[s for t in cfg.targets for s in TARGET_GROUPS[t]]})"
+        )
+    model.requires_grad_(False)
+    for name in names:
+        _set_module(model, name, LoRALinear(model.get_submodule(name), cfg))  # type: ignore[arg-type]
+    return names
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """The adapted layers of ``model`` by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Only the adapter tensors: ``{name}.lora_A.weight`` and ``{name}.lora_B.weight``."""
+    out = {}
+    for name, m in lora_modules(model).items():
+        out[f"{name}.lora_A.weight"] = m.lora_A.weight.detach()
+        out[f"{name}.lora_B.weight"] = m.lora_B.weight.detach()
+    return out
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put plain linear layers back (in place).
+
+    A head that shares its weight with the token embedding gets a weight of its own (the
+    update is the head's, not the embedding's), and ``config.tie_embeddings`` becomes False.
+    """
+    import dataclasses
+
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in [m.weight]}
+    untied = False
+    for name, m in lora_modules(model).items():
+        plain = m.base_class(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        merged = m.merged_weight()
+        if id(m.weight) in embeddings:
+            plain.weight = nn.Parameter(merged, requires_grad=False)
+            untied = True
+        else:
+            m.weight.copy_(merged)
+            plain.weight = m.weight
+        plain.bias = m.bias
+        _set_module(model, name, plain)
+    if untied and hasattr(model, "config"):
+        config: Any = model.config
+        model.config = dataclasses.replace(config, tie_embeddings=False)
+    return model

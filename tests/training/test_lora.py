@@ -1,0 +1,129 @@
+"""LoRA fine-tuning: only adapters train, resume is exact, --merge writes a plain model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.training.helpers import StopRun, debug_config, stop_at
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, data_dir):
+    from gptforge.training.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("base")
+    pretrain(debug_config(data_dir, out, max_steps=10, context_length=64, eval_interval=0))
+    return out
+
+
+def _cfg(base_run, out, **overrides):
+    from gptforge.training.config import FinetuneConfig
+
+    values = dict(
+        from_run=str(base_run),
+        out=str(out),
+        max_steps=6,
+        batch_size=4,
+        num_examples=60,
+        eval_examples=4,
+        max_length=65,
+        progress=False,
+        eval_interval=0,
+        checkpoint_interval=3,
+        lora_rank=4,
+        lora_dropout=0.1,
+        device="cpu",
+    )
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def test_lora_trains_only_adapters_and_writes_a_peft_dir(tmp_path, base_run):
+    from gptforge.training.finetune import finetune
+
+    finetune(_cfg(base_run, tmp_path / "sft"))
+    run = tmp_path / "sft"
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["peft_type"] == "LORA"
+    adapter = load_file(run / "adapter_model.safetensors")
+    assert any(k.endswith("lm_head.lora_B.weight") for k in adapter)
+    assert all(k.startswith("base_model.model.transformer.h.") or "lm_head" in k for k in adapter)
+    assert not (run / "model.safetensors").exists()  # no merged copy without --merge
+    # the frozen base in the checkpoint equals the saved base: nothing but adapters moved
+    base = load_file(run / "base" / "model.safetensors")
+    ckpt = load_file(next((run / "checkpoints").glob("step_*")) / "model.safetensors")
+    aliases = {"wte.weight": "lm_head.weight"}  # a tied pair is saved once, under either name
+    for key, value in base.items():
+        assert torch.equal(ckpt.get(key, ckpt.get(aliases.get(key, ""))), value), key
+    assert any(torch.count_nonzero(v) for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_unmerged_lora_run_chats_and_merges_from_the_cli(tmp_path, base_run):
+    from gptforge.cli.main import app
+    from gptforge.conversion.peft_adapter import load_adapted
+    from gptforge.modeling.io import load_model_dir
+    from gptforge.training.chat import ChatModel
+    from gptforge.training.finetune import finetune
+    from typer.testing import CliRunner
+
+    run = tmp_path / "sft"
+    finetune(_cfg(base_run, run, max_steps=2, lora_dropout=0.0))
+    assert isinstance(ChatModel(run).respond("Last word.", "a b", max_new_tokens=2), str)
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(
+        app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "chat.json").is_file()
+    idx = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = load_adapted(run)(idx)[0]
+        torch.testing.assert_close(load_model_dir(out).eval()(idx)[0], want)
+    again = CliRunner().invoke(app, ["convert", "merge-lora", "--run", str(run), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_lora_resume_is_exact(tmp_path, base_run):
+    from gptforge.training.finetune import finetune
+
+    finetune(_cfg(base_run, tmp_path / "ref"))
+    with pytest.raises(StopRun):
+        finetune(_cfg(base_run, tmp_path / "run"), callbacks=[stop_at(4)])
+    finetune(_cfg(base_run, tmp_path / "run"), resume=True)
+    ref = load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+
+
+def test_lora_merge_writes_a_model_with_the_adapted_logits(tmp_path, base_run):
+    from gptforge.conversion.peft_adapter import load_adapter
+    from gptforge.modeling.io import load_model_dir
+    from gptforge.training.finetune import finetune
+
+    run = tmp_path / "sft"
+    finetune(_cfg(base_run, run, merge=True, max_steps=3, lora_targets="attn,mlp"))
+    merged = load_model_dir(run).eval()
+    adapted = load_adapter(load_model_dir(run / "base"), run).eval()
+    idx = torch.randint(
+        0, merged.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx)[0], adapted(idx)[0], atol=1e-5, rtol=1e-5)
+        plain = load_model_dir(run / "base").eval()(idx)[0]
+    assert (plain - merged(idx)[0]).abs().max() > 0
+
+
+def test_lora_flags_are_checked():
+    from gptforge.training.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match="--merge folds LoRA adapters"):
+        FinetuneConfig(from_run="x", merge=True)
+    with pytest.raises(ValueError, match="choose from \\['attn', 'mlp', 'head'\\]"):
+        FinetuneConfig(from_run="x", lora_rank=8, lora_targets="attn,ffn")
+    assert FinetuneConfig(from_run="x", lora_rank=8).lora_config().alpha == 16.0
