@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 Family = Literal["gpt2", "llama", "mmrec"]
-Layout = Literal["ours", "hf", "meta", "openai", "gguf", "weights"]
+Layout = Literal["ours", "hf", "meta", "openai", "gguf", "weights", "lora"]
 FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mmrec")
 #: GGUF ``general.architecture`` values gptforge writes and reads back.
 GGUF_FAMILIES = {"gpt2": "gpt2", "llama": "llama"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from gptforge.conversion.errors import ConversionError
@@ -195,7 +195,10 @@ def load_adapted(
             f"{str(run)!r} holds LoRA adapters but no base model under base/; merge them onto "
             "their base with `gptforge convert merge-lora --run RUN --base BASE_DIR --out DIR`"
         )
-    model = merge_lora(load_adapter(load_model_dir(base, dtype=torch.float32), run))
+    # LoRA wraps the model's nn.Linear modules, so it works on the module side.
+    model = merge_lora(
+        load_adapter(cast(nn.Module, load_model_dir(base, dtype=torch.float32)), run)
+    )
     return model.to(device=device, dtype=dtype or torch.float32).eval()
 
 
@@ -211,6 +214,6 @@ def merge_adapter(
 
     base_dir = Path(base)
     model = load_model_dir(base_dir, device="cpu", dtype=torch.float32)
-    merge_lora(load_adapter(model, adapter))
+    merge_lora(load_adapter(cast(nn.Module, model), adapter))
     tok = base_dir / "tokenizer"
     return save_model_dir(model, Path(out), tokenizer_dir=tok if tok.is_dir() else None)

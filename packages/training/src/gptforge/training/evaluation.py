@@ -23,10 +23,12 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from gptforge.modeling.protocol import LanguageModel
 
 
-def _check_window(model: nn.Module, max_length: int | None, stride: int | None) -> tuple[int, int]:
+def _check_window(
+    model: LanguageModel, max_length: int | None, stride: int | None
+) -> tuple[int, int]:
     config: Any = model.config
     block = int(config.block_size)
     max_length = max_length or block
@@ -43,7 +45,7 @@ def _check_window(model: nn.Module, max_length: int | None, stride: int | None) 
 
 @torch.no_grad()
 def sliding_window_nll(
-    model: nn.Module,
+    model: LanguageModel,
     ids: Sequence[int] | torch.Tensor,
     *,
     max_length: int | None = None,
@@ -79,6 +81,7 @@ def sliding_window_nll(
         y[:first] = -100  # tokens an earlier window already scored
         scored[begin + 1 + first : end] = True
         logits, _ = model(x)  # (1, T, V)
+        assert logits is not None
         total += float(F.cross_entropy(logits[0].float(), y, ignore_index=-100, reduction="sum"))
         prev_end = end
         if end == n:
@@ -88,7 +91,7 @@ def sliding_window_nll(
 
 
 def perplexity_report(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Any,
     ids: Sequence[int],
     *,
@@ -199,7 +202,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 @torch.no_grad()
 def continuation_logprobs(
-    model: nn.Module, requests: Sequence[tuple[list[int], list[int]]]
+    model: LanguageModel, requests: Sequence[tuple[list[int], list[int]]]
 ) -> list[tuple[float, bool]]:
     """``(sum log p(continuation | context), whether greedy decoding gives it)`` per request.
 
@@ -217,6 +220,7 @@ def continuation_logprobs(
         whole = (ctx + cont)[-(block + 1) :]
         x = torch.tensor(whole[:-1], device=device)[None]  # (1, T)
         logits, _ = model(x)  # (1, T, V)
+        assert logits is not None
         logp = F.log_softmax(logits[0, -len(cont) :].float(), dim=-1)  # (n, V)
         target = torch.tensor(cont, device=device)
         score = float(logp.gather(1, target[:, None]).sum())
@@ -253,7 +257,7 @@ def read_choice_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def multiple_choice(
-    model: nn.Module, tokenizer: Any, records: Sequence[dict[str, Any]]
+    model: LanguageModel, tokenizer: Any, records: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """``{"acc", "acc_norm", "total"}``: argmax of the summed log-likelihood, and of it
     divided by each choice's length in characters (lm-evaluation-harness's ``acc_norm``)."""

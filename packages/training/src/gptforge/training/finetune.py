@@ -164,7 +164,7 @@ def finetune(
                 save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
-            got = exact_match(m, tokenizer, scored[:1], cfg.template)
+            got = exact_match(cast(LanguageModel, m), tokenizer, scored[:1], cfg.template)
             return (
                 f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
             )

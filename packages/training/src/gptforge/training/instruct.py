@@ -74,7 +74,7 @@ class InstructionDataset:
 
 
 def exact_match(
-    model: torch.nn.Module,
+    model: LanguageModel,
     tokenizer: Any,
     records: Sequence[dict[str, str]],
     template: str,

@@ -44,7 +44,7 @@ class GPTForgeLM(LM):  # type: ignore[misc]
         import torch
         from gptforge.conversion import load_any
 
-        self.model, self.tokenizer, _ = load_any(
+        self.model, self.tokenizer, _info = load_any(
             ckpt, device=device, dtype=torch.float32, require_tokenizer=True
         )
         config: Any = self.model.config
@@ -101,7 +101,7 @@ class GPTForgeLM(LM):  # type: ignore[misc]
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations, cut at the first stop string (and the end-of-text token)."""
-        from gptforge.training.textgen import generate_ids
+        from gptforge.training.textgen import new_tokens
 
         out = []
         for req in requests:
@@ -116,7 +116,7 @@ class GPTForgeLM(LM):  # type: ignore[misc]
                     "from the task's generation_kwargs"
                 )
             ids = self._encode(context)[-max(1, self.max_length - max_gen) :]
-            new = generate_ids(self.model, [ids], max_new_tokens=max_gen, stop_ids=[self.eot])[0]
+            new = new_tokens(self.model, [ids], max_new_tokens=max_gen, stop_ids=[self.eot])[0]
             text = self.tokenizer.decode(new)
             for stop in until:
                 text = text.split(stop)[0]
