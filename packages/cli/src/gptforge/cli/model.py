@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 model_app = typer.Typer(help="Inspect model architectures and presets.", no_args_is_help=True)
 
 
-@model_app.command("info")
 def info(
     spec: Annotated[
         str,
@@ -20,14 +21,24 @@ def info(
         int | None, typer.Option(help="Context length for FLOPs/token (default: block_size).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **overrides: Any,
 ) -> None:
-    """Parameters (total, non-embedding, tied/untied), weight and AdamW memory, FLOPs per token."""
-    from gptforge.modeling.introspect import human, model_info, resolve_config
+    """Parameters (total, non-embedding, tied/untied), weight and AdamW memory, FLOPs per token.
+
+    Shape flags (--n-layer, --n-embd, --context-length, ...) change the preset or config first,
+    as they do for `gptforge train`.
+    """
+    from gptforge.modeling.introspect import human, model_info
+    from gptforge.training.config import ModelShape
+    from gptforge.training.shape import model_config
     from rich.console import Console
     from rich.table import Table
 
+    given = {k: v for k, v in overrides.items() if v is not None}
+    is_file = spec.endswith(".json") or Path(spec).exists()
     try:
-        config = resolve_config(spec)
+        shape = ModelShape(**({"config": spec} if is_file else {"preset": spec}), **given)
+        config = model_config(shape)
         mi = model_info(config, name=spec, seq_len=seq_len)
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -72,6 +83,27 @@ def presets() -> None:
 
     for arch, names in preset_names().items():
         typer.echo(f"{arch}: {', '.join(names)}")
+
+
+def _info_signature() -> inspect.Signature:
+    """``info``'s own arguments plus one option per shape field of ``ModelShape``."""
+    from gptforge.cli.training import config_params
+    from gptforge.training.config import ModelShape
+
+    params = inspect.signature(info, eval_str=True).parameters.values()
+    own = [p for p in params if p.name != "overrides"]
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    shape = config_params(ModelShape, skip=("preset", "config"))
+    return inspect.Signature([*own, *shape])
+
+
+def _info_command(**kwargs: Any) -> None:
+    info(**kwargs)
+
+
+_info_command.__signature__ = _info_signature()  # type: ignore[attr-defined]
+_info_command.__doc__ = info.__doc__
+model_app.command("info")(_info_command)
 
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:

@@ -42,11 +42,14 @@ def field_help(cls: type) -> dict[str, str]:
     return out
 
 
-def _config_params(cls: type) -> list[inspect.Parameter]:
+def config_params(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One typer option per field of dataclass ``cls`` (default None: not given)."""
     hints = typing.get_type_hints(cls)
     docs = field_help(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         base = _base_type(hints[f.name])
         names = ALIASES.get(f.name, ["--" + f.name.replace("_", "-")])
         if base is bool:
@@ -74,18 +77,30 @@ def _with_config_flags(
     def command(**kwargs: Any) -> None:
         fn(**kwargs)
 
-    command.__signature__ = inspect.Signature([*extra, *_config_params(cls)])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([*extra, *config_params(cls)])  # type: ignore[attr-defined]
     command.__doc__ = fn.__doc__
     return command
 
 
-def _resume_param() -> inspect.Parameter:
-    return inspect.Parameter(
-        "resume",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(None, "--resume", help="Continue this run directory bit-exactly."),
-        annotation=Optional[str],  # noqa: UP045
-    )
+def _resume_params() -> list[inspect.Parameter]:
+    return [
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--resume", help="Continue this run directory bit-exactly."),
+            annotation=Optional[str],  # noqa: UP045
+        ),
+        inspect.Parameter(
+            "override",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                False,
+                "--override",
+                help="With --resume: continue with flags that differ from the run's settings.",
+            ),
+            annotation=bool,
+        ),
+    ]
 
 
 def _fail(exc: BaseException) -> None:
@@ -99,8 +114,9 @@ def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
     from gptforge.training.runner import run_job
 
     resume = kwargs.pop("resume", None)
+    override = bool(kwargs.pop("override", False))
     try:
-        result = run_job(kind, kwargs, resume)
+        result = run_job(kind, kwargs, resume, override=override)
     except (TrainingDiverged, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(exc)
     loop = getattr(result, "loop", result)
@@ -115,7 +131,10 @@ def train_command(**kwargs: Any) -> None:
 
     Writes a run directory: a model directory at the top (config.json, model.safetensors,
     tokenizer/), checkpoints/, metrics.jsonl and plots/. Example:
-    gptforge train --arch gpt --preset tiny --data runs/data --out runs/train --max-steps 600
+    gptforge train --preset tiny --data runs/data --out runs/train --max-steps 600
+
+    The model is --preset or --config FILE.json with --n-layer, --n-embd, ... on top, or
+    --init-from MODEL_DIR to continue from trained weights with a new optimiser.
     """
     _run("pretrain", TrainConfig, kwargs)
 
@@ -229,8 +248,6 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     data = typer.Typer(help="Prepare training data.", no_args_is_help=True)
     data.command("prepare")(prepare_command)
     root.add_typer(data, name="data")
-    root.command("train")(_with_config_flags(TrainConfig, train_command, [_resume_param()]))
-    root.command("finetune")(
-        _with_config_flags(FinetuneConfig, finetune_command, [_resume_param()])
-    )
+    root.command("train")(_with_config_flags(TrainConfig, train_command, _resume_params()))
+    root.command("finetune")(_with_config_flags(FinetuneConfig, finetune_command, _resume_params()))
     root.command("chat")(chat_command)

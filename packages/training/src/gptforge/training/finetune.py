@@ -128,8 +128,8 @@ def finetune(
                 f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}"
             )
 
-        def save_top(m: torch.nn.Module) -> None:
-            save_model_dir(m, run_dir, tokenizer_dir=tok_dir)
+        def save_model(m: torch.nn.Module, directory: Path) -> None:
+            save_model_dir(m, directory, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             got = exact_match(m, tokenizer, scored[:1], cfg.template)
@@ -145,7 +145,7 @@ def finetune(
             info=info,
             device=device,
             resume=resume,
-            save_top_level=save_top,
+            save_model=save_model,
             manifest={
                 "kind": "finetune",
                 "config": cfg.to_dict(),
