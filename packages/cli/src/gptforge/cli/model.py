@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from gptforge.cli.training import with_shape_flags
 
 model_app = typer.Typer(help="Inspect model architectures and presets.", no_args_is_help=True)
 
@@ -85,25 +85,7 @@ def presets() -> None:
         typer.echo(f"{arch}: {', '.join(names)}")
 
 
-def _info_signature() -> inspect.Signature:
-    """``info``'s own arguments plus one option per shape field of ``ModelShape``."""
-    from gptforge.cli.training import config_params
-    from gptforge.training.config import ModelShape
-
-    params = inspect.signature(info, eval_str=True).parameters.values()
-    own = [p for p in params if p.name != "overrides"]
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-    shape = config_params(ModelShape, skip=("preset", "config"))
-    return inspect.Signature([*own, *shape])
-
-
-def _info_command(**kwargs: Any) -> None:
-    info(**kwargs)
-
-
-_info_command.__signature__ = _info_signature()  # type: ignore[attr-defined]
-_info_command.__doc__ = info.__doc__
-model_app.command("info")(_info_command)
+model_app.command("info")(with_shape_flags(info, skip=("preset", "config")))
 
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:

@@ -82,6 +82,26 @@ def _with_config_flags(
     return command
 
 
+def with_shape_flags(fn: Callable[..., None], skip: tuple[str, ...]) -> Callable[..., None]:
+    """``fn`` (which takes ``**shape``) with one option per :class:`ModelShape` field added."""
+    from gptforge.training.config import ModelShape
+
+    params = inspect.signature(fn, eval_str=True).parameters.values()
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in params
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+
+    def command(**kwargs: Any) -> None:
+        fn(**kwargs)
+
+    sig = inspect.Signature([*own, *config_params(ModelShape, skip=skip)])
+    command.__signature__ = sig  # type: ignore[attr-defined]
+    command.__doc__ = fn.__doc__
+    return command
+
+
 def _resume_params() -> list[inspect.Parameter]:
     return [
         inspect.Parameter(

@@ -281,7 +281,13 @@ class FinetuneConfig(LoopConfig):
             ``first,last,next_letter,opposite,count``; all: ``TASK_NAMES`` of
             :mod:`gptforge.training.tasks`).
         eval_examples: Held-out records scored for exact match before and after training.
-        max_length: Longest rendered record in tokens (longer ones are refused by index).
+        max_length: Longest rendered record in tokens (at most the model's context + 1);
+            a longer record is refused naming its file and line, unless ``truncate`` or
+            ``skip_long`` is set.
+        truncate: Cut over-long records to fit (the prompt's middle first; the response's end
+            is kept where possible).
+        skip_long: Leave over-long records out and report how many.
+        max_samples: Use only the first N records of the data (before the split).
     """
 
     out: str = "runs/finetune"
@@ -293,6 +299,9 @@ class FinetuneConfig(LoopConfig):
     tasks: str | None = None
     eval_examples: int = 100
     max_length: int = 96
+    truncate: bool = False
+    skip_long: bool = False
+    max_samples: int | None = None
     # Measured on the demo's `tiny` model (docs/training.md): 500 steps at lr 1e-3 take the
     # default task mix from 0 % to 41-53 % held-out exact match in ~100 CPU-seconds (400 steps:
     # 35-49 %); 3e-3 and 1e-2 learn less.
@@ -312,6 +321,10 @@ class FinetuneConfig(LoopConfig):
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for name in ("num_examples", "eval_examples", "max_length"):
             _check_positive(name, getattr(self, name))
+        if self.max_samples is not None:
+            _check_positive("max_samples", self.max_samples)
+        if self.truncate and self.skip_long:
+            raise ValueError("--truncate and --skip-long exclude each other; pass one of them")
         if self.tasks is not None:
             from gptforge.training.tasks import TASK_NAMES
 

@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from gptforge.training.config import FinetuneConfig
@@ -17,7 +17,8 @@ from gptforge.training.instruct import (
     InstructionDataset,
     encode_record,
     exact_match,
-    read_records,
+    read_records_with_origin,
+    truncate_example,
 )
 from gptforge.training.io import atomic_write_text
 from gptforge.training.loop import (
@@ -31,6 +32,7 @@ from gptforge.training.pretrain import check_fresh_run_dir, save_run_config
 from gptforge.training.tasks import generate_tasks
 
 CHAT_FILE = "chat.json"
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,9 +44,7 @@ class FinetuneResult:
     after: dict[str, Any] | None  # None on FSDP ranks other than 0
 
 
-def split_records(
-    records: Sequence[dict[str, str]], val_fraction: float, seed: int
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Deterministic shuffle, then ``(train, held_out)`` with ``val_fraction`` held out."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -54,6 +54,46 @@ def split_records(
             f"{len(records)} records leave nothing to train on with val_fraction={val_fraction}"
         )
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+def fit_examples(
+    items: Sequence[tuple[dict[str, str], str]],
+    split: str,
+    cfg: FinetuneConfig,
+    tokenizer: Any,
+    block: int,
+) -> list[tuple[list[int], list[int]]]:
+    """Encode ``(record, origin)`` pairs; an over-long one is refused, truncated or skipped."""
+    limit = min(cfg.max_length, block + 1)
+    out, cut, skipped = [], 0, 0
+    for record, origin in items:
+        prompt, response = encode_record(record, cfg.template, tokenizer)
+        n = len(prompt) + len(response)
+        if n <= limit:
+            out.append((prompt, response))
+        elif cfg.truncate:
+            out.append(truncate_example(prompt, response, limit))
+            cut += 1
+        elif cfg.skip_long:
+            skipped += 1
+        else:
+            if cfg.max_length >= block + 1:
+                hint = (
+                    f"the model's context ({block} tokens + 1) is the limit, so --max-length "
+                    "cannot help: shorten the record, or pass --truncate or --skip-long"
+                )
+            else:
+                hint = f"raise --max-length (up to {block + 1}), or pass --truncate or --skip-long"
+            raise ValueError(
+                f"{origin} ({split} split) renders to {n} tokens, over the limit {limit} "
+                f"(min of --max-length {cfg.max_length} and context {block} + 1); {hint}"
+            )
+    if cut or skipped:
+        what = f"truncated {cut}" if cut else f"skipped {skipped}"
+        print(f"{split}: {what} of {len(items)} records longer than {limit} tokens")
+    if not out:
+        raise ValueError(f"no {split} record fits {limit} tokens; pass --truncate instead")
+    return out
 
 
 def finetune(
@@ -95,24 +135,23 @@ def finetune(
             model.resize_token_embeddings(tokenizer.n_vocab)
         model.train()
         block = int(model.config.block_size)
-        records = (
-            read_records(cfg.data)
-            if cfg.data
-            else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+        if cfg.data:
+            records, origins = read_records_with_origin(cfg.data)
+        else:
+            records = generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+            origins = [f"generated record {i}" for i in range(len(records))]
+        if cfg.max_samples is not None:
+            records, origins = records[: cfg.max_samples], origins[: cfg.max_samples]
+        train_items, held_items = split_records(
+            list(zip(records, origins)), cfg.val_fraction, cfg.seed
         )
-        train_records, held_out = split_records(records, cfg.val_fraction, cfg.seed)
-        limit = min(cfg.max_length, block + 1)
-        encoded = {}
-        for name, part in (("train", train_records), ("val", held_out)):
-            examples = [encode_record(r, cfg.template, tokenizer) for r in part]
-            for i, (p, r) in enumerate(examples):
-                if len(p) + len(r) > limit:
-                    raise ValueError(
-                        f"{name} record {i} renders to {len(p) + len(r)} tokens, over the limit "
-                        f"{limit} (min of --max-length {cfg.max_length} and context {block} + 1); "
-                        "shorten it or raise --max-length"
-                    )
-            encoded[name] = InstructionDataset(examples, pad_id=tokenizer.eot_token)
+        held_out = [r for r, _ in held_items]
+        encoded = {
+            name: InstructionDataset(
+                fit_examples(items, name, cfg, tokenizer, block), pad_id=tokenizer.eot_token
+            )
+            for name, items in (("train", train_items), ("val", held_items))
+        }
         scored = held_out[: cfg.eval_examples]
         tok_dir = run_dir / "tokenizer"
         if info.is_main:

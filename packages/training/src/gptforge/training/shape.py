@@ -53,7 +53,9 @@ def read_config_file(path: str | Path) -> Any:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--config {str(p)!r} is not valid JSON ({exc}); fix or rewrite it")
+        raise ValueError(
+            f"--config {str(p)!r} is not valid JSON ({exc}); fix or rewrite it"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {str(p)!r} holds {type(data).__name__}, not a JSON object")
     if "arch" not in data and "emb_dim" in data:
