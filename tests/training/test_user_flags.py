@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,8 +57,7 @@ def source(tmp_path_factory, data_dir):
 
 def test_overrides_reach_the_trained_model(source):
     cfg, _ = source
-    saved = json.loads((cfg.out / "config.json").read_text() if hasattr(cfg.out, "read_text")
-                       else open(f"{cfg.out}/config.json").read())  # fmt: skip
+    saved = json.loads(Path(cfg.out, "config.json").read_text())
     assert saved["n_layer"] == 1 and saved["block_size"] == 32
 
 
@@ -96,6 +96,9 @@ def test_resume_names_changed_settings_and_wants_override(source):
     with pytest.raises(ValueError, match=r"--context-length 32 -> 64"):
         build_config("pretrain", {"context_length": 64}, str(cfg.out), override=True)
     assert build_config("pretrain", {"lr": 0.003}, str(cfg.out)).lr == 0.003  # unchanged: fine
+    assert build_config("pretrain", {"max_steps": 9}, str(cfg.out)).max_steps == 9  # longer
+    with pytest.raises(ValueError, match=r"not above the run's step 4"):
+        build_config("pretrain", {"max_steps": 3}, str(cfg.out))
 
 
 def test_damaged_run_files_are_named(tmp_path):

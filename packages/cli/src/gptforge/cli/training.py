@@ -129,6 +129,7 @@ def _fail(exc: BaseException) -> None:
 
 
 def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
+    from gptforge.training.checkpoint import CheckpointError
     from gptforge.training.data import DataError
     from gptforge.training.loop import TrainingDiverged
     from gptforge.training.runner import run_job
@@ -137,7 +138,7 @@ def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
     override = bool(kwargs.pop("override", False))
     try:
         result = run_job(kind, kwargs, resume, override=override)
-    except (TrainingDiverged, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (TrainingDiverged, DataError, CheckpointError, ValueError, OSError) as exc:
         _fail(exc)
     loop = getattr(result, "loop", result)
     typer.echo(
@@ -220,7 +221,11 @@ def prepare_command(
 
 
 def chat_command(
-    ckpt: str = typer.Option(..., "--ckpt", help="Run directory written by `gptforge finetune`."),
+    ckpt: str = typer.Option(
+        ...,
+        "--ckpt",
+        help="Run directory written by `gptforge finetune`, or a checkpoint (RUN/checkpoints/best).",
+    ),
     prompt: str | None = typer.Option(
         None, "--prompt", help="Answer this instruction and exit (default: interactive)."
     ),  # noqa: UP045

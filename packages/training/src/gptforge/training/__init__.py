@@ -5,7 +5,7 @@
 8
 """
 
-from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
+from gptforge.training.config import FinetuneConfig, LoopConfig, ModelShape, TrainConfig
 from gptforge.training.schedule import lr_at
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FinetuneConfig",
     "LoopConfig",
+    "ModelShape",
     "TrainConfig",
     "__version__",
     "lr_at",
@@ -33,6 +34,7 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "ChatModel": "gptforge.training.chat",
         "generate_tasks": "gptforge.training.tasks",
         "RemoteTokenizer": "gptforge.training.remote",
+        "model_config": "gptforge.training.shape",
     }
     if name in lazy:
         import importlib

@@ -11,11 +11,22 @@ from gptforge.training.instruct import encode_record, stop_ids
 from gptforge.training.textgen import generate_ids
 
 
+def saved_template(model_dir: Path) -> str:
+    """The template of a fine-tuned run (``chat.json``) or checkpoint (its manifest's config)."""
+    chat_file, manifest = model_dir / "chat.json", model_dir / "manifest.json"
+    if chat_file.exists():
+        return str(json.loads(chat_file.read_text()).get("template", "inst"))
+    if manifest.exists():
+        return str(json.loads(manifest.read_text()).get("config", {}).get("template", "inst"))
+    return "inst"
+
+
 class ChatModel:
     """A fine-tuned model, its tokenizer and its template.
 
     Args:
-        run_dir: Output of ``gptforge finetune`` (reads ``chat.json`` for the template).
+        run_dir: Output of ``gptforge finetune`` or one of its checkpoints (the template comes
+            from ``chat.json`` or the checkpoint's manifest).
         device: Where to run.
         template: Override the template (``inst`` or ``alpaca``).
 
@@ -31,9 +42,7 @@ class ChatModel:
         from gptforge.tokenizer import Tokenizer
 
         run_dir = Path(run_dir)
-        chat_file = run_dir / "chat.json"
-        saved = json.loads(chat_file.read_text()) if chat_file.exists() else {}
-        self.template: str = template or saved.get("template", "inst")
+        self.template: str = template or saved_template(run_dir)
         self.tokenizer: Any = Tokenizer.from_dir(run_dir / "tokenizer")
         if self.template == "inst" and "<INST>" not in self.tokenizer.special_tokens:
             raise ValueError(

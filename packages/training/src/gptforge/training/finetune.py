@@ -143,7 +143,7 @@ def finetune(
         if cfg.max_samples is not None:
             records, origins = records[: cfg.max_samples], origins[: cfg.max_samples]
         train_items, held_items = split_records(
-            list(zip(records, origins)), cfg.val_fraction, cfg.seed
+            list(zip(records, origins, strict=True)), cfg.val_fraction, cfg.seed
         )
         held_out = [r for r, _ in held_items]
         encoded = {

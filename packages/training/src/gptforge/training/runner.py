@@ -23,6 +23,10 @@ FIXED_ON_RESUME = (
 )
 
 
+# Settings a resumed run may change without --override.
+FREE_ON_RESUME = {"device", "progress", "sample_interval", "sample_prompt", "sample_tokens"}
+
+
 def resume_changes(saved: dict[str, Any], flags: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{field: (saved, given)}`` for each flag whose value differs from the run's."""
     return {
@@ -48,6 +52,10 @@ def check_resume_changes(
         )
     if not changes:
         return
+    harmless = set(changes) <= FREE_ON_RESUME
+    longer = "max_steps" in changes and step is not None and changes["max_steps"][1] > step
+    if harmless or (longer and set(changes) - {"max_steps"} <= FREE_ON_RESUME):
+        override = True  # where it runs, what it prints, or training longer: nothing to confirm
     what = ", ".join(
         f"--{k.replace('_', '-')} {old!r} -> {new!r}" for k, (old, new) in changes.items()
     )
