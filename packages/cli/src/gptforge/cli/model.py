@@ -34,11 +34,10 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
-    given = {k: v for k, v in overrides.items() if v is not None}
-    is_file = spec.endswith(".json") or Path(spec).exists()
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    given["config" if spec.endswith(".json") or Path(spec).exists() else "preset"] = spec
     try:
-        shape = ModelShape(**({"config": spec} if is_file else {"preset": spec}), **given)
-        config = model_config(shape)
+        config = model_config(ModelShape(**given))
         mi = model_info(config, name=spec, seq_len=seq_len)
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
