@@ -50,7 +50,7 @@ def test_metrics_plots_and_retention(run):
     assert math.isclose(train[0]["ppl"], math.exp(train[0]["loss"]), rel_tol=1e-6)
     assert [r["step"] for r in evals] == [0, 6, 12]  # step 0: the untrained model
     assert all(r["train_loss"] > 0 and "epoch" in r for r in evals)
-    assert train[-1]["epoch"] == pytest.approx(12 * 4 / len_windows(cfg))
+    assert train[-1]["epoch"] == pytest.approx(12 * 4 / len_windows(cfg), abs=1e-4)
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.5
     assert train[-1]["loss"] < train[0]["loss"]  # it learns
     for name in ("loss.png", "perplexity.png"):
