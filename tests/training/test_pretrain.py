@@ -101,7 +101,7 @@ def test_mismatched_tokenizer_fingerprint_is_refused(tmp_path, data_dir, texts):
 
 
 def test_wrong_arch_for_preset_names_the_fix(tmp_path, data_dir):
-    with pytest.raises(ValueError, match="pass --arch gpt"):
+    with pytest.raises(ValueError, match=r"is a .gpt. model, not --arch .llama.; drop --arch"):
         pretrain(debug_config(data_dir, tmp_path / "r", arch="llama"))
 
 
