@@ -1,4 +1,5 @@
-# gptforge: every recipe goes through `uv run`. `make help` lists the targets.
+# gptforge: every recipe goes through `uv run` except the serve targets (they exec the server).
+# `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
@@ -21,7 +22,7 @@ HOST ?= 127.0.0.1
 PORT ?=
 
 .PHONY: help bootstrap sync build lock-check demo test test-slow test-gpu test-load lint format typecheck proto proto-check \
-	bench bench-tokenizer bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
+	bench bench-tokenizer bench-prepare bench-gguf bench-train bench-train-quality bench-generate bench-mmrec llama-cpp litgpt \
 	train finetune generate convert-hf convert-gguf convert-arch serve-tokenizer serve-generation
 
 help: ## List the targets
@@ -53,8 +54,8 @@ WORKSPACE_PATH := $(subst $(space),:,$(wildcard packages/*/src services/*/src)):
 test-gpu: ## Run the GPU tests (tests/gpu) in .venv when its torch sees CUDA, else with GPU_PYTHON
 	PYTHONPATH=$(WORKSPACE_PATH) $(GPU_PYTHON) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
-test-load: sync ## Run the load/concurrency tests
-	$(RUN) pytest -m load $(PYTEST_ARGS)
+test-load: sync ## Run the load/concurrency tests (prints the figures docs/services.md reports)
+	$(RUN) pytest -m load -s $(PYTEST_ARGS)
 
 lint: sync ## ruff check + format check
 	$(RUN) ruff check .
@@ -88,6 +89,9 @@ bench: sync ## Run every benchmark and write bench/results.md
 bench-tokenizer: sync ## Tokenizer training/encode/service benchmark vs HF tokenizers and tiktoken
 	$(RUN) python bench/bench_tokenizer.py
 
+bench-prepare: sync ## data prepare vs a tiktoken baseline: peak RSS, CPU-s, wall at two corpus sizes
+	$(RUN) python bench/bench_prepare.py
+
 bench-train: sync ## Forward+backward+AdamW tokens/s vs transformers (tiny, gpt2)
 	$(RUN) python bench/bench_train.py
 
@@ -96,6 +100,9 @@ bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
 
 bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
 	$(RUN) python bench/bench_generate.py
+
+bench-gguf: sync ## GGUF types: file size, perplexity vs f16, llama.cpp decode tok/s (CKPT= to use a run)
+	$(RUN) python bench/bench_gguf.py $(if $(CKPT),--ckpt $(CKPT))
 
 llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
 	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"
@@ -126,9 +133,12 @@ convert-gguf: sync ## Export a run to GGUF (CKPT= OUT=model.gguf)
 convert-arch: sync ## Transfer weights into MM-Rec (CKPT= OUT= PRESET=mmrec-..., default: matched to CKPT)
 	$(RUN) gptforge convert arch --source $(CKPT) --target mmrec $(if $(filter mmrec%,$(PRESET)),--preset $(PRESET)) --out $(or $(OUT),runs/mmrec-converted)
 
+# The serve targets exec the server from .venv (synced first) instead of `uv run`, which would
+# stay its parent: a signal to the recipe's process then reaches the server itself, and no
+# killed `uv run` leaves it serving its port orphaned (docs/services.md: supervisors).
 serve-tokenizer: sync ## Serve the tokenizer over gRPC (TOKENIZER= HOST= PORT=)
-	$(RUN) gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)
+	exec .venv/bin/gptforge serve tokenizer --tokenizer $(TOKENIZER) --host $(HOST) --port $(or $(PORT),50051)
 
 serve-generation: sync ## Serve generation over gRPC (CKPT= HOST= PORT=)
-	$(RUN) gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
+	exec .venv/bin/gptforge serve generation --ckpt $(CKPT) --host $(HOST) --port $(or $(PORT),50052)
 

@@ -66,7 +66,7 @@ def hf_model(config, device: str):
     if config.arch == "gpt":
         hf_cfg = transformers.GPT2Config(
             vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-            n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.layer_norm_eps,
+            n_layer=config.n_layer, n_head=config.n_head, layer_norm_epsilon=config.norm_eps,
             activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             tie_word_embeddings=config.tie_embeddings, attn_implementation="sdpa",
         )  # fmt: skip
@@ -74,7 +74,7 @@ def hf_model(config, device: str):
     else:
         hf_cfg = transformers.LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.n_embd,
-            intermediate_size=config.intermediate_size, num_hidden_layers=config.n_layer,
+            intermediate_size=config.ffn_hidden, num_hidden_layers=config.n_layer,
             num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head,
             max_position_embeddings=config.block_size, rms_norm_eps=config.norm_eps,
             rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
@@ -97,7 +97,7 @@ def litgpt_model(config, device: str):
         n_head=config.n_head, n_query_groups=config.n_kv_head, n_embd=config.n_embd,
         rotary_percentage=1.0, parallel_residual=False, bias=False,
         norm_class_name="RMSNorm", norm_eps=config.norm_eps, mlp_class_name="LLaMAMLP",
-        intermediate_size=config.intermediate_size, rope_base=int(config.rope_theta),
+        intermediate_size=config.ffn_hidden, rope_base=int(config.rope_theta),
     )  # fmt: skip
     with __import__("torch").device(device):
         return GPT(cfg)

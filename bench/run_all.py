@@ -21,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "tokenizer": ("bench_tokenizer.py", "Tokenizer: training, encoding, service"),
+    "prepare": ("bench_prepare.py", "Data preparation vs a tiktoken baseline"),
     "train": ("bench_train.py", "Model: forward + backward + AdamW throughput"),
     "train-quality": ("bench_train_quality.py", "Training recipe vs a plain baseline"),
     "generate": ("bench_generate.py", "Generation: decode speed and the service"),

@@ -276,3 +276,62 @@ def test_background_server_serves_blocking_clients():
         finally:
             channel.close()
     assert bg.running is not None and bg.running.stopped.is_set()
+
+
+async def test_shutdown_ends_health_watches_instead_of_waiting_out_the_grace():
+    server = await start(ServerConfig(port=0, grace_seconds=60))
+    async with create_channel(server.address, aio=True) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(server.stop(), timeout=30)  # the grace would be 60 s
+        took = loop.time() - began
+        last = await watch.read()
+        assert last.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await watch.read() is grpc.aio.EOF
+        assert await watch.code() == grpc.StatusCode.OK
+        assert took < 30
+
+
+async def test_tls_key_that_does_not_match_the_certificate_is_named(
+    tmp_path: Path, self_signed_cert
+):
+    import shutil
+    import subprocess
+
+    cert, _ = self_signed_cert
+    other = tmp_path / "other.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(other), "2048"], check=True, capture_output=True
+    )
+    assert shutil.which("openssl")
+    with pytest.raises(ValueError, match="does not match certificate") as err:
+        await start(ServerConfig(port=0, tls_cert=cert, tls_key=other))
+    assert "port" not in str(err.value)
+
+
+async def test_a_signal_during_loading_stops_at_once_and_a_failed_load_is_raised():
+    import os
+    import signal
+
+    from gptforge.api.server import serve_until_signal
+
+    server = await start(ServerConfig(port=0))
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+    never = asyncio.ensure_future(asyncio.sleep(3600))
+    assert await asyncio.wait_for(serve_until_signal(server, loading=never), 10) is False
+    assert server.stopped.is_set() and never.cancelled()
+
+    server = await start(ServerConfig(port=0))
+
+    async def broken() -> None:
+        raise ValueError("context_length=1 must be >= 2")
+
+    with pytest.raises(ValueError, match="context_length=1"):
+        await serve_until_signal(server, loading=broken())
+    assert server.stopped.is_set()

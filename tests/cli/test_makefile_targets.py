@@ -41,9 +41,12 @@ def gptforge_args(target: str, variables: dict[str, str]) -> list[str]:
     """The arguments after ``gptforge`` in ``make -n TARGET``'s recipe."""
     cmd = ["make", "-n", "-s", "-C", str(ROOT), target] + [f"{k}={v}" for k, v in variables.items()]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    lines = [line for line in out.splitlines() if " gptforge " in line]
+    lines = [line for line in out.splitlines() if "gptforge " in line and "uv sync" not in line]
     assert len(lines) == 1, f"`{' '.join(cmd)}` has {len(lines)} gptforge lines:\n{out}"
     words = shlex.split(lines[0])
+    if target.startswith("serve-"):  # servers replace the recipe's shell: signals reach them
+        assert words[:2] == ["exec", ".venv/bin/gptforge"], lines[0]
+        return words[2:]
     assert words[:4] == ["python3", "-m", "uv", "run"], lines[0]  # every recipe goes through uv run
     return words[words.index("gptforge") + 1 :]
 

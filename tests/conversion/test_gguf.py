@@ -13,13 +13,23 @@ from gptforge.conversion.meta_llama import hf_to_meta_rope_permute
 from gptforge.conversion.weights import load_state_dict
 from gptforge.modeling.io import read_config
 from gptforge.tokenizer import CHAT_TOKENS, Tokenizer
+from gptforge.tokenizer.chat_template import CHAT_FORMATS
 
 from .conftest import make_run_dir
 
 gguf = pytest.importorskip("gguf")
 
-# Tolerances of reading back against our fp32 weights: q8_0 keeps 8 bits per value + a scale.
-ATOL = {"f32": 0.0, "f16": 1e-3, "q8_0": 0.02}
+# Tolerances of reading back against our fp32 weights: q8_0 keeps 8 bits per value + a scale,
+# q4/q5 types 4 or 5 bits per value over blocks of 32 (weights here are within about +-0.3).
+ATOL = {
+    "f32": 0.0,
+    "f16": 1e-3,
+    "q8_0": 0.02,
+    "q5_0": 0.03,
+    "q5_1": 0.03,
+    "q4_0": 0.06,
+    "q4_1": 0.06,
+}
 
 
 def _field(reader: gguf.GGUFReader, key: str):
@@ -50,13 +60,22 @@ def _expected_gpt(run: Path) -> dict[str, torch.Tensor]:
             out[f"blk.{i}.{theirs}.bias"] = sd.get(f"h.{i}.{ours}.bias", torch.zeros(w.shape[0]))
     out["output_norm.weight"] = sd["ln_f.weight"]
     out["output_norm.bias"] = sd.get("ln_f.bias", torch.zeros(cfg.n_embd))
-    out["output.weight"] = sd.get("lm_head.weight", sd["wte.weight"])[:V]
+    if not cfg.tie_embeddings:  # tied: llama.cpp reads the head from token_embd
+        out["output.weight"] = sd["lm_head.weight"][:V]
     return out
 
 
 @pytest.mark.parametrize(
     ("dtype", "variant"),
-    [("f32", {}), ("f16", {"bias": False, "tie_embeddings": False}), ("q8_0", {})],
+    [
+        ("f32", {}),
+        ("f16", {"bias": False, "tie_embeddings": False}),
+        ("q8_0", {}),
+        ("q4_0", {}),
+        ("q4_1", {"tie_embeddings": False}),
+        ("q5_0", {}),
+        ("q5_1", {"tie_embeddings": False}),
+    ],
 )
 def test_gguf_gpt2_roundtrip(
     tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer, dtype: str, variant: dict
@@ -71,7 +90,7 @@ def test_gguf_gpt2_roundtrip(
     assert _field(reader, "gpt2.embedding_length") == cfg.n_embd
     assert _field(reader, "gpt2.feed_forward_length") == 4 * cfg.n_embd
     assert _field(reader, "gpt2.attention.head_count") == cfg.n_head
-    assert _field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(cfg.layer_norm_eps)
+    assert _field(reader, "gpt2.attention.layer_norm_epsilon") == pytest.approx(cfg.norm_eps)
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
     assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"
     tokens = _field(reader, "tokenizer.ggml.tokens")
@@ -97,10 +116,16 @@ def test_gguf_gpt2_roundtrip(
             rtol=0,
             err_msg=name,
         )
-    types_by_name = {t.name: t.tensor_type for t in reader.tensors}
-    assert types_by_name["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-    expected_2d = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}[dtype]
-    assert types_by_name["blk.0.attn_qkv.weight"].name == expected_2d
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    matrix = "F32" if dtype == "f32" else dtype.upper()
+    head = "output.weight" if "output.weight" in got else "token_embd.weight"
+    for name, w in want.items():
+        if w.dim() == 1 or name == "position_embd.weight":  # llama.cpp's tools keep these F32
+            assert types[name] == "F32", name
+        elif name == head and dtype not in ("f32", "f16"):  # llama-quantize's extra bits (Q6_K)
+            assert types[name] == "Q8_0", name
+        else:
+            assert types[name] == matrix, name
     assert (tmp_path / "Modelfile").read_text().startswith("FROM ./model.gguf")
 
 
@@ -121,7 +146,7 @@ def test_gguf_llama_from_hf_dir_permutes_rope(tmp_path: Path, tokenizer_dir: Pat
     assert _field(reader, "llama.attention.head_count_kv") == cfg.n_kv_head
     assert _field(reader, "llama.rope.dimension_count") == cfg.head_dim
     assert _field(reader, "llama.rope.freq_base") == pytest.approx(cfg.rope_theta)
-    assert _field(reader, "llama.feed_forward_length") == cfg.intermediate_size
+    assert _field(reader, "llama.feed_forward_length") == cfg.ffn_hidden
     got = _tensors(reader)
     sd = load_state_dict(run)
     V = cfg.vocab_size
@@ -141,13 +166,14 @@ def test_gguf_llama_from_hf_dir_permutes_rope(tmp_path: Path, tokenizer_dir: Pat
     assert len(got) == 2 + 1 + 9 * cfg.n_layer  # embd, output, norm + 9 per layer
 
 
-def test_gguf_embeds_chat_tokens_as_control_and_modelfile_template(
+def test_gguf_embeds_chat_tokens_as_control_and_fine_tuned_template(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:
     tok = Tokenizer.from_dir(tokenizer_dir)
     tok.add_special_tokens(list(CHAT_TOKENS))
     tok.save(tmp_path / "tok")
     run = make_run_dir(tmp_path / "run", "debug", tmp_path / "tok")
+    (run / "chat.json").write_text('{"template": "inst"}')  # what gptforge finetune records
     export_gguf(run, tmp_path / "m.gguf", dtype="f16")
     reader = gguf.GGUFReader(tmp_path / "m.gguf")
     tokens, types = (
@@ -158,15 +184,28 @@ def test_gguf_embeds_chat_tokens_as_control_and_modelfile_template(
         assert types[tok.special_tokens[t]] == 3, t
         assert tokens[tok.special_tokens[t]] == t
     assert _field(reader, "tokenizer.ggml.eot_token_id") == tok.special_tokens["</RESP>"]
-    assert "<INST>" in _field(reader, "tokenizer.chat_template")
+    assert _field(reader, "tokenizer.chat_template") == CHAT_FORMATS["inst"].jinja()
     mf = (tmp_path / "Modelfile").read_text()
-    assert 'TEMPLATE """<INST>{{ .Prompt }}</INST><RESP>"""' in mf
+    assert f'TEMPLATE """{CHAT_FORMATS["inst"].ollama()}"""' in mf
     assert 'PARAMETER stop "</RESP>"' in mf and 'PARAMETER stop "<|endoftext|>"' in mf
+
+
+def test_gguf_pretrained_run_gets_no_chat_template(tmp_path: Path, tokenizer_dir: Path) -> None:
+    tok = Tokenizer.from_dir(tokenizer_dir)
+    tok.add_special_tokens(list(CHAT_TOKENS))  # chat tokens alone do not make a chat model
+    tok.save(tmp_path / "tok")
+    run = make_run_dir(tmp_path / "run", "debug", tmp_path / "tok")
+    export_gguf(run, tmp_path / "m.gguf", dtype="f16")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert "tokenizer.chat_template" not in reader.fields
+    mf = (tmp_path / "Modelfile").read_text()
+    assert 'TEMPLATE """{{ .Prompt }}"""' in mf and "<INST>" not in mf and "</RESP>" not in mf
+    assert 'PARAMETER stop "<|endoftext|>"' in mf
 
 
 def test_gguf_refuses_overwrite_and_bad_dtype(tmp_path: Path, tokenizer_dir: Path) -> None:
     run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir)
-    with pytest.raises(ConversionError, match=r"'q4_k'.*\['f32', 'f16', 'q8_0'\]"):
+    with pytest.raises(ConversionError, match=r"'q4_k'.*\['f32', 'f16', 'q8_0', 'q4_0'"):
         export_gguf(run, tmp_path / "m.gguf", dtype="q4_k")  # type: ignore[arg-type]
     export_gguf(run, tmp_path / "m.gguf", dtype="f32")
     with pytest.raises(ConversionError, match="already exists"):

@@ -80,7 +80,7 @@ def test_inspect_every_layout(tmp_path: Path, tokenizer_dir: Path) -> None:
         "hf",
         "llama",
         lcfg.n_kv_head,
-        lcfg.intermediate_size,
+        lcfg.ffn_hidden,
     )
 
     bare = inspect_checkpoint(tmp_path / "llama-hf" / "model.safetensors")
@@ -121,8 +121,8 @@ def test_detect_family_from_keys_configs_and_paths(tmp_path: Path, tokenizer_dir
 def test_load_any_reads_ours_and_hf(tmp_path: Path, tokenizer_dir: Path) -> None:
     run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir)
     export_hf(run, tmp_path / "hf")
-    a, tok_a = load_any(run)
-    b, tok_b = load_any(tmp_path / "hf")
+    a, tok_a, _ = load_any(run)
+    b, tok_b, _ = load_any(tmp_path / "hf")
     ids = torch.tensor([tok_a.encode("hello world")])
     with torch.no_grad():
         torch.testing.assert_close(a(ids)[0], b(ids)[0], atol=0, rtol=0)

@@ -158,7 +158,7 @@ def test_meta_export_and_import_match_meta_reference(tmp_path: Path, tokenizer_d
         ref = meta_reference_forward(sd, params, ids)
         torch.testing.assert_close(ours(ids)[0], ref, atol=1e-4, rtol=0)
     import_meta(tmp_path / "meta", tmp_path / "back", tokenizer_dir=tokenizer_dir)
-    assert read_config(tmp_path / "back").intermediate_size == read_config(run).intermediate_size
+    assert read_config(tmp_path / "back").ffn_hidden == read_config(run).ffn_hidden
     back = load_model_dir(tmp_path / "back")
     with torch.no_grad():
         torch.testing.assert_close(back(ids)[0], ref, atol=1e-4, rtol=0)
@@ -182,7 +182,7 @@ def test_meta_model_parallel_shards_are_joined(tmp_path: Path, tokenizer_dir: Pa
     (tmp_path / "meta" / "consolidated.00.pth").unlink()
     for i, s in enumerate(shards):
         torch.save(s, tmp_path / "meta" / f"consolidated.{i:02d}.pth")
-    model, tok = load_any(tmp_path / "meta")
+    model, tok, _ = load_any(tmp_path / "meta")
     assert tok is None  # Meta's SentencePiece tokenizer is not ours
     ours = load_model_dir(run)
     ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(3))

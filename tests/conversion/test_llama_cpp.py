@@ -88,7 +88,7 @@ def test_llama_cpp_matches_ours(
 ) -> None:
     overrides = dict(n_embd=128, n_head=4, n_layer=2, block_size=64)
     if preset == "llama":
-        overrides.update(n_kv_head=2, intermediate_size=256)
+        overrides.update(n_kv_head=2, ffn_hidden=256)
     run = make_run_dir(
         tmp_path / "run", "debug" if preset == "gpt" else "llama-debug", tokenizer_dir, **overrides
     )

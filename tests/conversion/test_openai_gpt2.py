@@ -122,7 +122,7 @@ def test_from_openai_matches_transformers(tmp_path: Path, openai_dir, tokenizer:
     tok = Tokenizer.from_dir(tmp_path / "ours" / "tokenizer")
     text = "Converting checkpoints 🙂 ünïcödé<|endoftext|>"
     assert tok.encode(text, allowed_special="all") == tokenizer.encode(text, allowed_special="all")
-    model, tok2 = load_any(src)  # the same directory straight into memory
+    model, tok2, _ = load_any(src)  # the same directory straight into memory
     with torch.no_grad():
         torch.testing.assert_close(model(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)
     assert tok2 is not None and tok2.n_vocab == tokenizer.n_vocab

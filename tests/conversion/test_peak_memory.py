@@ -1,4 +1,6 @@
-"""Streaming conversion: peak RSS stays under 1.5x the model's size (gpt2-medium, slow)."""
+"""Streaming conversion: memory beyond the interpreter and its imports stays under 1.25x the
+model's size (gpt2-medium, slow). The import baseline is left out because it depends on the torch
+build (a CUDA build maps several hundred MB more than a CPU one)."""
 
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ def test_streaming_conversion_peak_rss_gpt2_medium(tmp_path: Path, tokenizer_dir
     for kind, src, out in steps:
         m = measure(kind, src, out)
         ratio = m["peak_kib"] / size_kib
+        growth = (m["peak_kib"] - m["baseline_kib"]) / size_kib
         print(f"{kind}: model {size_kib / 2**20:.2f} GiB, {m['seconds']:.1f}s, peak RSS {m['peak_kib'] / 2**20:.2f} GiB "
-              f"({ratio:.2f}x; interpreter + imports {m['baseline_kib'] / 2**20:.2f} GiB)")  # fmt: skip
-        assert ratio < 1.5, (kind, m, size_kib)
+              f"({ratio:.2f}x; interpreter + imports {m['baseline_kib'] / 2**20:.2f} GiB, growth {growth:.2f}x)")  # fmt: skip
+        # A conversion that held the whole state dict twice would grow by 2x.
+        assert growth < 1.25, (kind, m, size_kib)

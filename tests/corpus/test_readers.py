@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gptforge.corpus import CorpusError, iter_documents, resolve_files
+from gptforge.corpus import CorpusError, iter_documents, iter_segments, resolve_files
 
 
 def test_text_file_directory_and_glob(tmp_path: Path) -> None:
@@ -22,14 +22,18 @@ def test_text_file_directory_and_glob(tmp_path: Path) -> None:
     assert list(iter_documents([tmp_path / "b.txt", str(tmp_path / "a.md")])) == ["second", "first"]
 
 
-def test_large_text_file_is_streamed_in_line_aligned_pieces(tmp_path: Path) -> None:
+def test_large_text_file_is_one_document_in_bounded_pieces(tmp_path: Path) -> None:
     lines = [f"line {i} ünïcödé 🙂\n" for i in range(2000)]
     path = tmp_path / "big.txt"
     path.write_text("".join(lines), encoding="utf-8")
-    pieces = list(iter_documents(path, chunk_bytes=1000, whole_file_bytes=0))
-    assert len(pieces) > 10
-    assert "".join(pieces) == "".join(lines)
-    assert all(p.endswith("\n") for p in pieces)
+    segments = list(iter_segments(path, chunk_bytes=1000))
+    assert len(segments) > 10
+    assert "".join(text for text, _ in segments) == "".join(lines)
+    assert [end for _, end in segments] == [False] * (len(segments) - 1) + [True]
+    assert all(len(text.encode()) <= 1000 for text, _ in segments)
+    # Every cut sits before whitespace that follows a non-space: where the tokenizer splits.
+    assert all(text[-1].strip() for text, _ in segments[:-1])
+    assert all(text[0].isspace() for text, _ in segments[1:])
 
 
 def test_utf8_bom_is_dropped(tmp_path: Path) -> None:
@@ -45,7 +49,7 @@ def test_non_utf8_names_file_and_byte_offset(tmp_path: Path, whole: int) -> None
         CorpusError,
         match=r"latin1.txt' is not valid UTF-8: byte 0xe9 at byte offset 2403; re-encode",
     ):
-        list(iter_documents(path, chunk_bytes=256, whole_file_bytes=whole))
+        list(iter_documents(path, chunk_bytes=256))
 
 
 def test_jsonl_field_and_errors(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_mixer_matches_the_formula_step_by_step():
     slots = mixer.memory.slots
     levels = [slots] + [slots.view(-1, cfg.memory_pool**i, cfg.n_embd).mean(1) for i in range(1, 3)]
     mem = torch.cat(levels)  # (S, D)
-    nh, hs = cfg.n_head, cfg.head_size
+    nh, hs = cfg.n_head, cfg.head_dim
     att = mixer.mem_attn
     k = att.k_proj(mem).view(-1, nh, hs)
     v = att.v_proj(mem).view(-1, nh, hs)
@@ -250,15 +250,9 @@ def test_rows_at_different_positions_decode_like_separate_sequences():
     with torch.no_grad():
         full_a, full_b = model(a)[0], model(b)[0]
         model.setup_caches(2, 32)
-        # Prefill each row on its own through a batch-1 view of its slot, as the engine does.
-        from gptforge.sampling.slots import SlotCaches
-
-        slots = SlotCaches(model, 2, 32)
-        assert slots.num_buffers == 2 * model.config.n_layer  # h and next_pos per layer
-        with slots.rows(0, 1):
-            model(a[:, :10], input_pos=torch.arange(10))
-        with slots.rows(1, 2):
-            model(b[:, :5], input_pos=torch.arange(5))
+        # Prefill each sequence into its own cache row, as the engine does.
+        model(a[:, :10], input_pos=torch.arange(10), rows=torch.tensor([0]))
+        model(b[:, :5], input_pos=torch.arange(5), rows=torch.tensor([1]))
         pos = torch.tensor([[10], [5]])
         step1 = model(torch.stack([a[0, 10:11], b[0, 5:6]]), input_pos=pos)[0]
         step2 = model(torch.stack([a[0, 11:12], b[0, 6:7]]), input_pos=pos + 1)[0]

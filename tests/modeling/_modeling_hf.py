@@ -19,7 +19,7 @@ def hf_gpt2(cfg: GPTConfig) -> GPT2LMHeadModel:
     assert cfg.bias and cfg.qkv_bias, "HF GPT-2 has no bias switch"
     hf_cfg = GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, layer_norm_epsilon=cfg.layer_norm_eps,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, layer_norm_epsilon=cfg.norm_eps,
         activation_function="gelu_new" if cfg.gelu_approximate == "tanh" else "gelu",
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         tie_word_embeddings=cfg.tie_embeddings,
@@ -32,7 +32,7 @@ def hf_llama(cfg: LlamaConfig) -> LlamaForCausalLM:
     """transformers' Llama with ``cfg``'s shape."""
     hf_cfg = HFLlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
+        intermediate_size=cfg.ffn_hidden, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
         max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
         rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling,

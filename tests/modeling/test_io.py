@@ -110,3 +110,25 @@ def test_loaded_weights_do_not_map_the_file(tmp_path):
     maps = Path("/proc/self/maps").read_text()
     assert str(tmp_path / "model.safetensors") not in maps
     assert model(torch.zeros(1, 3, dtype=torch.long))[0].isfinite().all()
+
+
+@pytest.mark.parametrize(
+    ("preset", "old", "new", "value"),
+    [("debug", "layer_norm_eps", "norm_eps", 1e-6), ("llama-debug", "intermediate_size", "ffn_hidden", 96)],
+)  # fmt: skip
+def test_config_json_with_older_field_names_still_loads(tmp_path, preset, old, new, value):
+    torch.manual_seed(0)
+    model = build_model(get_config(preset, **{new: value}))
+    save_model_dir(model, tmp_path)
+    path = tmp_path / "config.json"
+    written = json.loads(path.read_text())
+    written[old] = written.pop(new)  # as an older gptforge wrote it
+    path.write_text(json.dumps(written))
+    assert getattr(read_config(tmp_path), new) == value
+    loaded = load_model_dir(tmp_path)
+    idx = torch.randint(0, 100, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0])
+    path.write_text(json.dumps({**written, "bogus": 1}))  # unknown keys still fail
+    with pytest.raises(ValueError, match="bogus"):
+        read_config(tmp_path)

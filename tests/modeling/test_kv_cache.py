@@ -147,33 +147,43 @@ def _reference_attention(q, k, v, input_pos):
      torch.tensor([[5], [1]])],
     ids=["decode", "chunk", "per-row-chunk", "per-row-decode"],
 )  # fmt: skip
-def test_attention_plan_equals_masked_softmax_over_the_whole_cache(input_pos, impl):
-    from gptforge.modeling.kv_cache import attention_plan, causal_attention
+def test_cached_attention_equals_masked_softmax_over_the_whole_cache(input_pos, impl, monkeypatch):
+    from gptforge.modeling import kv_cache
+    from gptforge.modeling.kv_cache import causal_attention, decode_mask
 
     torch.manual_seed(0)
     B, T, S = 2, input_pos.size(-1), 12
     q = torch.randn(B, 4, T, 8)  # (B, nh, T, hs)
     k, v = torch.randn(B, 4, S, 8), torch.randn(B, 4, S, 8)  # (B, nh, S, hs)
-    plan = attention_plan(input_pos, S)
-    assert plan.kv_len == int(input_pos.max()) + 1
-    if input_pos.dim() == 1 and T == 1:
-        assert plan.mask is None, "a shared single-token decode step needs no mask"
-    out = causal_attention(q, k, v, input_pos=input_pos, impl=impl, plan=plan)
-    torch.testing.assert_close(out, _reference_attention(q, k, v, input_pos), atol=1e-5, rtol=1e-5)
+    seen = []
+    sdpa = kv_cache.F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        kv_cache.F, "scaled_dot_product_attention",
+        lambda q, k, *a, attn_mask=None, **kw: seen.append((k.size(2), attn_mask))
+        or sdpa(q, k, *a, attn_mask=attn_mask, **kw),
+    )  # fmt: skip
+    ref = _reference_attention(q, k, v, input_pos)
+    for mask in (None, decode_mask(torch.arange(S), input_pos)):
+        out = causal_attention(q, k, v, input_pos, mask, impl=impl)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if impl == "sdpa":  # eager CPU decoding reads only the filled prefix of the cache
+        assert {kv_len for kv_len, _ in seen} == {int(input_pos.max()) + 1}
+        if input_pos.dim() == 1 and T == 1:
+            assert all(m is None for _, m in seen), "a shared single-token decode needs no mask"
 
 
-def test_model_builds_one_attention_plan_per_forward(monkeypatch):
-    import gptforge.modeling.base as base
+def test_model_builds_one_decode_mask_per_forward(monkeypatch):
+    from gptforge.modeling import kv_cache
 
     calls = []
-    real = base.attention_plan
-    monkeypatch.setattr(base, "attention_plan", lambda *a: calls.append(a) or real(*a))
+    real = kv_cache.decode_mask
+    monkeypatch.setattr(kv_cache, "decode_mask", lambda *a: calls.append(a) or real(*a))
     model = _model("debug")
     model.setup_caches(1, 16)
     with torch.no_grad():
         model(torch.zeros(1, 4, dtype=torch.long), input_pos=0)
         model(torch.zeros(1, 1, dtype=torch.long), input_pos=4)
-    assert len(calls) == 2, f"expected one plan per forward, got {len(calls)} for 2 forwards"
+    assert len(calls) == 2, f"expected one mask per forward, got {len(calls)} for 2 forwards"
 
 
 @pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
@@ -187,7 +197,9 @@ def test_setting_up_the_same_caches_again_zeroes_them_in_place(preset):
     assert any(b.abs().sum() > 0 for b in model.buffers())
     model.setup_caches(2, 16)
     assert {n: b.data_ptr() for n, b in model.named_buffers()} == ptrs
-    assert all(b.abs().sum() == 0 for b in model.buffers())
+    # The caches are zeroed; the position tables (cache_positions, RoPE) keep their values.
+    caches = [b for n, b in model.named_buffers() if "cache." in n or n.startswith("caches.")]
+    assert caches and all(b.abs().sum() == 0 for b in caches)
     model.setup_caches(3, 16)  # another shape: new buffers
     assert {n: b.data_ptr() for n, b in model.named_buffers()} != ptrs
 
@@ -205,3 +217,31 @@ def test_caches_made_for_generation_are_replaced_outside_inference_mode(preset):
     assert not any(b.is_inference() for b in model.buffers())
     with torch.no_grad():
         model(torch.randint(0, 100, (2, 4)), input_pos=torch.arange(4))
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_explicit_rows_prefill_one_sequence_beside_live_ones(preset):
+    """Continuous batching: a sequence prefilled into cache row 2 while rows 0-1 hold others
+    decodes like a sequence of its own, and rows 0-1 are untouched."""
+    model = _model(preset)
+    V = model.config.vocab_size
+    a, b = torch.randint(0, V, (2, 7)), torch.randint(0, V, (1, 6))
+    model.setup_caches(max_batch_size=3, max_seq_len=16)
+    with torch.no_grad():
+        full_a, _ = model(a)
+        full_b, _ = model(b)
+        model(a[:, :6], input_pos=torch.arange(6))  # rows 0 and 1
+        first, _ = model(b[:, :5], input_pos=torch.arange(5), rows=torch.tensor([2]))
+        step, _ = model(b[:, 5:], input_pos=torch.tensor([[5]]), rows=torch.tensor([2]))
+        live, _ = model(a[:, 6:], input_pos=torch.tensor([6]))  # rows 0 and 1 again
+    torch.testing.assert_close(first[0], full_b[0, :5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step[0, 0], full_b[0, 5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(live[:, 0], full_a[:, 6], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", [*FAMILIES, "mmrec-debug"])
+def test_rows_outside_the_cache_are_refused(preset):
+    model = _model(preset)
+    model.setup_caches(max_batch_size=2, max_seq_len=8)
+    with pytest.raises(CacheOverflowError, match="rows"):
+        model(torch.zeros(1, 2, dtype=torch.long), input_pos=0, rows=torch.tensor([2]))

@@ -102,7 +102,7 @@ def test_hf_parameter_names():
 
 def test_intermediate_size_rule_and_validation():
     assert llama_intermediate_size(4096) == 11008
-    assert LlamaConfig(n_embd=4096, n_head=32, n_kv_head=32).intermediate_size == 11008
+    assert LlamaConfig(n_embd=4096, n_head=32, n_kv_head=32).ffn_hidden == 11008
     with pytest.raises(ValueError, match="multiple of n_kv_head=3"):
         LlamaConfig(n_head=32, n_kv_head=3)
     with pytest.raises(ValueError, match="rope_type='llama3'"):

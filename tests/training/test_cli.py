@@ -106,3 +106,26 @@ def test_prepare_train_resume_and_errors(tmp_path, tokenizer_dir, texts):
         app, ["train", "--preset", "debug", "--data", str(data), "--out", str(run)]
     )
     assert result.exit_code == 1 and "--resume" in result.output
+
+
+def test_data_prepare_shards_and_merge(tmp_path, tokenizer_dir, texts):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts[:60]))
+    base = ["data", "prepare", "--input", str(corpus), "--tokenizer", str(tokenizer_dir)]
+    base += ["--paragraphs", "--no-progress"]
+    for index in range(2):
+        out = str(tmp_path / f"p{index}")
+        result = runner.invoke(app, [*base, "--out", out, "--shard", f"{index}/2"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "whole")])
+    assert result.exit_code == 0 and "60 documents" in result.output, result.output
+    merged = tmp_path / "merged"
+    result = runner.invoke(
+        app, ["data", "merge", str(tmp_path / "p1"), str(tmp_path / "p0"), "--out", str(merged)]
+    )
+    assert result.exit_code == 0 and "60 documents" in result.output, result.output
+    whole = json.loads((tmp_path / "whole" / "meta.json").read_text())
+    assert json.loads((merged / "meta.json").read_text())["checksum"] == whole["checksum"]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "x"), "--shard", "2/2"])
+    assert result.exit_code == 1 and "INDEX must be in [0, COUNT)" in result.output
+    assert "Traceback" not in result.output

@@ -60,15 +60,17 @@ def test_shard_size_limit_and_special_text_is_plain(tmp_path, tokenizer_dir):
     assert ids.count(tok.eot_token) == 2  # the literal text never became an EOT id
 
 
-def test_parallel_map_gives_identical_shards(tmp_path, tokenizer_dir, texts):
-    seq = prepare_data(texts, tokenizer_dir, tmp_path / "seq", block_tokens=256, progress=False)
+def test_threads_give_identical_shards(tmp_path, tokenizer_dir, texts):
+    seq = prepare_data(
+        texts, tokenizer_dir, tmp_path / "seq", block_tokens=256, num_proc=1, progress=False
+    )
     par = prepare_data(
         texts,
         tokenizer_dir,
         tmp_path / "par",
         block_tokens=256,
-        num_proc=2,
-        parallel_threshold_bytes=2000,
+        num_proc=3,
+        batch_bytes=300,
         progress=False,
     )
     assert seq["splits"] == par["splits"]
@@ -76,7 +78,8 @@ def test_parallel_map_gives_identical_shards(tmp_path, tokenizer_dir, texts):
         assert (tmp_path / "seq" / shard["file"]).read_bytes() == (
             tmp_path / "par" / shard["file"]
         ).read_bytes()
-    assert not list((tmp_path / "par").glob(".prepare-*"))  # the Arrow cache is cleaned up
+    assert seq["checksum"] == par["checksum"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["par", "seq"]  # no temporaries left
 
 
 def test_out_of_vocabulary_ids_are_caught_at_load(tmp_path, data_dir):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from gptforge.training.instruct import (
+from gptforge.sampling.templates import (
     INST,
     RESP_END,
     SPECIAL_TOKENS,
-    InstructionDataset,
     encode_record,
-    read_records,
     render_text,
     stop_ids,
 )
+from gptforge.training.instruct import InstructionDataset, read_records
 from gptforge.training.tasks import DEFAULT_TASKS, OPPOSITES, TASK_NAMES, generate_tasks
 
 from tests.training.helpers import debug_config
@@ -123,7 +122,10 @@ def test_exact_match_counts_stripped_answers_and_caps_decoding(tok):
             self.w = torch.nn.Parameter(torch.zeros(1))
             self.calls = 0
 
-        def forward(self, idx, targets=None):
+        def setup_caches(self, max_batch_size: int, max_seq_len: int) -> None:
+            pass  # the answer depends on the last token only: nothing to cache
+
+        def forward(self, idx, targets=None, input_pos=None):
             self.calls += 1
             logits = torch.zeros(idx.shape[0], idx.shape[1], self.config.vocab_size)  # (B, T, V)
             said = idx[:, -1] == answer[0]  # (B,) answered already: stop next
@@ -184,8 +186,8 @@ def base_run(tmp_path_factory, data_dir):
 
 def test_finetune_grows_vocab_keeps_ties_and_writes_chat_dir(tmp_path, base_run):
     from gptforge.modeling.io import load_model_dir
+    from gptforge.sampling.chat import ChatModel
     from gptforge.tokenizer import Tokenizer
-    from gptforge.training.chat import ChatModel
     from gptforge.training.config import FinetuneConfig
     from gptforge.training.finetune import finetune
 

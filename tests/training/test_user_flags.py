@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from gptforge.sampling.templates import SPECIAL_TOKENS
 from gptforge.training.config import FinetuneConfig, ModelShape
 from gptforge.training.finetune import fit_examples
-from gptforge.training.instruct import SPECIAL_TOKENS, truncate_example
+from gptforge.training.instruct import truncate_example
 from gptforge.training.metrics import read_metrics
 from gptforge.training.pretrain import load_run_config, pretrain
 from gptforge.training.runner import build_config

@@ -31,6 +31,7 @@ BAD = [
     ("max_new_tokens 0", _req(max_new_tokens=0), "max_new_tokens"),
     ("max_new_tokens above cap", _req(max_new_tokens=CTX + 1), "max_new_tokens"),
     ("over the context", _req(prompt=[1] * 40, max_new_tokens=30), "max_new_tokens"),
+    ("slide past the context", _req(max_new_tokens=4, slide_tokens=CTX + 1), "slide_tokens"),
     ("min_new_tokens > max", _req(max_new_tokens=3, min_new_tokens=4), "min_new_tokens"),
     ("too many stop strings", _req(stop=["x"] * 17), "stop"),
     ("empty stop string", _req(stop=[""]), "stop[0]"),
@@ -54,6 +55,18 @@ def test_bad_input_is_invalid_argument_naming_the_field(client, case, req, field
 def test_truncate_prompt_keeps_the_end_of_a_long_prompt(client):
     resp = client.generate(list(range(1, 61)), max_new_tokens=10, truncate_prompt=True)
     assert resp.usage.truncated_prompt_tokens == 6 and resp.usage.prompt_tokens == 54
+
+
+def test_slide_tokens_generates_past_the_context_only_when_asked(client):
+    long = list(range(1, 61))
+    with pytest.raises(grpc.RpcError) as err:
+        client.generate(long, max_new_tokens=30, ignore_eos=True)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "slide_tokens" in err.value.details()
+    resp = client.generate(long, max_new_tokens=30, ignore_eos=True, slide_tokens=8)
+    assert len(resp.completions[0].token_ids) == 30
+    assert resp.completions[0].finish_reason == pb.FINISH_REASON_LENGTH
+    assert resp.usage.truncated_prompt_tokens == 0
 
 
 def test_special_tokens_allowed_on_request(client):

@@ -101,6 +101,7 @@ def test_sigterm_during_a_stream_lets_it_finish(long_model_dir):
             if "listening on" in line:
                 address = line.split("listening on ")[1].split()[0]
         with GenerationClient(address, timeout=120) as c:
+            c.wait_until_serving(timeout=120)
             stream = c.generate_stream([1, 2, 3], max_new_tokens=1000, ignore_eos=True, seed=1)
             first = next(stream)
             proc.send_signal(signal.SIGTERM)
@@ -156,10 +157,10 @@ def test_cli_client_reports_invalid_argument(server):
 
 def test_cli_generate_streams_the_library_output(model_dir, tokenizer):
     from gptforge.cli.main import app
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams, generate_batch
-    from gptforge.sampling.loading import load_checkpoint
 
-    model, tok = load_checkpoint(model_dir)
+    model, tok, _ = load_any(model_dir)
     (ref,) = generate_batch(
         model,
         [tok.encode("hello")],

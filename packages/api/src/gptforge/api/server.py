@@ -20,10 +20,14 @@ Both services build their server here so they behave the same way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import ctypes
 import hmac
 import inspect
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +47,7 @@ from grpc_reflection.v1alpha import reflection
 
 __all__ = [
     "AUTH_METADATA_KEY",
+    "REQUEST_BYTES",
     "BackgroundServer",
     "InvalidArgumentError",
     "RequestParseInterceptor",
@@ -63,6 +68,14 @@ AUTH_METADATA_KEY = "authorization"
 MiB = 1024 * 1024
 # Health checks must answer without a token so load balancers and probes can use them.
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+# Requests larger than this are parsed on a worker thread: parsing is O(size) and the event
+# loop must keep answering health checks and streaming tokens meanwhile.
+THREAD_PARSE_BYTES = 64 * 1024
+# Size of the request being handled, set before the handler runs (its cost without re-measuring:
+# ByteSize() or reading every string field is O(size) with the GIL held).
+REQUEST_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar("request_bytes", default=0)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BUFFER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,35 @@ def _read_pem(path: Path, what: str) -> bytes:
         raise ValueError(
             f"cannot read the TLS {what} {str(path)!r}: {exc}; pass a PEM file"
         ) from exc
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Serve every allocation of ``LARGE_BUFFER_BYTES`` or more from its own mapping (glibc).
+
+    glibc raises its mmap threshold after the first large buffer is freed, so later
+    request-sized buffers come from per-thread heaps that keep the memory: a client sending
+    maximum-size messages in a loop then grows the server by tens of MiB per worker thread.
+    A fixed threshold returns each such buffer to the OS when it is freed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    """Fail with one line when the key does not belong to the certificate (gRPC only says
+    that it cannot bind)."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"TLS key {str(key)!r} does not match certificate {str(cert)!r} ({exc.reason}); "
+            "pass the private key the certificate was issued for"
+        ) from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the TLS certificate/key {str(cert)!r}/{str(key)!r}: {exc}"
+        ) from None
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -217,7 +259,10 @@ class RequestParseInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            REQUEST_BYTES.set(len(raw))
             try:
+                if len(raw) > THREAD_PARSE_BYTES:
+                    return await asyncio.to_thread(parse, raw)
                 return parse(raw)
             except Exception as exc:
                 await context.abort(
@@ -253,12 +298,44 @@ class RequestParseInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+class ClosingHealthServicer(health.aio.HealthServicer):
+    """``grpc.health.v1.Health`` whose ``Watch`` streams end (OK) once shutdown has begun.
+
+    The reference servicer keeps every Watch open forever, so a graceful stop always waited
+    the whole grace period for the clients' health watchers. Here a Watch sends the
+    NOT_SERVING update and returns, and in-flight work alone decides how long a stop takes.
+    """
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        # Same loop as the reference servicer (its private state), plus the exit on shutdown.
+        condition = self._server_watchers[request.service]
+        last = None
+        async with condition:
+            while True:
+                status = self._server_status.get(
+                    request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                if status != last:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+                if self._gracefully_shutting_down:
+                    return
+                await condition.wait()
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service, and wake every Watch so that it ends."""
+        await super().enter_graceful_shutdown()
+        for condition in list(self._server_watchers.values()):
+            async with condition:
+                condition.notify_all()
+
+
 @dataclass
 class RunningServer:
     """A started server with its health servicer; stop it with :meth:`stop`."""
 
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: ClosingHealthServicer
     config: ServerConfig
     port: int
     service_names: tuple[str, ...]
@@ -323,9 +400,10 @@ async def start_server(
         all_interceptors.append(TokenAuthInterceptor(config.auth_token))
     all_interceptors.append(RequestParseInterceptor())
     all_interceptors.extend(interceptors)
+    _return_large_buffers_to_the_os()
     server = grpc.aio.server(interceptors=all_interceptors, options=config.grpc_options())
     register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ClosingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
     reflection.enable_server_reflection(
@@ -343,6 +421,7 @@ async def start_server(
             credentials = grpc.ssl_server_credentials(
                 [(_read_pem(config.tls_key, "key"), _read_pem(config.tls_cert, "certificate"))]
             )
+            _check_key_pair(config.tls_cert, config.tls_key)
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
@@ -369,21 +448,51 @@ async def start_server(
 async def serve_until_signal(
     running: RunningServer,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
-) -> None:
-    """Serve until one of ``signals`` arrives, then stop gracefully (main thread only)."""
+    *,
+    loading: Awaitable[Any] | None = None,
+    announce: Callable[[], object] | None = None,
+) -> bool:
+    """Serve until one of ``signals`` arrives, then stop gracefully (main thread only).
+
+    Args:
+        running: the started server.
+        signals: the signals that stop it.
+        loading: work that must finish before the server is useful (a model's load and
+            warm-up). A signal meanwhile stops the server at once, without waiting for it;
+            its failure stops the server and is raised.
+        announce: called once the signal handlers are in place (print the address there: a
+            signal sent as soon as it shows is then handled).
+
+    Returns:
+        False when a signal arrived before ``loading`` finished, else True.
+    """
     loop = asyncio.get_running_loop()
     received = asyncio.Event()
     for sig in signals:
         loop.add_signal_handler(sig, received.set)
+    waiter = asyncio.ensure_future(received.wait())
     try:
+        if announce is not None:
+            announce()
+        if loading is not None:
+            work = asyncio.ensure_future(loading)
+            await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                log.info("signal during start-up: stopping without waiting for it")
+                work.cancel()
+                await running.stop(0)
+                return False
+            if work.exception() is not None:
+                await running.stop(0)
+                work.result()
         done = asyncio.ensure_future(running.wait_for_termination())
-        waiter = asyncio.ensure_future(received.wait())
         await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
         if received.is_set():
             await running.stop()
         done.cancel()
+        return True
     finally:
+        waiter.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
 

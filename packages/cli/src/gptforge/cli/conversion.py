@@ -1,6 +1,6 @@
 """CLI verbs of the conversion area.
 
-``gptforge convert to-hf|from-hf|from-openai|from-meta|to-meta|to-gguf`` (in the shared
+``gptforge convert to-hf|from-hf|from-openai|from-meta|from-torch|to-meta|to-gguf`` (in the shared
 ``convert`` group) and ``gptforge inspect PATH [--json]`` (on the root).
 """
 
@@ -35,7 +35,9 @@ def _run(action: Callable[[], Any], what: str) -> Any:
 
 
 def to_hf(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Our run/model directory.")],
+    ckpt: Annotated[
+        Path, typer.Option("--ckpt", help="A gptforge run or model directory (not a .gguf file).")
+    ],
     out: Out,
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16 or bfloat16 (default: as saved).")
@@ -100,6 +102,35 @@ def from_meta(
     _run(lambda: import_meta(dir, out, force=force, tokenizer_dir=tokenizer), f"wrote {out}")
 
 
+def from_torch(
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt",
+            help="A nanoGPT ckpt.pt / best_model.pt or a state dict of the LLMs-from-scratch "
+            "book's GPTModel (.pt/.pth).",
+        ),
+    ],
+    out: Out,
+    n_head: Annotated[
+        int | None,
+        typer.Option(help="Attention heads, when the file does not store them (the book's model)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="A tokenizer dir to bundle (ours or HF tokenizer.json / GPT-2 files)."),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Import a nanoGPT or LLMs-from-scratch GPT checkpoint (read with weights_only=True)."""
+    from gptforge.conversion import import_pytorch
+
+    _run(
+        lambda: import_pytorch(ckpt, out, n_head=n_head, tokenizer_dir=tokenizer, force=force),
+        f"wrote {out}",
+    )
+
+
 def to_meta(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Our Llama run/model directory.")],
     out: Out,
@@ -117,7 +148,13 @@ def to_gguf(
     hf: Annotated[
         Path | None, typer.Option("--hf", help="Or a Hugging Face GPT-2 / Llama directory.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="f32, f16 or q8_0 for the weight matrices.")] = "f16",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, or the K-quants q4_k_m, q5_k_m, q6_k "
+            "(llama.cpp's quantizer: pip install 'gptforge-conversion[llama-cpp]')."
+        ),
+    ] = "f16",
     modelfile: Annotated[
         bool, typer.Option(help="Write an Ollama Modelfile beside the .gguf.")
     ] = True,
@@ -139,7 +176,15 @@ def to_gguf(
     src = ckpt if ckpt is not None else hf
     assert src is not None
     _run(
-        lambda: export_gguf(src, out, dtype=dtype, force=force, modelfile=modelfile, name=name),  # type: ignore[arg-type]
+        lambda: export_gguf(
+            src,
+            out,
+            dtype=dtype,
+            force=force,
+            modelfile=modelfile,
+            name=name,  # type: ignore[arg-type]
+            report=lambda line: typer.echo(f"fallback: {line}"),
+        ),
         f"wrote {out}",
     )
 
@@ -170,5 +215,6 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     convert.command("from-openai")(from_openai)
     convert.command("from-meta")(from_meta)
     convert.command("to-meta")(to_meta)
+    convert.command("from-torch")(from_torch)
     convert.command("to-gguf")(to_gguf)
     root.command("inspect")(inspect)

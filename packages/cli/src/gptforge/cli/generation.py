@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from gptforge.cli.options import DeviceOpt
+from gptforge.cli.options import DeviceOpt, warn_token_on_command_line
 
 AUTH_ENV = "GPTFORGE_AUTH_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50052"
@@ -48,6 +48,16 @@ CompileOpt = Annotated[
         "For GPUs: on CPU it measured no faster than eager.",
     ),
 ]
+SlideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--slide-tokens",
+        help="Past the context: each time the window is full, drop its N oldest tokens and "
+        "recompute the cache over the rest, so every N new tokens cost one extra forward over "
+        "context - N + 1 tokens (default: a quarter of the context; 1 = crop at every step, a "
+        "full-context forward per token; 0 = refuse to go past the context).",
+    ),
+]
 DtypeOpt = Annotated[
     str, typer.Option(help=f"Weight dtype: one of {', '.join(DTYPES)} (default: as saved).")
 ]
@@ -70,6 +80,33 @@ def _torch_dtype(name: str | None) -> Any:
     if name not in DTYPES:
         raise typer.BadParameter(f"--dtype {name!r} is not one of {list(DTYPES)}")
     return getattr(torch, name)
+
+
+def slide_for(model: Any, prompt_len: int, max_new_tokens: int, slide_tokens: int | None) -> int:
+    """``slide_tokens`` for a generation, with a one-line notice on stderr when the window
+    slides (``None``: a quarter of the context)."""
+    from gptforge.sampling.core import context_limit
+
+    context = context_limit(model)
+    if context is None or prompt_len + max_new_tokens <= context:
+        return slide_tokens or 0
+    slide = max(1, context // 4) if slide_tokens is None else slide_tokens
+    if not 0 <= slide <= context:
+        raise ValueError(f"--slide-tokens must be in [0, {context}] (the context), got {slide}")
+    if slide == 0:
+        raise ValueError(
+            f"--max-new-tokens {max_new_tokens} + {prompt_len} prompt tokens exceed the context "
+            f"of {context}; use --max-new-tokens {max(context - prompt_len, 1)}, a shorter "
+            "prompt, or --slide-tokens N to slide a window past the context"
+        )
+    typer.secho(
+        f"note: {prompt_len} prompt + {max_new_tokens} new tokens exceed the context of "
+        f"{context}; sliding the window {slide} tokens at a time (the cache is recomputed "
+        "at each slide; --slide-tokens 0 refuses instead)",
+        err=True,
+        dim=True,
+    )
+    return slide
 
 
 def stream_completion(
@@ -122,15 +159,18 @@ def generate(
     dtype: DtypeOpt = "",
     precision: PrecisionOpt = "",
     compile: CompileOpt = False,
+    slide_tokens: SlideOpt = None,
 ) -> None:
     """Generate text from a trained model and stream it to the terminal.
 
     Works for every architecture through the model interface (KV cache or recurrent state).
-    An empty --prompt starts from the end-of-text token.
+    An empty --prompt starts from the end-of-text token. Past the model's context a sliding
+    window goes on (see --slide-tokens for what it costs).
     """
+    from dataclasses import replace
+
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams
-    from gptforge.sampling.core import model_config
-    from gptforge.sampling.loading import load_checkpoint
 
     try:
         params = SamplingParams(
@@ -143,7 +183,9 @@ def generate(
             seed=seed,
             stop=tuple(stop or ()),
         )
-        model, tok = load_checkpoint(ckpt, device=device, dtype=_torch_dtype(dtype))
+        model, tok, _ = load_any(
+            ckpt, device=device, dtype=_torch_dtype(dtype), require_tokenizer=True
+        )
         if precision:
             from gptforge.sampling.precision import apply_weight_precision
 
@@ -153,12 +195,8 @@ def generate(
             if prompt
             else [tok.eot_token]
         )
-        room = model_config(model).block_size - len(ids)
-        if params.max_new_tokens > room:
-            raise ValueError(
-                f"--max-new-tokens {max_new_tokens} + {len(ids)} prompt tokens exceed the context "
-                f"of {model_config(model).block_size}; use --max-new-tokens {max(room, 1)} or a shorter prompt"
-            )
+        slide = slide_for(model, len(ids), max_new_tokens, slide_tokens)
+        params = replace(params, slide_tokens=slide)
     except (ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(1) from exc
@@ -194,6 +232,9 @@ def serve_generation(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key.")] = None,
     auth_token: AuthOpt = None,
+    max_receive_message_bytes: Annotated[
+        int, typer.Option(help="Largest request message; gRPC refuses larger ones unparsed.")
+    ] = 4 * 1024 * 1024,
     grace_seconds: Annotated[
         float, typer.Option(help="Time in-flight streams get on SIGTERM/SIGINT.")
     ] = 30.0,
@@ -206,6 +247,7 @@ def serve_generation(
     from gptforge.api.server import ServerConfig
     from gptforge.services.generation import GenerationLimits, serve
 
+    warn_token_on_command_line()
     if host not in {"127.0.0.1", "localhost", "::1"} and (auth_token is None or tls_cert is None):
         typer.secho(
             f"warning: serving on {host!r} without TLS and an auth token", err=True, fg="yellow"
@@ -218,6 +260,7 @@ def serve_generation(
             tls_key=tls_key,
             auth_token=auth_token,
             grace_seconds=grace_seconds,
+            max_receive_message_bytes=max_receive_message_bytes,
         )
         limits = GenerationLimits(
             max_batch_size=max_batch_size,

@@ -24,7 +24,12 @@ def arch(
             ".safetensors file."
         ),
     ],
-    out: Annotated[Path, typer.Option(help="New MM-Rec model directory (report written inside).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "--output", help="New MM-Rec model directory (report written inside)."
+        ),
+    ],
     target: Annotated[str, typer.Option(help="Target architecture.")] = "mmrec",
     preset: Annotated[
         str,
@@ -48,6 +53,18 @@ def arch(
             help="The source's config.json/params.json when it is not beside the weights."
         ),
     ] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option("--vocab-size", "--vocab_size", help="Target vocab_size.")
+    ] = None,
+    model_dim: Annotated[
+        int | None, typer.Option("--model-dim", "--model_dim", help="Target width (n_embd).")
+    ] = None,
+    num_layers: Annotated[
+        int | None, typer.Option("--num-layers", "--num_layers", help="Target blocks (n_layer).")
+    ] = None,
+    num_heads: Annotated[
+        int | None, typer.Option("--num-heads", "--num_heads", help="Target heads (n_head).")
+    ] = None,
     strict: Annotated[
         bool, typer.Option(help="Fail unless every source tensor is transferred completely.")
     ] = False,
@@ -57,7 +74,9 @@ def arch(
     """Transfer a transformer's weights into MM-Rec and write conversion_report.json beside them.
 
     By default the target copies every shared dimension of the source (vocab, width, layers,
-    heads, FFN kind and width, norm) and takes the rest from --preset.
+    heads, FFN kind and width, norm) and takes the rest from --preset. --vocab-size,
+    --model-dim, --num-layers and --num-heads (also spelt with underscores) set those fields
+    last, after --config.
     """
     from gptforge.conversion.arch import REPORT_FILE, convert_to_mmrec_dir
 
@@ -74,6 +93,9 @@ def arch(
             raise ValueError(f"--config {str(config)!r} must hold a JSON object of config fields")
         if overrides:
             overrides.pop("arch", None)
+        flags = {"vocab_size": vocab_size, "n_embd": model_dim, "n_layer": num_layers,
+                 "n_head": num_heads}  # fmt: skip
+        overrides = {**(overrides or {}), **{k: v for k, v in flags.items() if v is not None}}
         path, report = convert_to_mmrec_dir(
             source,
             out,
@@ -99,6 +121,10 @@ def arch(
         f"params ({100 * report['transferred_fraction']:.1f}%): {len(report['converted'])} keys "
         f"converted, {len(report['new'])} new, {len(report['unused_source'])} source keys unused, "
         f"{len(report['shape_mismatches'])} shape mismatches"
+    )
+    typer.echo(
+        f"keys: {report['total_keys']} total, {report['converted_keys']} converted, "
+        f"{report['missing_keys']} missing, {report['new_keys']} new"
     )
     typer.echo(f"wrote {path} (report: {path / REPORT_FILE})")
 

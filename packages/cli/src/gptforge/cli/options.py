@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -21,3 +22,14 @@ def check_device(value: str | None) -> str | None:
 DeviceOpt = Annotated[
     str, typer.Option("--device", help=f"{DEVICE_CHOICES}.", callback=check_device)
 ]
+
+
+def warn_token_on_command_line() -> None:
+    """Warn when ``--auth-token`` was given as an argument: every local user sees it in ``ps``."""
+    if any(a == "--auth-token" or a.startswith("--auth-token=") for a in sys.argv):
+        typer.secho(
+            "warning: --auth-token on the command line is visible to every local user (ps, "
+            "/proc); set GPTFORGE_AUTH_TOKEN in the environment instead",
+            err=True,
+            fg="yellow",
+        )

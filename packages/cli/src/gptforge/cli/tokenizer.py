@@ -64,8 +64,17 @@ def train(
         str, typer.Option(help="Text field of .jsonl records / dataset rows.")
     ] = "text",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    pre_tokenizer: Annotated[
+        str,
+        typer.Option(
+            "--pre-tokenizer",
+            help="How text is cut before merging: gpt2 (GPT-2's regex, English contractions: "
+            "\"İstanbul'da\" -> 'İstanbul' \"'d\" 'a') or tekken (no contractions, apostrophe "
+            "suffixes stay whole: 'İstanbul' \"'da\"; llama.cpp's tekken in GGUF).",
+        ),
+    ] = "gpt2",
 ) -> None:
-    """Train a byte-level BPE (GPT-2 regex) with HF tokenizers and save it to --out."""
+    """Train a byte-level BPE with HF tokenizers and save it to --out."""
     from gptforge.tokenizer import CHAT_TOKENS, EOT, Tokenizer
 
     specials = list(special_tokens) if special_tokens else [EOT]
@@ -81,13 +90,14 @@ def train(
             special_tokens=specials,
             field=field,
             show_progress=progress,
+            pre_tokenizer=pre_tokenizer,
         )
         tok.save(out)
     except ValueError as e:
         raise _fail(e) from None
     seconds = time.perf_counter() - start
     typer.echo(
-        f"trained {tok.name} in {seconds:.1f}s: n_vocab={tok.n_vocab}, "
+        f"trained {tok.name} ({tok.pre_tokenizer} pre-tokenizer) in {seconds:.1f}s: n_vocab={tok.n_vocab}, "
         f"merges={len(tok.merges)}, special_tokens={tok.special_tokens}"
     )
     typer.echo(f"saved to {out} (fingerprint {tok.fingerprint[:16]})")
@@ -103,7 +113,13 @@ def encode(
     allow_special: Annotated[
         bool, typer.Option(help="Encode special-token text as the special ids.")
     ] = False,
-    pieces: Annotated[bool, typer.Option(help="Also print each token's bytes.")] = False,
+    pieces: Annotated[
+        bool,
+        typer.Option(
+            help="Also print each token as text; bytes of a character split across tokens "
+            "show as <0xC4> and the token is marked (partial UTF-8)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Encode text to token ids."""
@@ -122,17 +138,52 @@ def encode(
         raise _fail(ValueError(f"{e} (CLI: pass --allow-special)")) from None
     except ValueError as e:
         raise _fail(e) from None
+    from gptforge.tokenizer.byte_level import readable_piece
+
+    shown = [readable_piece(tok.id_to_token(i)) for i in ids] if pieces else []
     if as_json:
         record: dict[str, object] = {"ids": ids, "count": len(ids)}
         if pieces:
-            record["pieces"] = [tok.id_to_token(i).decode("utf-8", "backslashreplace") for i in ids]
+            record["pieces"] = [text for text, _ in shown]
+            record["partial"] = [partial for _, partial in shown]
         typer.echo(json.dumps(record, ensure_ascii=False))
         return
     typer.echo(" ".join(map(str, ids)))
-    if pieces:
-        for i in ids:
-            typer.echo(f"{i:>7}  {tok.id_to_token(i)!r}")
+    for i, (text, partial) in zip(ids, shown, strict=False):  # shown is empty unless --pieces
+        typer.echo(f"{i:>7}  {text!r}" + ("  (partial UTF-8)" if partial else ""))
     typer.echo(f"{len(ids)} tokens, {len(body.encode('utf-8'))} bytes", err=True)
+
+
+def _plain_or_quoted(text: str) -> str:
+    # Bare text reads best ("a + n -> an"); quotes only where spaces or controls would vanish.
+    return text if text.isprintable() and text.strip() == text else repr(text)
+
+
+@app.command()
+def merges(
+    tokenizer: Annotated[str, typer.Argument(help="Tokenizer directory, or 'gpt2'.")],
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Show only the first N merges.")
+    ] = None,
+) -> None:
+    """List the merges in rank order as text ("Merge 50/424: a + n -> an").
+
+    Bytes of a character split by a merge show as <0xC4>; such merges are marked.
+    """
+    from gptforge.tokenizer.byte_level import readable_piece
+
+    if limit is not None and limit < 0:
+        raise _fail(ValueError(f"--limit must be >= 0, got {limit}"))
+    try:
+        pairs = _load(tokenizer).merges
+    except ValueError as e:
+        raise _fail(e) from None
+    total = len(pairs)
+    for rank, (a, b) in enumerate(pairs[:limit] if limit is not None else pairs, 1):
+        (left, p1), (right, p2), (both, p3) = map(readable_piece, (a, b, a + b))
+        left, right, both = map(_plain_or_quoted, (left, right, both))
+        mark = "  (partial UTF-8)" if p1 or p2 or p3 else ""
+        typer.echo(f"Merge {rank}/{total}: {left} + {right} -> {both}{mark}")
 
 
 @app.command()
@@ -165,6 +216,7 @@ def info(
         "name": tok.name,
         "n_vocab": tok.n_vocab,
         "merges": len(tok.merges),
+        "pre_tokenizer": tok.pre_tokenizer,
         "special_tokens": tok.special_tokens,
         "fingerprint": tok.fingerprint,
         "sample": sample,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from gptforge.cli.options import warn_token_on_command_line
 
 T = TypeVar("T")
 AUTH_ENV = "GPTFORGE_AUTH_TOKEN"
@@ -74,6 +75,10 @@ def serve_tokenizer(
     max_receive_message_bytes: Annotated[int, typer.Option(help="Largest request message.")] = 16
     * 1024
     * 1024,
+    max_work_bytes: Annotated[
+        int,
+        typer.Option(help="Request bytes worked on at once; beyond: RESOURCE_EXHAUSTED at once."),
+    ] = 32 * 1024 * 1024,
     grace_seconds: Annotated[
         float, typer.Option(help="Time in-flight calls get on SIGTERM/SIGINT.")
     ] = 10.0,
@@ -85,6 +90,7 @@ def serve_tokenizer(
     from gptforge.api.server import ServerConfig
     from gptforge.services.tokenizer import TokenizerLimits, serve
 
+    warn_token_on_command_line()
     if host not in {"127.0.0.1", "localhost", "::1"} and (auth_token is None or tls_cert is None):
         typer.secho(
             f"warning: serving on {host!r} without TLS and an auth token; anyone who can "
@@ -102,7 +108,11 @@ def serve_tokenizer(
             grace_seconds=grace_seconds,
             max_receive_message_bytes=max_receive_message_bytes,
         )
-        limits = TokenizerLimits(max_batch_size=max_batch_size, max_text_bytes=max_text_bytes)
+        limits = TokenizerLimits(
+            max_batch_size=max_batch_size,
+            max_text_bytes=max_text_bytes,
+            max_work_bytes=max_work_bytes,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:

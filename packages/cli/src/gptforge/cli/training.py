@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
+from gptforge.cli.generation import SlideOpt, slide_for
 from gptforge.cli.options import DeviceOpt, check_device
 from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
@@ -185,39 +186,79 @@ def prepare_command(
     ),
     field: str = typer.Option("text", "--field", help="Text field of .jsonl / parquet records."),
     num_proc: int | None = typer.Option(
-        None, "--num-proc", help="Processes for large inputs (default: CPUs, at most 8)."
+        None, "--num-proc", help="Encoding threads (default: CPUs, at most 8)."
     ),  # noqa: UP045
     block_tokens: int = typer.Option(
         1024, "--block-tokens", help="Granularity of the train/validation split in tokens."
     ),
     shard_tokens: int = typer.Option(1 << 27, "--shard-tokens", help="Most tokens per shard file."),
+    paragraphs: bool = typer.Option(
+        False, "--paragraphs", help="Text files hold one document per blank-line paragraph."
+    ),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="INDEX/COUNT: prepare one part of the corpus (join parts with `data merge`).",
+    ),  # noqa: UP045
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Tokenize a corpus into uint16/uint32 shards plus meta.json (tokenizer fingerprint, counts).
+    """Tokenize a corpus into uint16/uint32 shards plus meta.json (tokenizer, counts, checksums).
 
-    Example: gptforge data prepare --input default --tokenizer runs/tok --out runs/data
+    --out is replaced whole, and only when the run succeeds. Example:
+    gptforge data prepare --input default --tokenizer runs/tok --out runs/data
     """
     from gptforge.training.prepare import prepare_data
 
     try:
         meta = prepare_data(
             input,
-            tokenizer,
+            _tokenizer_source(tokenizer),
             out,
             val_fraction=val_fraction,
             field=field,
             num_proc=num_proc,
             block_tokens=block_tokens,
             shard_tokens=shard_tokens,
+            paragraphs=paragraphs,
+            shard=shard,
             progress=progress,
         )
-    except (ValueError, FileNotFoundError, ConnectionError) as exc:
+    except (ValueError, OSError, ConnectionError) as exc:
         _fail(exc)
+    _report(meta, out)
+
+
+def _report(meta: dict, out: str) -> None:
     splits = meta["splits"]
     typer.echo(
         f"{meta['documents']} documents -> {splits['train']['tokens']:,} train + "
         f"{splits['val']['tokens']:,} val tokens ({meta['dtype']}) in {out}"
     )
+
+
+def merge_command(
+    parts: list[str] = typer.Argument(..., help="Directories of `data prepare --shard I/N`."),
+    out: str = typer.Option(..., "--out", help="Merged data directory."),
+) -> None:
+    """Join the parts of a sharded preparation into the data one prepare over the whole corpus
+    writes (same ids, shards and checksums).
+
+    Example: gptforge data merge runs/part0 runs/part1 --out runs/data
+    """
+    from gptforge.training.merge import merge_data
+
+    try:
+        meta = merge_data(parts, out)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    _report(meta, out)
+
+
+def _tokenizer_source(spec: str) -> Any:
+    """A tokenizer directory as given, or a RemoteTokenizer for ``grpc://host:port``."""
+    from gptforge.services.tokenizer.remote import GRPC_SCHEME, RemoteTokenizer
+
+    return RemoteTokenizer(spec) if spec.startswith(GRPC_SCHEME) else spec
 
 
 def chat_command(
@@ -236,13 +277,15 @@ def chat_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 answers greedily."),
     device: DeviceOpt = "auto",
+    slide_tokens: SlideOpt = None,
 ) -> None:
     """Answer instructions with a fine-tuned model using its template.
 
     Interactive: type an instruction; put an input after ' || ' (e.g. 'Repeat the words. || blue
-    moon'); an empty line or Ctrl-D quits.
+    moon'); an empty line or Ctrl-D quits. Past the model's context a sliding window goes on
+    (see --slide-tokens for what it costs).
     """
-    from gptforge.training.chat import ChatModel
+    from gptforge.sampling.chat import ChatModel
 
     try:
         bot = ChatModel(ckpt, device=device, template=template)
@@ -250,8 +293,17 @@ def chat_command(
         _fail(exc)
 
     def answer(instruction: str, extra: str) -> str:
+        try:
+            prompt_len = len(bot.prompt_ids(instruction, extra))
+            slide = slide_for(bot.model, prompt_len, max_new_tokens, slide_tokens)
+        except ValueError as exc:
+            _fail(exc)
         return bot.respond(
-            instruction, extra, max_new_tokens=max_new_tokens, temperature=temperature
+            instruction,
+            extra,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            slide_tokens=slide,
         )
 
     if prompt is not None:
@@ -272,6 +324,7 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add ``data prepare``, ``train``, ``finetune`` and ``chat`` to the root app."""
     data = typer.Typer(help="Prepare training data.", no_args_is_help=True)
     data.command("prepare")(prepare_command)
+    data.command("merge")(merge_command)
     root.add_typer(data, name="data")
     root.command("train")(_with_config_flags(TrainConfig, train_command, _resume_params()))
     root.command("finetune")(_with_config_flags(FinetuneConfig, finetune_command, _resume_params()))

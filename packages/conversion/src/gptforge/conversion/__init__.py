@@ -4,6 +4,7 @@
 >>> export_hf("runs/demo/pretrain", "runs/hf")  # doctest: +SKIP
 """
 
+from gptforge.conversion.detect import find_model_dir, require_ours
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.gguf_export import export_gguf
 from gptforge.conversion.hf import export_hf, import_hf, read_hf_config
@@ -20,7 +21,13 @@ from gptforge.conversion.hf_llama import (
     ours_to_hf_llama,
 )
 from gptforge.conversion.inspect import CheckpointInfo, format_info, inspect_checkpoint
-from gptforge.conversion.loading import detect_family, detect_layout, load_any, model_from_tensors
+from gptforge.conversion.loading import (
+    Loaded,
+    detect_family,
+    detect_layout,
+    load_any,
+    model_from_tensors,
+)
 from gptforge.conversion.meta_llama import (
     export_meta,
     import_meta,
@@ -30,6 +37,7 @@ from gptforge.conversion.meta_llama import (
     ours_to_meta_llama,
 )
 from gptforge.conversion.openai_gpt2 import import_openai, openai_gpt2_config
+from gptforge.conversion.pytorch_gpt import import_pytorch, read_pytorch_gpt
 from gptforge.conversion.tf_checkpoint import TFCheckpoint, read_tf_checkpoint
 from gptforge.conversion.weights import (
     WeightSource,
@@ -43,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointInfo",
+    "Loaded",
     "ConversionError",
     "TFCheckpoint",
     "WeightSource",
@@ -51,6 +60,7 @@ __all__ = [
     "export_gguf",
     "export_hf",
     "export_meta",
+    "find_model_dir",
     "format_info",
     "gpt_config_to_hf",
     "hf_gpt2_config",
@@ -60,6 +70,7 @@ __all__ = [
     "import_hf",
     "import_meta",
     "import_openai",
+    "import_pytorch",
     "inspect_checkpoint",
     "iter_state_dict",
     "llama_config_to_hf",
@@ -74,6 +85,8 @@ __all__ = [
     "ours_to_hf_llama",
     "ours_to_meta_llama",
     "read_hf_config",
+    "read_pytorch_gpt",
+    "require_ours",
     "read_tensor_infos",
     "read_tf_checkpoint",
     "torch_load_weights",

@@ -43,6 +43,7 @@ from torch import nn
 
 __all__ = [
     "REPORT_FILE",
+    "convert_model_weights",
     "convert_to_mmrec_dir",
     "convert_weights",
     "expand_kv_heads",
@@ -93,6 +94,15 @@ NEW_INIT = {
     "mlp": "as from scratch, output projection zero (the source has no such block/FFN)",
     "ln_": "ones / zeros",
 }
+# Parts of MM-Rec with no transformer counterpart at all (mem_attn, norms and FFN have one).
+_MMREC_ONLY = (
+    "mixer.w_z",
+    "mixer.w_g",
+    "mixer.decay",
+    "mixer.norm_h",
+    "mixer.memory",
+    "mixer.w_out",
+)
 _FFN_IN = ("fc", "gate", "up")  # hidden units are rows
 _FFN_OUT = ("proj", "down")  # hidden units are columns
 
@@ -191,6 +201,7 @@ class _Transfer:
         """``lossless``: every value of the source tensor arrived with its meaning intact."""
         self.keys[key] = {
             "compat": compat,
+            "score": round(copied / max(self.sd[key].numel(), 1), 4),  # share of values copied
             "source": src.source_keys,
             "note": note.strip("; "),
             "lossless": lossless,
@@ -281,13 +292,14 @@ class _Transfer:
         self._record(key, src, "partial", "; ".join(notes), copied, h == t.shape[unit_dim])
         return True
 
-    def finish_new(self) -> list[dict[str, str]]:
-        """Zero the new branches' output projections; list every key nothing was copied into."""
+    def finish_new(self, initialize_new: bool = True) -> list[dict[str, str]]:
+        """Zero the new branches' output projections (unless ``initialize_new`` is False: then
+        they keep the target's values); list every key nothing was copied into."""
         n_src = self.analysis.n_layer
         if self.tied and "lm_head.weight" in self.sd:
             self.sd["lm_head.weight"] = self.sd["wte.weight"]  # one tensor, as in the model
         new = []
-        for i in range(self.cfg.n_layer):
+        for i in range(self.cfg.n_layer if initialize_new else 0):
             for suffix in ("weight", "bias"):
                 key = f"h.{i}.mixer.w_out.{suffix}"
                 if key in self.sd:
@@ -307,6 +319,7 @@ class _Transfer:
             new.append({"key": key, "init": init})
             self.keys[key] = {
                 "compat": "none",
+                "score": 0.0,
                 "source": [],
                 "note": f"new: {init}",
                 "lossless": False,
@@ -320,6 +333,7 @@ def convert_weights(
     *,
     source_config: dict[str, Any] | str | os.PathLike[str] | None = None,
     strict: bool = False,
+    initialize_new: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Transfer a GPT-2 / LLaMA checkpoint into an MM-Rec model's state dict.
 
@@ -330,6 +344,9 @@ def convert_weights(
         strict: raise :class:`ConversionError` unless every source tensor with a counterpart
             was transferred completely and no source tensor went unused (position tables and
             mask buffers, which MM-Rec has no place for by design, are exempt and listed).
+        initialize_new: start the new branches' output projections at zero, so the converted
+            model begins as the source without its attention; False keeps ``target_model``'s
+            own values for every tensor the source does not supply.
 
     Returns:
         ``(state_dict, report)``: load the state dict with ``target_model.load_state_dict``;
@@ -354,12 +371,20 @@ def convert_weights(
             embed = roles["embed"]
             transfer.place("head", Role(embed.tensor, embed.source_keys, "exact",
                                         "the source ties its head to the embedding"))  # fmt: skip
-        new = transfer.finish_new()
+        new = transfer.finish_new(initialize_new)
     total = sum(p.numel() for p in target_model.parameters())
+    converted = sorted(k for k, v in transfer.keys.items() if v["compat"] != "none")
+    mmrec_only = [e["key"] for e in new if any(s in e["key"] for s in _MMREC_ONLY)]
     report = {
+        "total_keys": len(transfer.keys),
+        "converted_keys": len(converted),
+        # a transformer counterpart exists but the source did not supply it (or not its shape)
+        "missing_keys": len(transfer.keys) - len(converted) - len(mmrec_only),
+        "new_keys": len(mmrec_only),  # MM-Rec's own components: no transformer counterpart
+        "compatibility_score": {k: v["score"] for k, v in sorted(transfer.keys.items())},
         "source": analysis.to_dict(),
         "target": {"arch": "mmrec", "config": _config_dict(target_model.config), "n_params": total},
-        "converted": sorted(k for k, v in transfer.keys.items() if v["compat"] != "none"),
+        "converted": converted,
         "new": new,
         "unused_source": transfer.unused,
         "dropped_by_design": dropped,
@@ -431,9 +456,7 @@ def convert_to_mmrec_dir(
         force: replace an existing ``out``.
         seed: seed of the new components' initialisation.
     """
-    from gptforge.conversion.tokenizer_files import find_tokenizer_dir
     from gptforge.modeling import MMRecConfig, build_model
-    from gptforge.modeling.io import save_model_dir
 
     if match_source:
         _, analysis = load_source(source, source_config)
@@ -442,12 +465,62 @@ def convert_to_mmrec_dir(
         cfg = MMRecConfig.from_name(preset, **(config or {}))
     torch.manual_seed(seed)
     model = build_model(cfg)
-    state, report = convert_weights(source, model, source_config=source_config, strict=strict)
+    report = _convert_and_save(
+        source, model, out, force, source_config=source_config, strict=strict
+    )
+    return Path(out), report
+
+
+def _convert_and_save(
+    source: str | os.PathLike[str],
+    model: nn.Module,
+    out: str | os.PathLike[str],
+    force: bool,
+    **options: Any,
+) -> dict[str, Any]:
+    """Convert into ``model`` (in place) and write it, its report and the source's tokenizer."""
+    from gptforge.conversion.tokenizer_files import find_tokenizer_dir
+    from gptforge.modeling.io import save_model_dir
+
+    state, report = convert_weights(source, model, **options)
     model.load_state_dict(state)
     src_dir = Path(source) if Path(source).is_dir() else Path(source).parent
-    tok = find_tokenizer_dir(src_dir)
     with atomic_dir(out, force=force) as tmp:
-        save_model_dir(model, tmp, tokenizer_dir=tok)
+        save_model_dir(model, tmp, tokenizer_dir=find_tokenizer_dir(src_dir))
         report["output"] = str(Path(out))
         write_report(report, tmp / REPORT_FILE)
-    return Path(out), report
+    return report
+
+
+def convert_model_weights(
+    source_checkpoint_path: str | os.PathLike[str],
+    target_model: nn.Module,
+    output_path: str | os.PathLike[str],
+    strict: bool = False,
+    initialize_new: bool = True,
+) -> dict[str, Any]:
+    """Transfer a checkpoint into ``target_model`` and save it: the MM-Rec guide's interface.
+
+    A thin wrapper of :func:`convert_weights`: the converted weights are loaded into
+    ``target_model`` (in place), which is saved as a model directory at ``output_path`` with
+    ``conversion_report.json`` (and the source's tokenizer, when it has one) beside it.
+
+    Args:
+        source_checkpoint_path: a model directory (ours, HF, Meta) or a weights file.
+        target_model: an MM-Rec model, e.g. ``build_model(get_config("mmrec-tiny"))``.
+        output_path: the model directory to write (replaced if it exists).
+        strict: fail unless every source tensor transfers completely.
+        initialize_new: see :func:`convert_weights`.
+
+    Returns:
+        The report, with ``total_keys``, ``converted_keys``, ``missing_keys``, ``new_keys`` and
+        ``compatibility_score`` (per target key, the share of its values copied from the source).
+
+    >>> report = convert_model_weights("runs/demo/pretrain", model, "runs/mmrec")  # doctest: +SKIP
+    >>> report["converted_keys"], report["new_keys"]  # doctest: +SKIP
+    (26, 40)
+    """
+    return _convert_and_save(
+        source_checkpoint_path, target_model, output_path, True,
+        strict=strict, initialize_new=initialize_new,
+    )  # fmt: skip

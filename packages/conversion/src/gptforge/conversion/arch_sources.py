@@ -237,8 +237,8 @@ def detect_layout(
             return "meta-llama", "params.json"
     for key, layout in _TELLTALES:
         if key in state_dict:
-            if layout == "gpt":
-                layout = _gpt_layout(state_dict, "")
+            if layout in ("gpt", "hf-gpt2"):  # the c_attn shape tells Linear from Conv1D
+                layout = _gpt_layout(state_dict, "transformer." if layout == "hf-gpt2" else "")
             return layout, f"keys ({key})"
     sample = sorted(state_dict)[:8]
     raise ConversionError(
@@ -260,7 +260,9 @@ def _gpt_layout(sd: dict[str, torch.Tensor], prefix: str) -> Layout:
 
 def _normalise_keys(sd: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
     """A bare ``GPT2Model`` / ``LlamaModel`` checkpoint lacks the ``transformer.``/``model.``
-    prefix; add it so one map serves both."""
+    prefix; add it so one map serves both. nanoGPT's keys are ours under ``transformer.``."""
+    if layout == "gpt" and "transformer.wte.weight" in sd:
+        return {k.removeprefix("transformer."): v for k, v in sd.items()}
     prefix = {"hf-gpt2": "transformer.", "hf-llama": "model."}.get(layout)
     if prefix is None or any(k.startswith(prefix) for k in sd):
         return sd

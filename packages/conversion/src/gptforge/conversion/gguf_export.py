@@ -1,12 +1,18 @@
 """GGUF export for llama.cpp and Ollama (``gpt2`` and ``llama`` architectures).
 
 Written with the ``gguf`` package, tensor by tensor (tensor infos first, then each tensor's data
-as it is converted). The file carries every key llama.cpp's loader reads for the architecture
+as it is converted; K-quants are then made from that file by llama.cpp's own quantizer, see
+:mod:`gptforge.conversion.gguf_quant`). The file carries every key llama.cpp's loader reads for the architecture
 and the whole tokenizer: the BPE model (``tokenizer.ggml.model = "gpt2"``), the pre-tokenizer
-named explicitly as ``"gpt-2"`` (llama.cpp otherwise hashes the tokenizer's output to guess it and
-refuses tokenizers it has never seen: "BPE pre-tokenizer was not recognized"), the tokens, the
-merges, token types (special tokens are CONTROL) and the BOS/EOS/EOT ids. An Ollama
-``Modelfile`` with the instruction template is written beside it.
+named explicitly (``"gpt-2"`` or ``"tekken"``, as ``tokenizer.json`` records; llama.cpp otherwise
+hashes the tokenizer's output to guess it and refuses tokenizers it has never seen: "BPE
+pre-tokenizer was not recognized"), the tokens, the
+merges, token types (special tokens are CONTROL) and the BOS/EOS/EOT ids. A tied head is not
+written: llama.cpp's loader falls back to ``token_embd`` when ``output.weight`` is absent.
+
+A run fine-tuned with a chat template (``chat.json``, written by ``gptforge finetune``) gets that
+template as ``tokenizer.chat_template`` and in the Ollama ``Modelfile`` written beside the file;
+any other model gets a plain completion ``Modelfile``.
 
 llama.cpp's ``llama`` graph applies RoPE to interleaved pairs (Meta's layout), so q/k rows are
 permuted back from our rotate-half layout, as llama.cpp's own HF converter does.
@@ -20,20 +26,27 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from gptforge.conversion.errors import ConversionError
+from gptforge.conversion.gguf_quant import (
+    GGUF_DTYPES,
+    KQUANT_DTYPES,
+    GGUFDtype,
+    encode,
+    kquantize,
+    quantized_bytes,
+    require_llama_cpp,
+    tensor_type,
+)
 from gptforge.conversion.mapping import plan_conversion, split_layer
 from gptforge.conversion.meta_llama import hf_to_meta_rope_permute
 from gptforge.conversion.ours import slice_vocab_rows
+from gptforge.conversion.tokenizer_files import chat_template_of
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, atomic_file
 
 __all__ = ["GGUF_DTYPES", "GPT2_GGUF_MAP", "LLAMA_GGUF_MAP", "export_gguf", "modelfile_text"]
-
-GGUFDtype = Literal["f32", "f16", "q8_0"]
-GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "q8_0")
 
 GPT2_GGUF_MAP: dict[str, str | None] = {
     "wte.weight": "token_embd.weight",
@@ -99,7 +112,7 @@ def plan_ours_to_gguf(
     ours = our_tensor_spec(cfg, torch.float32)
     if cfg.arch == "gpt":
         weight_map = GPT2_GGUF_MAP
-        # llama.cpp's gpt2 graph always has biases and a head: zeros / a copy of the embedding.
+        # llama.cpp's gpt2 graph always has biases: zeros where the model has none.
         ours = dict(ours)
         C = cfg.n_embd
         for i in range(cfg.n_layer):
@@ -113,7 +126,6 @@ def plan_ours_to_gguf(
             ):
                 ours.setdefault(f"h.{i}.{name}.bias", TensorInfo((n,), torch.float32))
         ours.setdefault("ln_f.bias", TensorInfo((C,), torch.float32))
-        ours.setdefault("lm_head.weight", ours["wte.weight"])
         if cfg.gelu_approximate != "tanh":
             warnings.warn(
                 "llama.cpp's gpt2 graph uses the tanh approximation of GELU; this model was trained "
@@ -143,16 +155,11 @@ def plan_ours_to_gguf(
     def fill(target: str, info: TensorInfo) -> Callable[[], torch.Tensor] | None:
         if target.endswith(".bias"):
             return lambda: torch.zeros(info.shape)
-        if target == "output.weight":
-            key = "wte.weight" if cfg.arch == "gpt" else "embed_tokens.weight"
-            # written out at once, so a view of the embedding needs no copy
-            return lambda: slice_vocab_rows(get(key).float(), V)
         return None
 
     wm = dict(weight_map)
     if cfg.tie_embeddings:
         wm["lm_head.weight"] = None
-    if cfg.arch == "llama" and cfg.tie_embeddings:
         expected.pop("output.weight", None)  # llama.cpp falls back to token_embd
     plan = plan_conversion(
         source, get, wm, expected, transform, what="gptforge", fill=fill, dtype=torch.float32
@@ -230,64 +237,30 @@ def _tokenizer_arrays(
     return tokens, types, merges, specials
 
 
-def _chat(tokenizer_dir: Path, run_dir: Path | None) -> str:
-    """The instruction template a fine-tuned run uses (``chat.json``), else guessed from tokens."""
-    if run_dir is not None and (run_dir / "chat.json").is_file():
-        return str(json.loads((run_dir / "chat.json").read_text()).get("template", "inst"))
-    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    names = {t["content"] for t in spec.get("added_tokens", [])}
-    return "inst" if {"<INST>", "</INST>", "<RESP>", "</RESP>"} <= names else "plain"
+def modelfile_text(gguf_name: str, template: str | None, eot: str | None) -> str:
+    """An Ollama ``Modelfile`` for ``gguf_name``: the chat template and its stop strings for a
+    model fine-tuned with ``template``, plain completion (the prompt as is) for ``None``."""
+    from gptforge.tokenizer.chat_template import CHAT_FORMATS
 
-
-CHAT_TEMPLATES = {  # Jinja, as llama.cpp's server and transformers read tokenizer.chat_template
-    "inst": "{% for m in messages %}{% if m['role'] == 'user' %}<INST>{{ m['content'] }}</INST><RESP>"
-    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</RESP>{% endif %}{% endfor %}",
-}
-
-
-def modelfile_text(gguf_name: str, template: str, eot: str | None) -> str:
-    """An Ollama ``Modelfile`` for ``gguf_name`` with the instruction template and stop tokens."""
     lines = [f"FROM ./{gguf_name}", ""]
-    if template == "inst":
-        lines += ['TEMPLATE """<INST>{{ .Prompt }}</INST><RESP>"""', 'PARAMETER stop "</RESP>"']
-    elif template == "alpaca":
-        lines += [
-            'TEMPLATE """Below is an instruction that describes a task. Write a response that '
-            'appropriately completes the request.\n\n### Instruction:\n{{ .Prompt }}\n\n### Response:\n"""'
-        ]
+    stops: tuple[str, ...] = (eot,) if eot else ()
+    if template is not None:
+        fmt = CHAT_FORMATS[template]
+        lines.append(f'TEMPLATE """{fmt.ollama()}"""')
+        stops = fmt.stop
     else:
-        lines += ['TEMPLATE """{{ .Prompt }}"""']
-    if eot:
-        lines.append(f'PARAMETER stop "{eot}"')
+        lines.append('TEMPLATE """{{ .Prompt }}"""')
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
     lines += ["PARAMETER temperature 0.8", "PARAMETER top_k 40", ""]
     return "\n".join(lines)
 
 
-def _encode(t: torch.Tensor, name: str, dtype: GGUFDtype) -> tuple[np.ndarray, Any]:
-    import gguf
-
-    arr = t.detach().to(torch.float32).contiguous().numpy()
-    if arr.ndim == 1 or dtype == "f32" or name == "rope_freqs.weight":
-        return arr, gguf.GGMLQuantizationType.F32
-    if dtype == "q8_0" and arr.shape[-1] % 32 == 0:
-        qt = gguf.GGMLQuantizationType.Q8_0
-        return gguf.quants.quantize(arr, qt), qt
-    return arr.astype(np.float16), gguf.GGMLQuantizationType.F16
-
-
-def _planned_bytes(
-    t: PlannedTensor, dtype: GGUFDtype
-) -> tuple[tuple[int, ...], np.dtype, int, Any]:
-    import gguf
-
-    n = math.prod(t.shape)
-    if len(t.shape) == 1 or dtype == "f32" or t.name == "rope_freqs.weight":
-        return t.shape, np.dtype(np.float32), 4 * n, gguf.GGMLQuantizationType.F32
-    if dtype == "q8_0" and t.shape[-1] % 32 == 0:
-        qt = gguf.GGMLQuantizationType.Q8_0
-        byte_shape = gguf.quants.quant_shape_to_byte_shape(t.shape, qt)
-        return byte_shape, np.dtype(np.uint8), math.prod(byte_shape), qt
-    return t.shape, np.dtype(np.float16), 2 * n, gguf.GGMLQuantizationType.F16
+def _tensor_types(plan: list[PlannedTensor], dtype: GGUFDtype) -> dict[str, Any]:
+    """The GGML type of each planned tensor under ``dtype`` (K-quants: F32, quantized later)."""
+    names = {t.name for t in plan}
+    head = "output.weight" if "output.weight" in names else "token_embd.weight"
+    base = "f32" if dtype in KQUANT_DTYPES else dtype
+    return {t.name: tensor_type(t.name, t.shape, base, head) for t in plan}
 
 
 def export_gguf(
@@ -298,29 +271,34 @@ def export_gguf(
     force: bool = False,
     modelfile: bool = True,
     name: str | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a GGUF file (and an Ollama ``Modelfile`` beside it) for a model directory.
 
     Args:
         src: our run/model directory or a HF GPT-2 / Llama directory; it must have a tokenizer.
         out: the ``.gguf`` file to write.
-        dtype: ``f32``, ``f16`` or ``q8_0`` for the 2-D weights (norms and biases stay f32;
-            rows not divisible by 32 fall back to f16 under q8_0).
+        dtype: one of :data:`GGUF_DTYPES`: ``f32``, ``f16``, ``q8_0``, ``q4_0``, ``q4_1``,
+            ``q5_0``, ``q5_1`` (written with the ``gguf`` package), or ``q4_k_m``, ``q5_k_m``,
+            ``q6_k`` (llama.cpp's quantizer, needs llama-cpp-python). Norms, biases and position
+            embeddings stay F32; see :mod:`gptforge.conversion.gguf_quant` for the rule.
         force: replace existing outputs.
         modelfile: also write ``Modelfile`` next to ``out``.
         name: ``general.name`` (default: the source directory's name).
+        report: called with one line per tensor that falls back to another type than
+            ``dtype``'s (default: a warning).
 
     >>> export_gguf("runs/demo/pretrain", "runs/model.gguf", dtype="q8_0")  # doctest: +SKIP
     """
-    import gguf
     from gptforge.conversion.loading import detect_layout
     from gptforge.conversion.tokenizer_files import find_tokenizer_dir
-    from gptforge.conversion.weights import WeightSource
 
     if dtype not in GGUF_DTYPES:
         raise ConversionError(
             f"GGUF dtype {dtype!r} is not supported; choose one of {list(GGUF_DTYPES)}"
         )
+    if dtype in KQUANT_DTYPES:
+        require_llama_cpp(dtype)  # before any work: one line saying how to install it
     src_dir, out_path = Path(src), Path(out)
     mf_path = out_path.with_name("Modelfile")
     if modelfile and mf_path.exists() and not force:
@@ -332,6 +310,41 @@ def export_gguf(
             f"{str(src_dir)!r} has no tokenizer.json (nor tokenizer/tokenizer.json); GGUF files embed the "
             "tokenizer, so convert a directory that has one"
         )
+    template, jinja = chat_template_of(src_dir)  # only a model fine-tuned with one has one
+    say = report or (lambda line: warnings.warn(line, stacklevel=3))
+    with atomic_file(out_path, force) as tmp:
+        if dtype in KQUANT_DTYPES:
+            f32 = tmp.with_name(tmp.name + ".f32")
+            try:
+                eot = _write_gguf(src_dir, layout, tok_dir, f32, "f32", name, jinja, say)
+                for tensor, qtype in kquantize(f32, tmp, dtype).items():
+                    say(
+                        f"{tensor}: {qtype} (row length not a multiple of 256, llama.cpp's fallback)"
+                    )
+            finally:
+                f32.unlink(missing_ok=True)
+        else:
+            eot = _write_gguf(src_dir, layout, tok_dir, tmp, dtype, name, jinja, say)
+    if modelfile:
+        with atomic_file(mf_path, force=True) as tmp:
+            tmp.write_text(modelfile_text(out_path.name, template, eot))
+    return out_path
+
+
+def _write_gguf(
+    src_dir: Path,
+    layout: str,
+    tok_dir: Path,
+    path: Path,
+    dtype: GGUFDtype,
+    name: str | None,
+    jinja: str | None,
+    say: Callable[[str], None],
+) -> str | None:
+    """Write the GGUF file itself; returns the end-of-text token (for the Modelfile)."""
+    import gguf
+    from gptforge.conversion.weights import WeightSource
+
     with WeightSource(src_dir) as source:
         if layout == "ours":
             from gptforge.conversion.ours import read_model_config
@@ -353,33 +366,37 @@ def export_gguf(
                 f"GGUF export reads our run/model directories or HF directories, not {layout!r}"
             )
         plan = plan_ours_to_gguf(infos, get, cfg)
-        tokens, types, merges, specials = _tokenizer_arrays(tok_dir, cfg.vocab_size)
+        types = _tensor_types(plan, dtype)
+        for tensor, (_, why) in types.items():
+            if why is not None:
+                say(f"{tensor}: {why}")
+        tokens, token_types, merges, specials = _tokenizer_arrays(tok_dir, cfg.vocab_size)
         arch = "gpt2" if cfg.arch == "gpt" else "llama"
-        with atomic_file(out_path, force) as tmp:
-            w = gguf.GGUFWriter(str(tmp), arch)
-            _write_metadata(w, cfg, arch, name or src_dir.resolve().name, dtype)
-            eot = _write_tokenizer(w, tokens, types, merges, specials, _chat(tok_dir, src_dir))
-            for t in plan:
-                shape, np_dtype, nbytes, qtype = _planned_bytes(t, dtype)
-                w.add_tensor_info(t.name, shape, np_dtype, nbytes, raw_dtype=qtype)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_ti_data_to_file()
-            for t in plan:
-                arr, _ = _encode(t.produce(), t.name, dtype)
-                w.write_tensor_data(arr)
-            w.close()
-    if modelfile:
-        with atomic_file(mf_path, force=True) as tmp:
-            tmp.write_text(modelfile_text(out_path.name, _chat(tok_dir, src_dir), eot))
-    return out_path
+        w = gguf.GGUFWriter(str(path), arch)
+        _write_metadata(w, cfg, arch, name or src_dir.resolve().name, dtype)
+        eot = _write_tokenizer(w, tokens, token_types, merges, specials, jinja, tok_dir)
+        for t in plan:
+            qtype = types[t.name][0]
+            shape, np_dtype, nbytes = quantized_bytes(t.shape, qtype)
+            w.add_tensor_info(t.name, shape, np_dtype, nbytes, raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in plan:
+            arr = t.produce().detach().to(torch.float32).contiguous().numpy()
+            w.write_tensor_data(encode(arr, types[t.name][0]))
+        w.close()
+    return eot
 
 
 def _write_metadata(w: Any, cfg: Any, arch: str, name: str, dtype: GGUFDtype) -> None:
     import gguf
 
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]  # fmt: skip
+    file_type = (
+        gguf.LlamaFileType.ALL_F32
+        if dtype == "f32"
+        else gguf.LlamaFileType[f"MOSTLY_{dtype.upper()}"]
+    )
     w.add_name(name)
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -390,9 +407,9 @@ def _write_metadata(w: Any, cfg: Any, arch: str, name: str, dtype: GGUFDtype) ->
     w.add_vocab_size(cfg.vocab_size)
     if arch == "gpt2":
         w.add_feed_forward_length(4 * cfg.n_embd)
-        w.add_layer_norm_eps(cfg.layer_norm_eps)
+        w.add_layer_norm_eps(cfg.norm_eps)
     else:
-        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_feed_forward_length(cfg.ffn_hidden)
         w.add_head_count_kv(cfg.n_kv_head)
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_rope_dimension_count(cfg.head_dim)
@@ -405,10 +422,15 @@ def _write_tokenizer(
     types: list[int],
     merges: list[str],
     specials: dict[str, int],
-    template: str,
+    jinja: str | None,
+    tok_dir: Path,
 ) -> str | None:
+    from gptforge.tokenizer.pretokenize import gguf_pre
+
     w.add_tokenizer_model("gpt2")  # byte-level BPE
-    w.add_tokenizer_pre("gpt-2")  # explicit: skips llama.cpp's pre-tokenizer hash guess
+    # Named explicitly (llama.cpp would otherwise guess from a hash of the tokenizer's output):
+    # the llama.cpp pre-tokenizer whose regex is the one tokenizer.json records.
+    w.add_tokenizer_pre(gguf_pre(json.loads((tok_dir / "tokenizer.json").read_text("utf-8"))))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -422,6 +444,6 @@ def _write_tokenizer(
         w.add_pad_token_id(specials["<|pad|>"])
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
-    if template in CHAT_TEMPLATES:
-        w.add_chat_template(CHAT_TEMPLATES[template])
+    if jinja is not None:
+        w.add_chat_template(jinja)
     return eot_text

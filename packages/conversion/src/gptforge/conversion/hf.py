@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.conversion.detect import require_ours
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.hf_gpt2 import (
     gpt_config_to_hf,
@@ -31,6 +32,7 @@ from gptforge.conversion.hf_llama import (
 )
 from gptforge.conversion.ours import WEIGHTS_FILE, read_model_config, write_model_dir
 from gptforge.conversion.tokenizer_files import (
+    chat_template_of,
     copy_tokenizer_to_hf,
     find_tokenizer_dir,
     load_tokenizer_from,
@@ -127,7 +129,7 @@ def export_hf(
     >>> export_hf("runs/demo/pretrain", "runs/hf")  # doctest: +SKIP
     >>> AutoModelForCausalLM.from_pretrained("runs/hf")  # doctest: +SKIP
     """
-    src_dir = Path(ckpt)
+    src_dir = require_ours(ckpt, "convert to-hf")
     cfg = read_model_config(src_dir)
     if cfg.arch not in EXPORTERS:
         raise ConversionError(
@@ -152,7 +154,7 @@ def export_hf(
         gen = {"_from_model_config": True, "bos_token_id": eot, "eos_token_id": eot}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer and tok_dir is not None:
-            copy_tokenizer_to_hf(tok_dir, tmp)
+            copy_tokenizer_to_hf(tok_dir, tmp, chat_template_of(src_dir)[1])
     return Path(out)
 
 

@@ -111,7 +111,7 @@ def gpt_config_to_hf(
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
-        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "layer_norm_epsilon": cfg.norm_eps,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
@@ -173,7 +173,7 @@ def hf_gpt2_config(hf: Mapping[str, Any]) -> GPTConfig:
         qkv_bias=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         gelu_approximate="tanh" if act in TANH_GELUS else "none",
-        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
     )
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from gptforge.conversion.loading import detect_family, detect_layout
+from gptforge.conversion.detect import GGUF_FAMILIES, detect_family, detect_layout
+from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.weights import TensorInfo, WeightSource
 
 __all__ = ["CheckpointInfo", "format_info", "inspect_checkpoint"]
@@ -62,7 +63,7 @@ def _from_config(info: CheckpointInfo, cfg: Any) -> None:
     info.vocab_size = cfg.vocab_size
     info.n_embd, info.n_layer, info.n_head = cfg.n_embd, cfg.n_layer, cfg.n_head
     info.n_kv_head = getattr(cfg, "n_kv_head", cfg.n_head)
-    info.ffn_dim = getattr(cfg, "intermediate_size", None) or 4 * cfg.n_embd
+    info.ffn_dim = getattr(cfg, "ffn_hidden", None) or 4 * cfg.n_embd
     info.context_length = cfg.block_size
     info.tied_embeddings = getattr(cfg, "tie_embeddings", None)
 
@@ -117,8 +118,13 @@ def _inspect_gguf(path: Path) -> CheckpointInfo:
         return None if f is None else f.contents()
 
     arch = str(get("general.architecture"))
-    family = {"gpt2": "gpt2", "llama": "llama"}.get(arch, arch)
-    info = CheckpointInfo(str(path), "gguf", family)
+    if arch not in GGUF_FAMILIES:
+        raise ConversionError(
+            f"{str(path)!r} is a GGUF file of architecture {arch!r} ({len(reader.tensors)} "
+            f"tensors), which gptforge cannot load or convert; it handles GGUF architectures "
+            f"{sorted(GGUF_FAMILIES)} (GPT-2 and LLaMA families)"
+        )
+    info = CheckpointInfo(str(path), "gguf", GGUF_FAMILIES[arch])
     info.n_embd = get(f"{arch}.embedding_length")
     info.n_layer = get(f"{arch}.block_count")
     info.n_head = get(f"{arch}.attention.head_count")
@@ -137,6 +143,10 @@ def _inspect_gguf(path: Path) -> CheckpointInfo:
     info.n_tensors = len(names)
     pre = get("tokenizer.ggml.pre")
     info.notes.append(f"tokenizer: {get('tokenizer.ggml.model')!r}, pre-tokenizer {pre!r}")
+    info.notes.append(
+        "GGUF is an export format for llama.cpp/Ollama: generate, convert and train read the run "
+        "directory it was written from"
+    )
     return info
 
 
@@ -147,7 +157,9 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     >>> info.family, info.n_layer, info.n_params  # doctest: +SKIP
     ('gpt2', 4, 5_000_000)
     """
-    p = Path(path)
+    from gptforge.conversion.detect import find_model_dir
+
+    p = find_model_dir(path)
     layout = detect_layout(p)
     if layout == "gguf":
         return _inspect_gguf(p)

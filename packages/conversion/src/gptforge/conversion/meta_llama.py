@@ -145,7 +145,7 @@ def meta_llama_config(
         n_head=n_heads,
         n_kv_head=int(params.get("n_kv_heads") or n_heads),
         n_embd=dim,
-        intermediate_size=hidden,
+        ffn_hidden=hidden,
         rope_theta=float(params.get("rope_theta", 10000.0)),
         rope_scaling=scaling,
         norm_eps=float(params.get("norm_eps", 1e-5)),
@@ -165,7 +165,7 @@ def llama_config_to_meta_params(cfg: LlamaConfig) -> dict[str, Any]:
         "rope_theta": cfg.rope_theta,
         "max_seq_len": cfg.block_size,
     }
-    hidden = cfg.intermediate_size
+    hidden = cfg.ffn_hidden
     assert hidden is not None
     # Choose multiple_of/ffn_dim_multiplier so Meta's formula gives our width exactly.
     base = int(2 * (4 * cfg.n_embd) / 3)

@@ -79,7 +79,7 @@ def openai_gpt2_config(hparams: Mapping[str, Any]) -> GPTConfig:
             qkv_bias=True,
             tie_embeddings=True,
             gelu_approximate="tanh",
-            layer_norm_eps=1e-5,
+            norm_eps=1e-5,
         )
     except KeyError as e:
         raise ConversionError(

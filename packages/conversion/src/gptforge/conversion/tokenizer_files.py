@@ -8,6 +8,7 @@ from GPT-2's ``vocab.json`` + ``merges.txt`` / ``encoder.json`` + ``vocab.bpe`` 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from gptforge.conversion.errors import ConversionError
 
 __all__ = [
     "HF_TOKENIZER_FILES",
+    "chat_template_of",
     "copy_tokenizer_to_hf",
     "find_tokenizer_dir",
     "load_tokenizer_from",
@@ -36,8 +38,11 @@ def find_tokenizer_dir(model_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def copy_tokenizer_to_hf(tokenizer_dir: str | os.PathLike[str], out_dir: Path) -> None:
-    """Copy our tokenizer files next to a HF model so ``AutoTokenizer`` loads them."""
+def copy_tokenizer_to_hf(
+    tokenizer_dir: str | os.PathLike[str], out_dir: Path, chat_template: str | None = None
+) -> None:
+    """Copy our tokenizer files next to a HF model so ``AutoTokenizer`` loads them, with
+    ``chat_template`` (Jinja) in ``tokenizer_config.json`` for ``apply_chat_template``."""
     src = Path(tokenizer_dir)
     missing = [f for f in HF_TOKENIZER_FILES if not (src / f).is_file()]
     if missing:
@@ -48,6 +53,36 @@ def copy_tokenizer_to_hf(tokenizer_dir: str | os.PathLike[str], out_dir: Path) -
     for name in HF_TOKENIZER_FILES + EXTRA_TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, out_dir / name)
+    if chat_template is not None:
+        config_path = out_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = chat_template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def chat_template_of(src_dir: Path) -> tuple[str | None, str | None]:
+    """``(format name, Jinja template)`` a model was fine-tuned with, ``(None, None)`` if none.
+
+    Our runs record it in ``chat.json`` (``gptforge finetune``); a HF directory carries it as
+    ``chat_template`` in ``tokenizer_config.json`` (kept as is when it is not one of ours).
+    """
+    from gptforge.tokenizer.chat_template import CHAT_FORMATS
+
+    record = src_dir / "chat.json"
+    if record.is_file():
+        name = json.loads(record.read_text(encoding="utf-8")).get("template")
+        if name not in CHAT_FORMATS:
+            raise ConversionError(
+                f"{str(record)!r} names chat template {name!r}; known: {sorted(CHAT_FORMATS)}"
+            )
+        return name, CHAT_FORMATS[name].jinja()
+    tok_config = src_dir / "tokenizer_config.json"
+    if tok_config.is_file():
+        jinja = json.loads(tok_config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(jinja, str):
+            same = [n for n, f in CHAT_FORMATS.items() if f.jinja() == jinja]
+            return (same[0] if same else None), jinja
+    return None, None
 
 
 def load_tokenizer_from(directory: str | os.PathLike[str]) -> Any:

@@ -32,6 +32,8 @@ __all__ = [
     "iter_state_dict",
     "load_state_dict",
     "read_tensor_infos",
+    "READABLE_FORMATS",
+    "torch_load_object",
     "torch_load_weights",
     "weight_files",
     "write_safetensors",
@@ -135,29 +137,65 @@ def _index_shards(index: Path) -> list[Path]:
     return shards
 
 
-def torch_load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a PyTorch checkpoint with ``weights_only=True``, memory-mapped where possible.
+#: What the readers understand, for errors about files they cannot read.
+READABLE_FORMATS = (
+    "safetensors (.safetensors, HF shards with *.index.json)",
+    "PyTorch state dicts saved with torch.save (.pt/.pth/.bin/.ckpt: a plain state dict, "
+    "nanoGPT's ckpt.pt, the LLMs-from-scratch book's GPTModel state dict)",
+    "gptforge, Hugging Face, Meta LLaMA and OpenAI GPT-2 directories",
+    "GGUF files written by gptforge",
+)
 
-    Training checkpoints that wrap the state dict (``{"model": ...}``) are unwrapped and the
-    ``_orig_mod.`` prefix of compiled models is removed. A pickle that needs code is refused.
+
+def torch_load_object(path: str | os.PathLike[str]) -> object:
+    """``torch.load(path, weights_only=True)``, memory-mapped where possible; errors name the file.
+
+    A pickle that needs code is refused (nothing in it runs); a file that is not a PyTorch
+    checkpoint at all gets an error listing the formats gptforge reads.
     """
     p = Path(path)
     try:
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:  # legacy (non-zip) serialization cannot be memory-mapped
             if "mmap" not in str(e):
                 raise
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next(
+            (ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), type(e).__name__
+        )
+        if "GLOBAL" not in first:  # not a pickle of allowed objects at all: nothing was run
+            raise _unreadable(p, first) from e
         raise ConversionError(
             f"refusing to load {str(p)!r}: the pickle needs code to be unpickled ({first}). "
             "Only tensors, dicts, lists and plain values are loaded (torch.load weights_only=True), "
             "because unpickling arbitrary objects can run any code. Fix: in a trusted environment, "
             "re-save just the state dict (torch.save(model.state_dict(), ...)) or use safetensors."
         ) from e
-    return _unwrap_state_dict(obj, p)
+    # On bytes that are not a checkpoint the weights-only unpickler fails wherever its stack
+    # machine stops (IndexError, KeyError, ...): all of them mean "not a file we can read".
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, TypeError, struct.error) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _unreadable(p, first) from e
+
+
+def _unreadable(path: Path, why: str) -> ConversionError:
+    return ConversionError(
+        f"cannot read {str(path)!r} ({path.stat().st_size:,} bytes) as a PyTorch checkpoint "
+        f"({why}); gptforge reads: {'; '.join(READABLE_FORMATS)}. If the file was cut short, "
+        "copy or save it again"
+    )
+
+
+def torch_load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a PyTorch checkpoint's tensors with ``weights_only=True``.
+
+    Training checkpoints that wrap the state dict (``{"model": ...}``) are unwrapped and the
+    ``_orig_mod.`` prefix of compiled models is removed. A pickle that needs code is refused.
+    """
+    return _unwrap_state_dict(torch_load_object(path), Path(path))
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -188,20 +226,38 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _damaged(path: Path, size: int, expected: str) -> ConversionError:
+    return ConversionError(
+        f"{str(path)!r} is damaged: it is {size:,} bytes, but {expected}; the file was cut short "
+        "or overwritten (an interrupted copy, download or save): copy, download or export it again"
+    )
+
+
 def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file, checked to describe exactly the bytes present."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ConversionError(f"{str(path)!r} is not a safetensors file: shorter than 8 bytes")
+            raise _damaged(path, size, "a safetensors file starts with an 8-byte header length")
         (n,) = struct.unpack("<Q", raw)
         if n > 100_000_000:
             raise ConversionError(
-                f"{str(path)!r} is not a safetensors file: header length {n} is absurd"
+                f"{str(path)!r} is not a safetensors file: header length {n:,} is absurd"
             )
+        if 8 + n > size:
+            raise _damaged(path, size, f"its safetensors header alone claims {8 + n:,} bytes")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConversionError(f"{str(path)!r} has a corrupt safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise ConversionError(f"{str(path)!r} has a corrupt safetensors header (not an object)")
+    end = max(
+        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+    )
+    if 8 + n + end != size:
+        raise _damaged(path, size, f"its safetensors header describes {8 + n + end:,} bytes")
     return header, 8 + n
 
 
@@ -246,6 +302,7 @@ def iter_state_dict(path: str | os.PathLike[str]) -> Iterator[tuple[str, torch.T
 
     for f in weight_files(path):
         if f.suffix == ".safetensors":
+            _safetensors_header(f)  # a damaged file fails here, naming itself
             with safe_open(str(f), framework="pt", device="cpu") as st:
                 for name in st.keys():  # noqa: SIM118 (safe_open is not a Mapping)
                     yield name, st.get_tensor(name)
@@ -274,11 +331,12 @@ class WeightSource:
         try:
             for f in weight_files(path):
                 if f.suffix == ".safetensors":
+                    infos = read_tensor_infos(f)  # checks the file is whole before mapping it
                     handle = self._stack.enter_context(
                         safe_open(str(f), framework="pt", device="cpu")
                     )
                     self.metadata.update(handle.metadata() or {})
-                    for name, info in read_tensor_infos(f).items():
+                    for name, info in infos.items():
                         self._add(name, info, handle.get_tensor, f)
                 else:
                     sd = torch_load_weights(f)

@@ -6,9 +6,10 @@ directory written by ``datasets.Dataset.save_to_disk``, the name ``"default"`` (
 default corpus), or a list of any of those. Everything is streamed: a corpus larger than RAM is
 read piece by piece.
 
-What a *document* is depends on the format: one JSON line, one dataset row, or one text file.
-Text files larger than ``whole_file_bytes`` are yielded in line-aligned pieces of about
-``chunk_bytes`` so memory stays bounded.
+What a *document* is depends on the format: one JSON line, one table row, one text file, or
+(asked for) one blank-line-separated paragraph of a text file. Documents longer than
+``chunk_bytes`` come in pieces cut where the tokenizer splits anyway, so memory stays bounded by
+the piece size whatever the shape of the corpus (one huge line included).
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from gptforge.corpus.cutting import Segment, cut_point, split_text
 from gptforge.corpus.default import DEFAULT_CORPUS, default_corpus_path
 from gptforge.corpus.errors import CorpusError
+from gptforge.corpus.tables import arrow_segments, check_text, parquet_segments, saved_dataset_files
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -35,44 +40,86 @@ _ACCEPTED = (
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
-def iter_documents(
+def iter_segments(
     source: Source,
     *,
     field: str = "text",
     chunk_bytes: int = 1 << 20,
-    whole_file_bytes: int = 8 << 20,
-) -> Iterator[str]:
-    """Stream the non-empty documents of a corpus source.
+    paragraphs: bool = False,
+    part: tuple[int, int] = (0, 1),
+) -> Iterator[Segment]:
+    """Stream a corpus as ``(text, ends_document)`` pieces of at most ``chunk_bytes`` bytes.
+
+    A document is a text file (or, with ``paragraphs``, each run of lines between blank lines),
+    a ``.jsonl`` record or a table row. Documents longer than ``chunk_bytes`` come in several
+    pieces cut where the tokenizer would split anyway (:mod:`gptforge.corpus.cutting`); only
+    the last piece of a document has ``ends_document`` set. Empty documents are skipped.
 
     Args:
         source: A path, a glob pattern, ``"default"``, or a list of those (read in order).
-        field: The text field of ``.jsonl`` records and dataset rows.
-        chunk_bytes: Size of the pieces a large text file is split into (line-aligned).
-        whole_file_bytes: Text files up to this size are yielded as one document.
+        field: The text field of ``.jsonl`` records and table rows.
+        chunk_bytes: The most UTF-8 bytes per piece (>= 64): what bounds memory.
+        paragraphs: Split text files into documents at blank lines.
+        part: ``(index, count)``: read only the documents that start in the ``index``-th of
+            ``count`` equal byte ranges of the whole source (files laid end to end; table rows
+            spread evenly over their file's bytes). The parts are disjoint, in order, and
+            together give the whole source.
 
     Raises:
         CorpusError: A path is missing, a file is not UTF-8 (the message gives the byte offset),
             a record lacks ``field``, or the whole source holds no text.
 
-    >>> docs = iter_documents("default")
-    >>> len(next(docs)) > 0
+    >>> next(iter_segments("default"))[1]
     True
     """
-    if chunk_bytes <= 0 or whole_file_bytes < 0:
-        raise ValueError(
-            f"chunk_bytes must be > 0 and whole_file_bytes >= 0, got {chunk_bytes!r} and "
-            f"{whole_file_bytes!r}"
-        )
-    count = 0
-    for doc in _iter_source(source, field, chunk_bytes, whole_file_bytes):
-        if doc:
-            count += 1
-            yield doc
-    if count == 0:
+    index, count = part
+    if chunk_bytes < 64:
+        raise ValueError(f"chunk_bytes must be >= 64, got {chunk_bytes!r}")
+    if not 0 <= index < count:
+        raise ValueError(f"part index must be in [0, {count}), got {index!r} of {count!r}")
+    files = _source_files(source, field)
+    sizes = [_size(path) for path, _ in files]
+    total = sum(sizes)
+    lo, hi = index * total // count, (index + 1) * total // count
+    start, found = 0, False
+    for (path, fld), size in zip(files, sizes, strict=True):
+        a, b = max(lo - start, 0), min(hi - start, size)
+        start += size
+        if a < b:
+            for segment in _read_file(path, fld, chunk_bytes, a, b, paragraphs):
+                found = True
+                yield segment
+    if not found and count == 1:
         raise CorpusError(
             f"corpus source {_describe(source)} is empty: it holds no non-empty document "
             f"(field={field!r}); add text to it or point at another source"
         )
+
+
+def segment_documents(
+    documents: Iterable[str | Mapping[str, Any]], *, field: str = "text", chunk_bytes: int = 1 << 20
+) -> Iterator[Segment]:
+    """:func:`iter_segments` for documents already in Python: strings or rows (``row[field]``),
+    such as a ``datasets`` dataset loaded with ``streaming=True``; empty ones are skipped."""
+    for i, doc in enumerate(documents):
+        text = doc if isinstance(doc, str) else check_text(doc.get(field), f"row {i}", field)
+        if text:
+            yield from split_text(text, chunk_bytes)
+
+
+def iter_documents(
+    source: Source, *, field: str = "text", chunk_bytes: int = 1 << 20, paragraphs: bool = False
+) -> Iterator[str]:
+    """Stream the texts of :func:`iter_segments` (a long document comes in several pieces).
+
+    >>> docs = iter_documents("default")
+    >>> len(next(docs)) > 0
+    True
+    """
+    for text, _ in iter_segments(
+        source, field=field, chunk_bytes=chunk_bytes, paragraphs=paragraphs
+    ):
+        yield text
 
 
 def resolve_files(source: str | os.PathLike[str]) -> list[Path]:
@@ -105,7 +152,8 @@ def resolve_files(source: str | os.PathLike[str]) -> list[Path]:
     raise CorpusError(f"corpus source {text!r} does not exist; pass {_ACCEPTED}")
 
 
-def _iter_source(source: Source, field: str, chunk_bytes: int, whole: int) -> Iterator[str]:
+def _source_files(source: Source, field: str) -> list[tuple[Path, str]]:
+    """Every file to read with its text field; a saved dataset becomes its Arrow files."""
     if isinstance(source, str | os.PathLike):
         sources: Sequence[str | os.PathLike[str]] = [source]
     elif isinstance(source, Sequence) and not isinstance(source, bytes):
@@ -114,23 +162,33 @@ def _iter_source(source: Source, field: str, chunk_bytes: int, whole: int) -> It
         raise CorpusError(
             f"corpus source {source!r} has type {type(source).__name__}; pass {_ACCEPTED}"
         )
+    files: list[tuple[Path, str]] = []
     for item in sources:
-        is_default = str(item) == DEFAULT_CORPUS
+        # The default corpus always stores its documents under "text".
+        fld = "text" if str(item) == DEFAULT_CORPUS else field
         for path in resolve_files(item):
-            # The default corpus always stores its documents under "text".
-            yield from _iter_file(path, "text" if is_default else field, chunk_bytes, whole)
+            if path.is_dir():
+                files.extend((arrow, fld) for arrow in saved_dataset_files(path, fld))
+            else:
+                files.append((path, fld))
+    return files
 
 
-def _iter_file(path: Path, field: str, chunk_bytes: int, whole: int) -> Iterator[str]:
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _read_file(
+    path: Path, field: str, chunk: int, a: int, b: int, paragraphs: bool
+) -> Iterator[Segment]:
     suffix = path.suffix.lower()
-    if path.is_dir():
-        yield from _iter_saved_dataset(path, field)
-    elif suffix in JSONL_SUFFIXES:
-        yield from _iter_jsonl(path, field)
-    elif suffix in TABLE_SUFFIXES:
-        yield from _iter_table_file(path, field)
-    else:
-        yield from _iter_text_file(path, chunk_bytes, whole)
+    if suffix in JSONL_SUFFIXES:
+        return _iter_jsonl(path, field, chunk, a, b)
+    if suffix == ".parquet":
+        return parquet_segments(path, field, chunk, a, b)
+    if suffix == ".arrow":
+        return arrow_segments(path, field, chunk, a, b)
+    return _iter_text_file(path, chunk, a, b, paragraphs)
 
 
 def _is_corpus_file(path: Path, root: Path) -> bool:
@@ -159,122 +217,99 @@ def _utf8_error(path: Path, offset: int, data: bytes, start: int) -> CorpusError
     )
 
 
-def _iter_text_file(path: Path, chunk_bytes: int, whole: int) -> Iterator[str]:
-    """Yield a text file whole, or in line-aligned pieces when it is larger than ``whole``."""
+# A paragraph ends at a line holding only whitespace; any run of such lines separates two.
+_BLANK_LINES = re.compile(rb"\n[ \t\r\f\v]*\n(?:[ \t\r\f\v]*\n)*")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _iter_text_file(path: Path, chunk: int, a: int, b: int, paragraphs: bool) -> Iterator[Segment]:
+    """A text file as one document, or as blank-line paragraphs, in pieces of <= ``chunk``."""
+    if not paragraphs and a > 0:
+        return  # the file's one document starts at byte 0, which is another part's
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size <= whole:
-            data = f.read()
-            start = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # drop a UTF-8 BOM
+        buf = f.read(len(_BOM))
+        base = len(_BOM) if buf == _BOM else 0  # file offset of buf[0]
+        buf = b"" if base else buf
+        pos, eof, keep, has_text = 0, False, a == 0, False
+
+        def piece(end: int, last: bool) -> Iterator[Segment]:
+            nonlocal has_text
             try:
-                yield data[start:].decode("utf-8")
+                text = buf[pos:end].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise _utf8_error(path, start + e.start, data[start:], e.start) from None
-            return
-        offset = 0  # file offset of pending[0]
-        pending = b""
+                raise _utf8_error(path, base + pos + e.start, buf[pos:end], e.start) from None
+            if keep and (text or (last and has_text)):
+                yield text, last
+            has_text = False if last else has_text or bool(text)
+
         while True:
-            block = f.read(chunk_bytes)
-            data = pending + block
-            if offset == 0 and data.startswith(b"\xef\xbb\xbf"):
-                data, offset = data[3:], 3
-            # Cut after the last newline so a piece never splits a line or a UTF-8 sequence.
-            cut = data.rfind(b"\n") + 1 if block else len(data)
-            if cut == 0:
-                cut = len(data) if len(data) >= 4 * chunk_bytes else 0  # a huge single line
-            piece, pending = data[:cut], data[cut:]
-            if piece:
-                try:
-                    yield piece.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise _utf8_error(path, offset + e.start, piece, e.start) from None
-                offset += len(piece)
-            if not block:
-                return
-
-
-def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
-    """Yield ``record[field]`` for every line of a JSON-lines file."""
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line_offset, offset = offset, offset + len(raw)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _utf8_error(path, line_offset + e.start, raw, e.start) from None
-            if not line.strip():
+            match = _BLANK_LINES.search(buf, pos) if paragraphs else None
+            complete = match is not None and (match.end() < len(buf) or eof)
+            if not eof and (len(buf) - pos <= chunk or (match is not None and not complete)):
+                more = f.read(max(chunk, 1 << 16))
+                eof = not more
+                buf, base, pos = buf[pos:] + more, base + pos, 0
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(
-                    f"{str(path)!r} line {lineno} (byte offset {line_offset}) is not valid JSON: "
-                    f"{e.msg}; every line of a .jsonl file must be one JSON object"
-                ) from None
-            if not isinstance(record, dict):
-                raise CorpusError(
-                    f"{str(path)!r} line {lineno} (byte offset {line_offset}) is a JSON "
-                    f"{type(record).__name__}, not an object; write one {{{field!r}: ...}} "
-                    "object per line"
-                )
-            if field not in record:
-                raise CorpusError(
-                    f"{str(path)!r} line {lineno} (byte offset {line_offset}) has no field "
-                    f"{field!r}; its fields are {sorted(record)}; pass the right one as "
-                    "field= (CLI: --field)"
-                )
-            yield _check_text(record[field], f"{str(path)!r} line {lineno}", field)
+            if match is not None and complete and match.start() - pos <= chunk:
+                yield from piece(match.start(), True)
+                pos = match.end()
+                keep = a <= base + pos < b
+                if base + pos >= b:
+                    return
+                continue
+            if eof and len(buf) - pos <= chunk:
+                yield from piece(len(buf), True)
+                return
+            cut = pos + cut_point(buf[pos : pos + chunk + 1], chunk)
+            yield from piece(cut, False)
+            pos = cut
 
 
-def _check_text(value: object, where: str, field: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise CorpusError(
-            f"{where}: field {field!r} holds a {type(value).__name__} ({value!r:.60}), not text; "
-            "pass the name of a string field as field= (CLI: --field)"
-        )
-    return value
+def _iter_jsonl(path: Path, field: str, chunk: int, a: int, b: int) -> Iterator[Segment]:
+    """``record[field]`` of every line of a JSON-lines file that starts in bytes ``[a, b)``."""
+    with open(path, "rb") as f:
+        if a > 0:  # skip the record that straddles ``a``: it belongs to the part before
+            f.seek(a - 1)
+            f.readline()
+        offset = f.tell()
+        where = (lambda n, off: f"line {n} (byte offset {off})") if a == 0 else _at_offset
+        lineno = 0
+        while offset < b:
+            raw = f.readline()
+            if not raw:
+                return
+            line_offset, offset, lineno = offset, offset + len(raw), lineno + 1
+            text = _jsonl_text(path, raw, field, where(lineno, line_offset), line_offset)
+            if text:
+                yield from split_text(text, chunk)
 
 
-def _check_columns(columns: Sequence[str] | None, field: str, where: str) -> None:
-    if columns is not None and field not in columns:
-        raise CorpusError(
-            f"{where} has no column {field!r}; its columns are {list(columns)}; pass the right "
-            "one as field= (CLI: --field)"
-        )
+def _at_offset(_: int, offset: int) -> str:
+    return f"the line at byte offset {offset}"
 
 
-def _iter_table_file(path: Path, field: str) -> Iterator[str]:
-    """Stream one column of a parquet or arrow file through ``datasets`` (no cache copy)."""
-    import datasets
-
-    builder = "parquet" if path.suffix.lower() == ".parquet" else "arrow"
+def _jsonl_text(path: Path, raw: bytes, field: str, where: str, offset: int) -> str:
     try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True)
-        columns = list(ds.features) if ds.features is not None else None
-    except Exception as e:  # datasets raises many types for unreadable files
-        raise CorpusError(f"{str(path)!r} could not be read as {builder}: {e}") from None
-    _check_columns(columns, field, repr(str(path)))
-    for i, row in enumerate(ds.select_columns([field])):
-        yield _check_text(row[field], f"{str(path)!r} row {i}", field)
-
-
-def _iter_saved_dataset(path: Path, field: str) -> Iterator[str]:
-    """Stream one column of a ``save_to_disk`` directory (memory-mapped, so larger than RAM)."""
-    import datasets
-
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise CorpusError(
-                f"dataset {str(path)!r} has splits {sorted(ds)} but no 'train' split; point at "
-                "one split's directory instead"
-            )
-        ds = ds["train"]
-    _check_columns(ds.column_names, field, f"dataset {str(path)!r}")
-    column = ds.select_columns([field])
-    for start in range(0, len(column), 1024):
-        batch = column[start : start + 1024][field]
-        for i, value in enumerate(batch):
-            yield _check_text(value, f"dataset {str(path)!r} row {start + i}", field)
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path, offset + e.start, raw, e.start) from None
+    if not line.strip():
+        return ""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(
+            f"{str(path)!r} {where} is not valid JSON: {e.msg}; every line of a .jsonl file "
+            "must be one JSON object"
+        ) from None
+    if not isinstance(record, dict):
+        raise CorpusError(
+            f"{str(path)!r} {where} is a JSON {type(record).__name__}, not an object; write "
+            f"one {{{field!r}: ...}} object per line"
+        )
+    if field not in record:
+        raise CorpusError(
+            f"{str(path)!r} {where} has no field {field!r}; its fields are {sorted(record)}; "
+            "pass the right one as field= (CLI: --field)"
+        )
+    return check_text(record[field], f"{str(path)!r} {where}", field)

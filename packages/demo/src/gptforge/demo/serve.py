@@ -123,10 +123,10 @@ class ServerProcess:
 def serve_stage(ctx: StageContext) -> dict[str, Any]:
     """Start both services on the fine-tuned model, use them through the clients, stop them."""
     from gptforge.demo.stages import DEMO_INSTRUCTION, SAMPLE_TEXT
+    from gptforge.sampling.templates import RESP_END, encode_record, render_text
     from gptforge.services.generation import GenerationClient
     from gptforge.services.tokenizer import TokenizerClient
     from gptforge.tokenizer import Tokenizer
-    from gptforge.training.instruct import RESP_END, encode_record, render_text
 
     model_dir = ctx.run_dir / "finetune"
     tok_dir = model_dir / "tokenizer"

@@ -176,11 +176,11 @@ def _has_checkpoints(run: Path) -> bool:
 
 def _sample(model_dir: Path, prompt: str, seed: int, max_new_tokens: int = 40) -> str:
     """A sampled continuation of ``prompt`` (temperature 0.8, top-k 50) via gptforge.sampling."""
+    from gptforge.conversion import load_any
     from gptforge.sampling import SamplingParams, stream_generate
-    from gptforge.sampling.loading import load_checkpoint
 
     model: Any
-    model, tok = load_checkpoint(model_dir)
+    model, tok, _ = load_any(model_dir, require_tokenizer=True)
     ids = tok.encode(prompt) or [tok.eot_token]
     room = max(1, min(max_new_tokens, int(model.config.block_size) - len(ids)))
     params = SamplingParams(max_new_tokens=room, temperature=0.8, top_k=50, seed=seed)
@@ -260,8 +260,8 @@ def finetune_stage(ctx: StageContext) -> dict[str, Any]:
     """Instruction-fine-tune the pre-trained model; held-out exact match before and after."""
     import json
 
+    from gptforge.sampling.chat import ChatModel
     from gptforge.training import FinetuneConfig
-    from gptforge.training.chat import ChatModel
     from gptforge.training.finetune import finetune
 
     s = ctx.settings
@@ -317,13 +317,13 @@ def _gguf_field(reader: Any, key: str) -> Any:
 def _check_hf(src: Path, hf_dir: Path) -> dict[str, Any]:
     """Load the export with transformers; compare logits and token ids with ours."""
     import torch
-    from gptforge.modeling.io import load_model_dir
+    from gptforge.conversion import load_any
     from gptforge.tokenizer import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     tok = Tokenizer.from_dir(src / "tokenizer")
-    ours: Any = load_model_dir(src, dtype=torch.float32).eval()
+    ours: Any = load_any(src, dtype=torch.float32)[0].eval()
     hf_logging.disable_progress_bar()
     theirs = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = tok.encode(SAMPLE_TEXT)[: int(ours.config.block_size)]
@@ -354,10 +354,10 @@ def _check_gguf(src: Path, path: Path) -> dict[str, Any]:
     import gguf
     import numpy as np
     import torch
-    from gptforge.modeling.io import load_model_dir
+    from gptforge.conversion import load_any
     from torch import nn
 
-    model: Any = load_model_dir(src, dtype=torch.float32)
+    model: Any = load_any(src, dtype=torch.float32)[0]
     cfg = model.config
     reader = gguf.GGUFReader(path)
     arch = _gguf_field(reader, "general.architecture")

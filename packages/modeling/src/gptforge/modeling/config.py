@@ -56,6 +56,25 @@ class _PresetMixin:
     """``from_name`` over a class-level ``PRESETS`` dict (exact match, helpful error)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]]
+    #: Fields renamed since config.json files were first written: old name -> new name.
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Build from the fields of a config.json (without ``arch``); renamed fields are read
+        under their old names too, unknown keys are an error naming them."""
+        d = dict(d)
+        for old, new in cls.RENAMED_FIELDS.items():
+            if old in d:
+                value = d.pop(old)
+                d.setdefault(new, value)
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(fields)}"
+            )
+        return cls(**d)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> Any:
@@ -107,13 +126,14 @@ class GPTConfig(_PresetMixin):
         qkv_bias: bias of the fused QKV projection (``c_attn``); off for the 163M figure of the LLMs-from-scratch book's GPT_CONFIG_124M.
         tie_embeddings: share ``wte`` and ``lm_head`` weights (GPT-2 does).
         gelu_approximate: ``"tanh"`` (GPT-2's ``gelu_new``) or ``"none"`` (exact erf).
-        layer_norm_eps: LayerNorm epsilon.
+        norm_eps: LayerNorm epsilon (``layer_norm_eps`` in older config.json files).
         pad_vocab_multiple: pad the embedding rows to this multiple (1 disables).
         attention_impl: ``"sdpa"`` (fused kernels) or ``"math"`` (explicit masked softmax).
     """
 
     arch: ClassVar[str] = "gpt"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"layer_norm_eps": "norm_eps"}
 
     block_size: int = 1024
     vocab_size: int = 50257
@@ -125,7 +145,7 @@ class GPTConfig(_PresetMixin):
     qkv_bias: bool = True
     tie_embeddings: bool = True
     gelu_approximate: Literal["tanh", "none"] = "tanh"
-    layer_norm_eps: float = 1e-5
+    norm_eps: float = 1e-5
     pad_vocab_multiple: int = 64
     attention_impl: AttentionImpl = "sdpa"
 
@@ -171,7 +191,8 @@ class LlamaConfig(_PresetMixin):
         n_head: query heads.
         n_kv_head: key/value heads (``n_head`` = MHA, 1 = MQA, in between = GQA).
         n_embd: model width.
-        intermediate_size: SwiGLU hidden width; ``None`` applies Meta's 2/3 * 4d rule.
+        ffn_hidden: SwiGLU hidden width; ``None`` applies Meta's 2/3 * 4d rule
+            (``intermediate_size`` in older config.json files).
         rope_theta: RoPE base.
         rope_scaling: ``None`` or HF's llama3 scaling dict (``rope_type="llama3"``, ``factor``,
             ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``).
@@ -185,6 +206,7 @@ class LlamaConfig(_PresetMixin):
 
     arch: ClassVar[str] = "llama"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"intermediate_size": "ffn_hidden"}
 
     block_size: int = 2048
     vocab_size: int = 32000
@@ -192,7 +214,7 @@ class LlamaConfig(_PresetMixin):
     n_head: int = 32
     n_kv_head: int = 4
     n_embd: int = 2048
-    intermediate_size: int | None = None
+    ffn_hidden: int | None = None
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = field(default=None)
     norm_eps: float = 1e-5
@@ -212,9 +234,9 @@ class LlamaConfig(_PresetMixin):
             )
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim!r}")
-        if self.intermediate_size is None:
-            self.intermediate_size = llama_intermediate_size(self.n_embd)
-        _check_positive(self, ("intermediate_size",))
+        if self.ffn_hidden is None:
+            self.ffn_hidden = llama_intermediate_size(self.n_embd)
+        _check_positive(self, ("ffn_hidden",))
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
@@ -244,24 +266,24 @@ _LLAMA3_SCALING = dict(
 LlamaConfig.PRESETS = {
     "llama-debug": dict(
         block_size=64, vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
-        intermediate_size=176,
+        ffn_hidden=176,
     ),
     "llama-tiny": dict(
         block_size=256, vocab_size=8192, n_layer=4, n_head=4, n_kv_head=2, n_embd=256,
-        intermediate_size=704,
+        ffn_hidden=704,
     ),
     # Shape-only presets of released models (build them on the meta device to inspect).
     "tinyllama-1.1b": dict(
         block_size=2048, vocab_size=32000, n_layer=22, n_head=32, n_kv_head=4, n_embd=2048,
-        intermediate_size=5632,
+        ffn_hidden=5632,
     ),
     "llama-3.2-1b": dict(
         block_size=131072, vocab_size=128256, n_layer=16, n_head=32, n_kv_head=8, n_embd=2048,
-        intermediate_size=8192, rope_theta=500000.0, rope_scaling=_LLAMA3_SCALING,
+        ffn_hidden=8192, rope_theta=500000.0, rope_scaling=_LLAMA3_SCALING,
         tie_embeddings=True,
     ),
     "llama-2-7b": dict(
         block_size=4096, vocab_size=32000, n_layer=32, n_head=32, n_kv_head=32, n_embd=4096,
-        intermediate_size=11008,
+        ffn_hidden=11008,
     ),
 }  # fmt: skip

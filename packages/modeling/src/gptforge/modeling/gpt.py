@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import GPTConfig
-from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
+from gptforge.modeling.kv_cache import KVCache, KVCacheMixin, causal_attention
 from gptforge.modeling.linear import Linear
+from gptforge.modeling.loss import head_and_loss
 from torch import Tensor, nn
 
 
@@ -35,7 +37,11 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, input_pos: Tensor | None = None, plan: AttentionPlan | None = None
+        self,
+        x: Tensor,
+        input_pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -43,10 +49,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         if input_pos is not None:
-            assert self.kv_cache is not None, "checked by CausalLM._check_inputs"
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, S, hs)
+            assert self.kv_cache is not None, "checked by KVCacheMixin.cache_inputs"
+            k, v = self.kv_cache.update(input_pos, k, v, rows)  # (B, nh, S, hs)
         y = causal_attention(
-            q, k, v, input_pos=input_pos, impl=self.attention_impl, plan=plan,
+            q, k, v, input_pos, mask, impl=self.attention_impl,
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
@@ -73,20 +79,24 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        C, eps = config.n_embd, config.layer_norm_eps
+        C, eps = config.n_embd, config.norm_eps
         self.ln_1 = nn.LayerNorm(C, eps=eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(C, eps=eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, input_pos: Tensor | None = None, plan: AttentionPlan | None = None
+        self,
+        x: Tensor,
+        input_pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos, plan)  # (B, T, C)
+        x = x + self.attn(self.ln_1(x), input_pos, mask, rows)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
-class GPT(CausalLM):
+class GPT(KVCacheMixin, CausalLM):
     """GPT-2 language model.
 
     Args:
@@ -112,7 +122,7 @@ class GPT(CausalLM):
         self.wpe = nn.Embedding(config.block_size, C)
         self.drop = _dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.bias)
+        self.ln_f = nn.LayerNorm(C, eps=config.norm_eps, bias=config.bias)
         # A plain nn.Linear: training runs the head inside linear_cross_entropy (on oneDNN).
         self.lm_head = nn.Linear(C, Vp, bias=False)
         self.tie_weights()
@@ -124,11 +134,35 @@ class GPT(CausalLM):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def hidden_states(
-        self, idx: Tensor, pos: Tensor, input_pos: Tensor | None, plan: AttentionPlan
-    ) -> Tensor:
-        """Token + learned position embeddings, the blocks, the final LayerNorm: (B, T, C)."""
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        input_pos: Tensor | int | None = None,
+        *,
+        rows: Tensor | None = None,
+        return_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Logits for every position and, with ``targets``, the mean cross-entropy.
+
+        Args:
+            idx: (B, T) token ids.
+            targets: (B, T) next-token ids; ``-100`` positions are ignored.
+            input_pos: (T,) or per-row (B, T) absolute positions of ``idx`` for cached decoding
+                (needs :meth:`setup_caches`; an int ``p`` means ``arange(p, p + T)``); None
+                processes ``idx`` as a whole sequence from position 0 without the caches.
+            rows: (B,) cache rows the batch reads and writes (continuous batching); None
+                means rows 0..B-1.
+            return_logits: with ``targets``, False skips the (B, T, V) logits (returned as
+                None) and fuses the head into the loss: less memory, same loss and gradients.
+
+        Returns:
+            ``(logits, loss)``: logits (B, T, vocab_size), loss a scalar or None.
+        """
+        input_pos, mask = self.cache_inputs(idx, input_pos, rows)  # (None, None): no caches
+        pos = torch.arange(idx.size(1), device=idx.device) if input_pos is None else input_pos
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.h:
-            x = block(x, input_pos, plan)  # (B, T, C)
-        return self.ln_f(x)  # (B, T, C)
+            x = block(x, input_pos, mask, rows)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        return head_and_loss(x, self.lm_head, targets, self.config.vocab_size, return_logits)

@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from gptforge.fileio import atomic_dir, atomic_write
 from gptforge.modeling.device import resolve_device
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.modeling.registry import build_model, config_from_dict, config_to_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
-def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _unique_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     """``state_dict`` with each shared tensor once, under the first name it appears with."""
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple[int, int]] = set()
@@ -43,7 +43,7 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model_dir(
-    model: nn.Module, directory: str | Path, tokenizer_dir: str | Path | None = None
+    model: LanguageModel, directory: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and optionally a copy of ``tokenizer/``.
 
@@ -73,10 +73,17 @@ def save_model_dir(
 def _copy_tokenizer(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise FileNotFoundError(f"tokenizer_dir {str(src)!r} is not a directory")
-    if dst.exists() and src.resolve() == dst.resolve():
-        return
+    if dst.exists() and (src.resolve() == dst.resolve() or _same_files(src, dst)):
+        return  # a run saves its model dir often; its tokenizer is written once, never swapped
     with atomic_dir(dst) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether two directories hold the same file names with the same bytes (tokenizers: small)."""
+    names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return names_a == names_b and all((a / n).read_bytes() == (b / n).read_bytes() for n in names_a)
 
 
 def read_config(directory: str | Path) -> Any:
@@ -94,7 +101,7 @@ def load_model_dir(
     directory: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-) -> nn.Module:
+) -> LanguageModel:
     """Rebuild the model saved by :func:`save_model_dir`, in eval mode.
 
     Args:
@@ -140,14 +147,14 @@ def load_model_dir(
         state[k] = t.to(target if t.is_floating_point() else t.dtype, copy=t.device.type == "cpu")
     model.load_state_dict(state, strict=False, assign=True)
     # A tied weight is stored once: its other names must point at the loaded tensor again.
-    getattr(model, "tie_weights", lambda: None)()
+    model.tie_weights()
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"{str(weights)!r} left {left[:8]} without values")
     return model.eval()
 
 
-def _aliases(model: nn.Module) -> set[str]:
+def _aliases(model: LanguageModel) -> set[str]:
     """Names of parameters/buffers that are an earlier name's tensor (tied weights); by object,
     so it also holds on the meta device, where storages have no addresses."""
     seen: set[int] = set()

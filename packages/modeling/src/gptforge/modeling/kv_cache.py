@@ -1,13 +1,15 @@
 """Static key/value cache (gpt-fast style) and the causal attention both families share.
 
-The cache is preallocated once by ``model.setup_caches(max_batch_size, max_seq_len)``. Its
-buffers are non-persistent, so they never appear in a ``state_dict`` or a saved model.
+The cache is preallocated once by ``model.setup_caches(max_batch_size, max_seq_len)``
+(:class:`KVCacheMixin`, shared by GPT and LLaMA). Its buffers are non-persistent, so they never
+appear in a ``state_dict`` or a saved model. Continuous batching passes explicit cache ``rows``:
+each sequence owns one row of every cache for its lifetime.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,15 +67,25 @@ class KVCache(nn.Module):
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
 
-    def check(self, input_pos: Tensor, batch_size: int) -> None:
-        """Raise :class:`CacheOverflowError` if ``input_pos`` or the batch does not fit.
+    def check(self, input_pos: Tensor, batch_size: int, rows: Tensor | None = None) -> None:
+        """Raise :class:`CacheOverflowError` if ``input_pos``, ``rows`` or the batch do not fit.
 
-        Reads ``input_pos`` on the host, so it is skipped while ``torch.compile`` traces.
+        Reads ``input_pos`` and ``rows`` on the host, so it is skipped while ``torch.compile``
+        traces.
         """
-        if batch_size > self.max_batch_size:
+        if rows is None and batch_size > self.max_batch_size:
             raise CacheOverflowError(
                 f"batch size {batch_size} exceeds the KV cache's max_batch_size="
                 f"{self.max_batch_size}; call setup_caches(max_batch_size={batch_size}, ...)"
+            )
+        if (
+            rows is not None
+            and rows.numel()
+            and not 0 <= int(rows.min()) <= int(rows.max()) < self.max_batch_size
+        ):
+            raise CacheOverflowError(
+                f"rows {rows.tolist()!r} are outside the KV cache's rows 0.."
+                f"{self.max_batch_size - 1}; call setup_caches with a larger max_batch_size"
             )
         if input_pos.numel() == 0:
             return
@@ -86,24 +98,34 @@ class KVCache(nn.Module):
                 "or stop generating earlier"
             )
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write ``k``/``v`` at ``input_pos`` and return the cache rows of this batch.
+    def update(
+        self, input_pos: Tensor, k: Tensor, v: Tensor, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Write ``k``/``v`` at ``input_pos`` into the cache rows of this batch and return them.
 
         Args:
             input_pos: (T,) absolute positions of the new tokens, or (B, T) per row.
             k: (B, n_kv_head, T, head_dim) new keys.
             v: (B, n_kv_head, T, head_dim) new values.
+            rows: (B,) cache rows the batch owns (continuous batching: a new sequence is
+                prefilled into its own row while other rows hold live ones); None means rows
+                0..B-1.
 
         Returns:
-            Keys and values, each (B, n_kv_head, max_seq_len, head_dim).
+            Keys and values of those rows, each (B, n_kv_head, max_seq_len, head_dim).
         """
-        B = k.size(0)
+        B, T = k.size(0), k.size(2)
+        if rows is not None:
+            pos = input_pos.expand(B, T)  # (B, T)
+            self.k_cache[rows[:, None], :, pos] = k.transpose(1, 2).to(self.k_cache.dtype)
+            self.v_cache[rows[:, None], :, pos] = v.transpose(1, 2).to(self.v_cache.dtype)
+            return self.k_cache[rows], self.v_cache[rows]  # (B, nkv, S, hs) each, gathered
         k_out = self.k_cache[:B]  # (B, nkv, S, hs)
         v_out = self.v_cache[:B]  # (B, nkv, S, hs)
         if input_pos.dim() == 2:  # per-row positions (B, T): each row writes its own slots
-            rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
-            k_out[rows, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)  # (B, T, nkv, hs)
-            v_out[rows, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)  # (B, T, nkv, hs)
+            r = torch.arange(B, device=k.device)[:, None]  # (B, 1)
+            k_out[r, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)  # (B, T, nkv, hs)
+            v_out[r, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)  # (B, T, nkv, hs)
             return k_out, v_out
         # index_copy_ along the sequence dim: a third of index_put's cost per decode step.
         k_out.index_copy_(2, input_pos, k.to(k_out.dtype))
@@ -120,59 +142,29 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-@dataclass(frozen=True)
-class AttentionPlan:
-    """What every attention layer of one forward shares, worked out once per forward.
-
-    Building the mask and reading the filled length of the cache in every layer cost about 3%
-    of a batch-1 decode step; the model builds this once and hands it to each layer.
-
-    Attributes:
-        kv_len: read only the first ``kv_len`` cache positions; None reads the whole cache.
-        mask: boolean ``(T, S)`` or per-row ``(B, 1, T, S)`` mask (True = may attend), or None.
-        is_causal: with no mask, whether the plain lower-triangular mask applies (S == T).
-    """
-
-    kv_len: int | None
-    mask: Tensor | None
-    is_causal: bool
-
-
-def attention_plan(input_pos: Tensor | None, max_seq_len: int) -> AttentionPlan:
-    """The :class:`AttentionPlan` for queries at ``input_pos`` over a cache of ``max_seq_len``.
+def decode_mask(cache_positions: Tensor, input_pos: Tensor) -> Tensor:
+    """Which cache positions each query may see: keys 0..p for a query at position p.
 
     Args:
-        input_pos: (T,) shared or (B, T) per-row query positions; None for a whole sequence
-            without a cache (plain causal attention).
-        max_seq_len: positions the cache holds (its size along the sequence dim).
+        cache_positions: (S,) ``arange(max_seq_len)``, built once by ``setup_caches``.
+        input_pos: (T,) shared or (B, T) per-row query positions.
+
+    Returns:
+        A boolean (T, S) mask, or (B, 1, T, S) for per-row positions (shared by the heads).
     """
-    if input_pos is None:
-        return AttentionPlan(kv_len=None, mask=None, is_causal=True)
-    kv_len = None
-    S = max_seq_len
-    if input_pos.device.type == "cpu" and not _compiling():
-        # Eager CPU decoding: attend over the filled prefix only instead of the whole static
-        # cache (reading the position is free on the host; on GPU it would be a sync).
-        kv_len = S = int(input_pos.max()) + 1
-        if input_pos.dim() == 1 and input_pos.numel() == 1:
-            # One shared query at the last filled position sees every key 0..p: no mask.
-            return AttentionPlan(kv_len=kv_len, mask=None, is_causal=False)
-    # Query at position p sees keys 0..p; empty cache slots (> p) are masked out.
-    mask = torch.arange(S, device=input_pos.device)[None, :] <= input_pos[..., None]  # ([B,] T, S)
-    if mask.dim() == 3:  # per-row positions: one mask per row, shared by the heads
-        mask = mask[:, None]  # (B, 1, T, S)
-    return AttentionPlan(kv_len=kv_len, mask=mask, is_causal=False)
+    mask = cache_positions[None, :] <= input_pos[..., None]  # ([B,] T, S)
+    return mask[:, None] if mask.dim() == 3 else mask
 
 
 def causal_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    input_pos: Tensor | None = None,
+    mask: Tensor | None = None,
     *,
-    input_pos: Tensor | None,
     dropout_p: float = 0.0,
     impl: str = "sdpa",
-    plan: AttentionPlan | None = None,
 ) -> Tensor:
     """Causal (grouped-query) attention, through SDPA or an explicit masked softmax.
 
@@ -180,33 +172,40 @@ def causal_attention(
         q: (B, nh, T, hs) queries at positions ``input_pos`` (or 0..T-1 when None).
         k: (B, nkv, S, hs) keys; nh must be a multiple of nkv.
         v: (B, nkv, S, hs) values.
-        input_pos: (T,) query positions for cached decoding; None means S == T and positions
-            0..T-1 (plain causal attention).
+        input_pos: (T,) or per-row (B, T) query positions for cached decoding; None means
+            S == T and positions 0..T-1 (plain causal attention).
+        mask: the forward's :func:`decode_mask` (built once per forward by the model, so the
+            layers share it); built here from ``input_pos`` when None.
         dropout_p: attention dropout (pass 0.0 in eval).
         impl: ``"sdpa"`` or ``"math"``; both compute the same function.
-        plan: the forward's shared :func:`attention_plan` (built here from ``input_pos`` when
-            None, which costs a mask per call).
 
     Returns:
         (B, nh, T, hs) attention output.
     """
-    if plan is None:
-        plan = attention_plan(input_pos, k.size(2))
-    if plan.kv_len is not None:
-        k = k[:, :, : plan.kv_len]  # (B, nkv, S', hs)
-        v = v[:, :, : plan.kv_len]  # (B, nkv, S', hs)
-    mask, T, S = plan.mask, q.size(2), k.size(2)
+    is_causal = input_pos is None
+    if input_pos is not None:
+        if mask is None:
+            mask = decode_mask(torch.arange(k.size(2), device=q.device), input_pos)
+        if input_pos.device.type == "cpu" and not _compiling():
+            # Eager CPU decoding: attend over the filled prefix only instead of the whole
+            # static cache (reading the position is free on the host; on a GPU it would
+            # wait for the queue).
+            kv_len = int(input_pos.max()) + 1
+            k, v, mask = k[:, :, :kv_len], v[:, :, :kv_len], mask[..., :kv_len]
+            if input_pos.dim() == 1 and input_pos.numel() == 1:
+                mask = None  # one shared query at the last filled position sees every key
+    T, S = q.size(2), k.size(2)
     groups = q.size(1) // k.size(1)
     if impl == "sdpa":
         # enable_gqa lets the kernel share each K/V head across its query group (no copy).
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=plan.is_causal,
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
             enable_gqa=groups > 1,
         )  # fmt: skip
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
         v = v.repeat_interleave(groups, dim=1)  # (B, nh, S, hs)
-    if mask is None and plan.is_causal:
+    if is_causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # (T, S)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
     if mask is not None:
@@ -215,3 +214,153 @@ def causal_attention(
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v  # (B, nh, T, hs)
+
+
+class KVCacheMixin(nn.Module):
+    """Cache methods of the transformer families: a :class:`KVCache` per attention layer.
+
+    A family's attention layers carry ``kv_cache`` (None until :meth:`setup_caches`),
+    ``n_kv_head`` and ``head_dim``; its ``forward`` calls :meth:`cache_inputs` once and hands
+    the positions and the mask to every layer.
+    """
+
+    config: Any
+    lm_head: nn.Linear
+    cache_positions: Tensor | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cache_positions", None, persistent=False)
+
+    def _attention_layers(self) -> list[Any]:
+        return [m for m in self.modules() if hasattr(m, "kv_cache") and hasattr(m, "n_kv_head")]
+
+    def _first_cache(self) -> KVCache | None:
+        """The first layer's cache (it answers for all); the layer is looked up once, since
+        walking ``modules()`` every decode step costs as much as a small layer."""
+        first = self.__dict__.get("_first_attention_layer")
+        if first is None:
+            layers = self._attention_layers()
+            first = self.__dict__["_first_attention_layer"] = layers[0] if layers else None
+        return None if first is None else first.kv_cache
+
+    def setup_caches(
+        self,
+        max_batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Attach a :class:`KVCache` to every attention layer and build the position tables;
+        caches of the same shape, dtype and device are kept and zeroed instead.
+
+        Args:
+            max_batch_size: cache rows (sequences decoded at once).
+            max_seq_len: prompt + generated tokens; at most ``config.block_size``.
+            dtype: cache dtype (default: the dtype of the model's parameters).
+            device: cache device (default: the device of the model's parameters).
+        """
+        if not 1 <= max_seq_len <= self.config.block_size:
+            raise ValueError(
+                f"max_seq_len={max_seq_len!r} must be in [1, block_size={self.config.block_size}]"
+                "; the model has no positions past its context length"
+            )
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
+        ref = self.lm_head.weight
+        dtype = dtype or ref.dtype
+        device = torch.device(device) if device is not None else ref.device
+        layers = self._attention_layers()
+        if layers and all(
+            layer.kv_cache is not None
+            and reusable_buffer(
+                layer.kv_cache.k_cache,
+                (max_batch_size, layer.n_kv_head, max_seq_len, layer.head_dim),
+                dtype,
+                device,
+            )
+            for layer in layers
+        ):
+            # Same shape: zero the buffers in place. Their addresses stay, so CUDA graphs
+            # recorded over them replay instead of recording again.
+            self.reset_caches()
+            return
+        for layer in layers:
+            layer.kv_cache = KVCache(
+                max_batch_size, max_seq_len, layer.n_kv_head, layer.head_dim, dtype, device
+            )
+        # Once per cache, not per forward: the positions a decode mask compares against (an
+        # arange, not a (S, S) table, whose memory would grow with the square of the context).
+        self.register_buffer("cache_positions", torch.arange(max_seq_len, device=device), False)
+        self.build_position_tables(max_seq_len, device)
+
+    def build_position_tables(self, max_seq_len: int, device: torch.device) -> None:
+        """Per-position tables a family looks up while decoding (LLaMA: RoPE); none here."""
+
+    def reset_caches(self) -> None:
+        """Zero every layer's cache (keeps the allocation for the next prompt)."""
+        for layer in self._attention_layers():
+            if layer.kv_cache is not None:
+                layer.kv_cache.reset()
+
+    def remove_caches(self) -> None:
+        """Drop the caches and free their memory."""
+        for layer in self._attention_layers():
+            layer.kv_cache = None
+        self.cache_positions = None
+
+    @property
+    def max_context(self) -> int | None:
+        """Most positions one sequence may span (prompt + generated): ``block_size``."""
+        return int(self.config.block_size)
+
+    @property
+    def has_caches(self) -> bool:
+        """Whether :meth:`setup_caches` has attached caches."""
+        return self._first_cache() is not None
+
+    def cache_inputs(
+        self, idx: Tensor, input_pos: Tensor | int | None, rows: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Check one forward's inputs; return its positions and the mask its layers share.
+
+        Args:
+            idx: (B, T) token ids.
+            input_pos: (T,) or per-row (B, T) positions on the caches (an int ``p`` means
+                ``arange(p, p + T)``); None for a whole sequence from position 0.
+            rows: (B,) cache rows of the batch (None: rows 0..B-1).
+
+        Returns:
+            ``(input_pos, mask)``: a long tensor on ``idx``'s device and the
+            :func:`decode_mask`, or ``(None, None)`` without caches.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if input_pos is None:
+            if self.config.block_size < T:
+                raise ValueError(
+                    f"sequence length {T} exceeds block_size={self.config.block_size}; "
+                    "crop the input to the last block_size tokens"
+                )
+            return None, None
+        if isinstance(input_pos, int):
+            input_pos = torch.arange(input_pos, input_pos + T, device=idx.device)
+        if input_pos.shape != (T,) and input_pos.shape != (B, T):
+            raise ValueError(
+                f"input_pos must have shape (T,)=({T},) or per-row (B, T)=({B}, {T}) "
+                f"matching idx, got {tuple(input_pos.shape)}"
+            )
+        if rows is not None and rows.shape != (B,):
+            raise ValueError(f"rows must have shape (B,)=({B},), got {tuple(rows.shape)}")
+        cache = self._first_cache()
+        if cache is None or self.cache_positions is None:
+            raise RuntimeError(
+                "forward(..., input_pos=...) needs KV caches; call "
+                "model.setup_caches(max_batch_size, max_seq_len) first"
+            )
+        if input_pos.device != idx.device:  # positions given on the CPU for a GPU model
+            input_pos = input_pos.to(idx.device)
+        if not _compiling():
+            cache.check(input_pos, B, rows)
+        return input_pos, decode_mask(self.cache_positions, input_pos)

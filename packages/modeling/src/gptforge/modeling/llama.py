@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM, _dropout
 from gptforge.modeling.config import LlamaConfig
-from gptforge.modeling.kv_cache import AttentionPlan, KVCache, causal_attention
+from gptforge.modeling.kv_cache import KVCache, KVCacheMixin, causal_attention
 from gptforge.modeling.linear import Linear
+from gptforge.modeling.loss import head_and_loss
 from torch import Tensor, nn
 
 
@@ -94,7 +95,8 @@ class Attention(nn.Module):
         cos: Tensor,
         sin: Tensor,
         input_pos: Tensor | None = None,
-        plan: AttentionPlan | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         hd = self.head_dim
@@ -103,10 +105,10 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
-            assert self.kv_cache is not None, "checked by CausalLM._check_inputs"
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, S, hs)
+            assert self.kv_cache is not None, "checked by KVCacheMixin.cache_inputs"
+            k, v = self.kv_cache.update(input_pos, k, v, rows)  # (B, nkv, S, hs)
         y = causal_attention(
-            q, k, v, input_pos=input_pos, impl=self.attention_impl, plan=plan,
+            q, k, v, input_pos, mask, impl=self.attention_impl,
             dropout_p=self.dropout if self.training else 0.0,
         )  # fmt: skip  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)  # (B, T, nh*hs)
@@ -118,7 +120,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        C, H = config.n_embd, config.intermediate_size
+        C, H = config.n_embd, config.ffn_hidden
         assert H is not None, "filled in by LlamaConfig.__post_init__"
         self.gate_proj = Linear(C, H, bias=False)
         self.up_proj = Linear(C, H, bias=False)
@@ -144,15 +146,16 @@ class DecoderLayer(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        input_pos: Tensor | None,
-        plan: AttentionPlan | None = None,
+        input_pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
-        h = self.self_attn(self.input_layernorm(x), cos, sin, input_pos, plan)
+        h = self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask, rows)
         x = x + self.resid_dropout(h)  # (B, T, C)
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))  # (B, T, C)
 
 
-class Llama(CausalLM):
+class Llama(KVCacheMixin, CausalLM):
     """LLaMA-style language model.
 
     Args:
@@ -166,12 +169,17 @@ class Llama(CausalLM):
 
     token_embedding_name = "embed_tokens"
     position_embedding_name = None
+    rope_cos: Tensor | None
+    rope_sin: Tensor | None
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"Llama needs a LlamaConfig, got {type(config).__name__}")
         self.config = config
+        # RoPE tables over the cache positions, built by setup_caches (none while training).
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
         Vp, C = config.padded_vocab_size, config.n_embd
         self.embed_tokens = nn.Embedding(Vp, C)
         self.drop = _dropout(config.dropout)
@@ -187,12 +195,33 @@ class Llama(CausalLM):
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def hidden_states(
-        self, idx: Tensor, pos: Tensor, input_pos: Tensor | None, plan: AttentionPlan
-    ) -> Tensor:
-        """Token embeddings, the decoder layers with rotary positions, the final norm: (B, T, C)."""
-        cos, sin = rope_cos_sin(rope_inv_freq(self.config, idx.device), pos)  # (T, hs) each
+    def build_position_tables(self, max_seq_len: int, device: torch.device) -> None:
+        """RoPE cos/sin for every cache position, (max_seq_len, hs) each in fp32: a decode step
+        looks its rows up instead of computing them."""
+        positions = torch.arange(max_seq_len, device=device)
+        self.rope_cos, self.rope_sin = rope_cos_sin(rope_inv_freq(self.config, device), positions)
+
+    def rope(self, idx: Tensor, input_pos: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Cos and sin for the positions of ``idx``: (T, hs), or (B, T, hs) per row."""
+        if input_pos is None or self.rope_cos is None or self.rope_sin is None:
+            pos = torch.arange(idx.size(1), device=idx.device)
+            return rope_cos_sin(rope_inv_freq(self.config, idx.device), pos)
+        return self.rope_cos[input_pos], self.rope_sin[input_pos]
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        input_pos: Tensor | int | None = None,
+        *,
+        rows: Tensor | None = None,
+        return_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Logits and loss; the arguments are those of :meth:`GPT.forward <gptforge.modeling.GPT.forward>`."""
+        input_pos, mask = self.cache_inputs(idx, input_pos, rows)  # (None, None): no caches
+        cos, sin = self.rope(idx, input_pos)  # (T, hs) or per-row (B, T, hs), each
         x = self.drop(self.embed_tokens(idx))  # (B, T, C)
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, plan)  # (B, T, C)
-        return self.norm(x)  # (B, T, C)
+            x = layer(x, cos, sin, input_pos, mask, rows)  # (B, T, C)
+        x = self.norm(x)  # (B, T, C)
+        return head_and_loss(x, self.lm_head, targets, self.config.vocab_size, return_logits)

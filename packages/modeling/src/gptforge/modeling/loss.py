@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 from gptforge.modeling.linear import onednn_linear, onednn_operands
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+#: Target value that does not count in the loss (prompt tokens, padding).
+IGNORE_INDEX = -100
 
 #: Rows per chunk: 32 rows of an 8192-word vocabulary are 1 MiB of fp32, which stays in L2.
 CHUNK_BYTES = 1 << 20
@@ -260,4 +263,42 @@ def linear_cross_entropy(
     return _LinearCrossEntropy.apply(x, weight, targets, ignore_index, V)
 
 
-__all__ = ["cross_entropy", "linear_cross_entropy"]
+def head_and_loss(
+    x: Tensor,
+    lm_head: nn.Linear,
+    targets: Tensor | None,
+    vocab_size: int,
+    return_logits: bool = True,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The LM head over a padded vocabulary and the loss; padding columns never reach the caller.
+
+    Args:
+        x: (B, T, C) final hidden states.
+        lm_head: the head, with ``padded_vocab_size >= vocab_size`` rows.
+        targets: (B, T) next-token ids or ``IGNORE_INDEX``; None for no loss.
+        vocab_size: the real vocabulary size.
+        return_logits: False (with targets) fuses the head into the loss: no (B, T, V) logits
+            are built and ``None`` is returned in their place (the training path).
+
+    Returns:
+        ``(logits, loss)``: logits (B, T, vocab_size) or None, loss a scalar or None.
+    """
+    V, Vp = vocab_size, lm_head.weight.size(0)
+    if targets is not None and not return_logits:
+        fused = linear_cross_entropy(
+            x.flatten(0, 1), lm_head.weight, targets.flatten(), IGNORE_INDEX, V
+        )
+        return None, fused
+    logits = lm_head(x)  # (B, T, Vp)
+    if Vp != V:
+        # -inf padding columns get zero probability, so the loss over the padded tensor
+        # equals the loss over the real vocabulary, with no (B, T, V) copy.
+        logits[..., V:] = float("-inf")
+    loss = None
+    if targets is not None:
+        # Chunked: same value and gradient as F.cross_entropy, far less memory traffic.
+        loss = cross_entropy(logits.flatten(0, 1), targets.flatten(), IGNORE_INDEX)
+    return (logits[..., :V] if Vp != V else logits), loss
+
+
+__all__ = ["IGNORE_INDEX", "cross_entropy", "head_and_loss", "linear_cross_entropy"]

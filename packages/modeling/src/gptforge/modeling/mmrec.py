@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from gptforge.modeling.base import CausalLM
 from gptforge.modeling.kv_cache import CacheOverflowError, reusable_buffer
 from gptforge.modeling.linear import Linear
+from gptforge.modeling.loss import head_and_loss
 from gptforge.modeling.mmrec_config import MMRecConfig
 from gptforge.modeling.mmrec_scan import mdi_scan, mdi_step
 from torch import Tensor, nn
@@ -215,8 +216,8 @@ class RecurrentStateCache(nn.Module):
 
     Unlike a KV cache nothing grows with the sequence: ``h`` has shape (max_batch_size, D).
     ``next_pos`` (max_batch_size, 1) is the position each row continues at. Both are
-    non-persistent buffers with the batch as dim 0, so slot views for continuous batching
-    (``gptforge.sampling.slots``) work and zeroing a row starts a new sequence in it.
+    non-persistent buffers with the cache row as dim 0: continuous batching gives each sequence
+    a row (``forward(..., rows=...)``) and a sequence restarting at position 0 zeroes its row.
     """
 
     h: Tensor
@@ -346,33 +347,39 @@ class MMRec(CausalLM):
         targets: Tensor | None = None,
         input_pos: Tensor | int | None = None,
         *,
+        rows: Tensor | None = None,
         return_logits: bool = True,
     ) -> tuple[Tensor | None, Tensor | None]:
         """Logits (B, T, vocab_size) and the loss when ``targets`` (B, T) are given.
 
         Without ``input_pos`` the sequence is processed from a zero state and no cache is
-        touched. With ``input_pos`` (shape (T,), consecutive positions) the cached states are
-        used and advanced: positions starting at 0 begin a new sequence, any other start must
-        continue exactly where the previous call stopped, because a recurrent model has no
-        per-position cache to go back to. ``return_logits=False`` with ``targets`` fuses the
-        head into the loss and returns ``None`` for the logits (see ``GPT.forward``).
+        touched. With ``input_pos`` (shape (T,) or per-row (B, T), consecutive positions) the
+        states of the cache ``rows`` (default 0..B-1) are used and advanced: positions starting
+        at 0 begin a new sequence, any other start must continue exactly where the previous
+        call stopped, because a recurrent model has no per-position cache to go back to.
+        ``return_logits=False`` with ``targets`` fuses the head into the loss and returns
+        ``None`` for the logits (see ``GPT.forward``).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)!r}")
         states: list[Tensor | None] = [None] * len(self.h)
         kvs: list[tuple[Tensor, Tensor] | None] = [None] * len(self.h)
         if input_pos is not None:
-            caches = self._caches_for(idx, input_pos)
-            states = [c.h[: idx.shape[0]].clone() for c in caches]  # (B, D) each
+            rows = self._start_rows(idx, input_pos, rows)
+            caches = self._caches()
+            states = [c.h.index_select(0, rows) for c in caches]  # (B, D) each
             kvs = [c.memory_kv for c in caches]
         x = self.drop(self.wte(idx))  # (B, T, D)
         new_states = []
-        for i, block in enumerate(self.h):
-            x, state = block(x, states[i], kvs[i])
+        for block, state, kv in zip(self.h, states, kvs, strict=True):
+            x, state = block(x, state, kv)  # (B, T, D), (B, D)
             new_states.append(state)
-        if input_pos is not None:
-            self._store(idx.shape[0], new_states)
-        return self._logits_and_loss(self.ln_f(x), targets, return_logits)
+        if input_pos is not None and rows is not None:
+            with torch.no_grad():
+                for cache, state in zip(self._caches(), new_states, strict=True):
+                    cache.h.index_copy_(0, rows, state.to(cache.h.dtype))
+        x = self.ln_f(x)  # (B, T, D)
+        return head_and_loss(x, self.lm_head, targets, self.config.vocab_size, return_logits)
 
     def forward_state(
         self, idx: Tensor, states: list[Tensor] | None = None
@@ -392,15 +399,20 @@ class MMRec(CausalLM):
         return self.lm_head(self.ln_f(x))[..., : self.config.vocab_size], new_states
 
     # ----------------------------------------------------------------- cache plumbing
-    def _caches_for(self, idx: Tensor, input_pos: Tensor | int) -> list[RecurrentStateCache]:
-        """Validate ``input_pos`` against each row's state; zero the rows that restart at 0."""
+    def _caches(self) -> list[RecurrentStateCache]:
         if self.caches is None:
             raise RuntimeError(
                 "forward(..., input_pos=...) needs caches; call model.setup_caches("
                 "max_batch_size, max_seq_len) first"
             )
-        caches: list[RecurrentStateCache] = list(self.caches)  # type: ignore[arg-type]
+        return list(self.caches)  # type: ignore[arg-type]
+
+    def _start_rows(self, idx: Tensor, input_pos: Tensor | int, rows: Tensor | None) -> Tensor:
+        """Validate ``input_pos`` against each row's state, zero the rows that restart at 0 and
+        advance their positions; returns the (B,) cache rows of the batch."""
+        caches = self._caches()
         bsz, seq_len = idx.shape
+        device = caches[0].h.device
         if isinstance(input_pos, int):
             input_pos = torch.arange(input_pos, input_pos + seq_len, device=idx.device)
         if input_pos.shape not in ((seq_len,), (bsz, seq_len)):
@@ -409,11 +421,19 @@ class MMRec(CausalLM):
                 f"got {tuple(input_pos.shape)!r}"
             )
         max_batch = caches[0].h.shape[0]
-        if bsz > max_batch:
+        if rows is None:
+            if bsz > max_batch:
+                raise CacheOverflowError(
+                    f"batch size {bsz} exceeds the max_batch_size {max_batch} given to "
+                    "setup_caches; call setup_caches again with a larger one"
+                )
+            rows = torch.arange(bsz, device=device)
+        elif rows.shape != (bsz,) or not bool(((rows >= 0) & (rows < max_batch)).all()):
             raise CacheOverflowError(
-                f"batch size {bsz} exceeds the max_batch_size {max_batch} given to setup_caches; "
-                "call setup_caches again with a larger one"
+                f"rows must be {bsz} cache rows in [0, {max_batch}), got {rows.tolist()!r}; "
+                "call setup_caches with a larger max_batch_size"
             )
+        rows = rows.to(device)
         pos = input_pos.to(torch.long).expand(bsz, seq_len)  # (B, T)
         starts = pos[:, 0]  # (B,)
         steps = torch.arange(seq_len, device=pos.device)
@@ -422,7 +442,7 @@ class MMRec(CausalLM):
                 f"MM-Rec is recurrent: input_pos must be consecutive, got {input_pos.tolist()!r}; "
                 "pass positions start, start + 1, ..., start + T - 1"
             )
-        expected = caches[0].next_pos[:bsz, 0].to(pos.device)  # (B,)
+        expected = caches[0].next_pos[rows, 0].to(pos.device)  # (B,)
         fresh = starts == 0
         bad = ~(fresh | (starts == expected))
         if bool(bad.any()):
@@ -438,23 +458,17 @@ class MMRec(CausalLM):
                 f"{self._max_seq_len} given to setup_caches (the state itself does not grow); "
                 "call setup_caches with a larger max_seq_len"
             )
+        restart = rows[fresh.to(device)]  # rows beginning a new sequence
         with torch.no_grad():
             for cache, block in zip(caches, self.h, strict=True):
                 assert isinstance(block, MMRecBlock)
-                rows = fresh.to(cache.h.device)
-                cache.h[:bsz].masked_fill_(rows[:, None], 0.0)
-                cache.next_pos[:bsz, 0] = (starts + seq_len).to(cache.next_pos.device)
+                cache.h.index_fill_(0, restart, 0.0)
+                cache.next_pos[rows, 0] = (starts + seq_len).to(device)
                 if cache.memory_kv is None or bool(fresh.all()):
                     mixer = block.mixer
                     k, v = mixer.mem_attn.memory_kv(mixer.memory())
                     cache.memory_kv = (k.detach(), v.detach())
-        return caches
-
-    def _store(self, bsz: int, states: list[Tensor]) -> None:
-        assert self.caches is not None
-        with torch.no_grad():
-            for cache, state in zip(self.caches, states, strict=True):
-                cache.h[:bsz].copy_(state)  # type: ignore[index]
+        return rows
 
 
 def init_decay_bias(bias: Tensor, low: float, high: float) -> None:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from gptforge.modeling.config import _PresetMixin
+
 __all__ = ["MMRecConfig", "MMREC_PRESETS"]
 
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -15,7 +17,7 @@ _FFNS = ("gelu", "swiglu")
 
 
 @dataclass
-class MMRecConfig:
+class MMRecConfig(_PresetMixin):
     """Shape and options of an MM-Rec model.
 
     Args:
@@ -116,22 +118,6 @@ class MMRecConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
-    def head_size(self) -> int:
-        """Width of one MultiMemoryAttention head."""
-        return self.n_embd // self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one MultiMemoryAttention head (alias of ``head_size``)."""
-        return self.head_size
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the embedding and LM head (vocab_size rounded up)."""
-        m = self.pad_vocab_multiple
-        return -(-self.vocab_size // m) * m
-
-    @property
     def ffn_hidden_size(self) -> int:
         """The FFN hidden width actually used."""
         if self.ffn_hidden is not None:
@@ -144,25 +130,6 @@ class MMRecConfig:
     def memory_level_sizes(self) -> list[int]:
         """Slots per HDS level, e.g. [64, 16, 4]."""
         return [self.n_memory // self.memory_pool**i for i in range(self.n_memory_levels)]
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> MMRecConfig:
-        """Build a preset by its exact name, with optional field overrides.
-
-        >>> MMRecConfig.from_name("mmrec-debug").n_layer
-        2
-        """
-        if name not in MMREC_PRESETS:
-            raise ValueError(
-                f"unknown MM-Rec preset {name!r}; valid names: {sorted(MMREC_PRESETS)!r}"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(
-                f"unknown MMRecConfig field(s) {unknown!r}; allowed fields: {sorted(fields)!r}"
-            )
-        return cls(**{**MMREC_PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain fields plus ``"arch"``, JSON-serialisable."""

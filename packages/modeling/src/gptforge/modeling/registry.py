@@ -9,21 +9,22 @@ itself with one call at the bottom of this file::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from gptforge.modeling.config import GPTConfig, LlamaConfig
 from gptforge.modeling.gpt import GPT
 from gptforge.modeling.llama import Llama
-from torch import nn
+from gptforge.modeling.protocol import LanguageModel
 
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {}
+ARCHITECTURES: dict[str, tuple[type, Callable[[Any], LanguageModel]]] = {}
 _PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
 
 
 def register_architecture(
     name: str,
     config_cls: type,
-    model_cls: type[nn.Module],
+    model_cls: Callable[[Any], LanguageModel],
     presets: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Make an architecture known to ``get_config``, ``build_model`` and ``config_from_dict``.
@@ -31,7 +32,7 @@ def register_architecture(
     Args:
         name: the ``arch`` string (must equal ``config_cls.arch``).
         config_cls: a dataclass with ``arch`` and ``from_name``.
-        model_cls: the ``nn.Module`` built from that config.
+        model_cls: the model class built from that config (a :class:`LanguageModel`).
         presets: preset name -> field dict (default: ``config_cls.PRESETS``).
     """
     if getattr(config_cls, "arch", None) != name:
@@ -70,7 +71,7 @@ def get_config(name: str, **overrides: Any) -> Any:
     raise ValueError(f"unknown model preset {name!r}; valid names: {preset_names()}")
 
 
-def build_model(config: Any) -> nn.Module:
+def build_model(config: Any) -> LanguageModel:
     """Build the model of ``config``'s architecture on the current default device.
 
     Use ``with torch.device("meta"):`` to build without allocating memory.
@@ -90,7 +91,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(d: dict[str, Any]) -> Any:
-    """Inverse of :func:`config_to_dict`; unknown keys are an error naming them."""
+    """Inverse of :func:`config_to_dict`; unknown keys are an error naming them, renamed
+    fields are accepted under their old names (config.json files written before)."""
     d = dict(d)
     arch = d.pop("arch", None)
     if arch not in ARCHITECTURES:
@@ -98,12 +100,8 @@ def config_from_dict(d: dict[str, Any]) -> Any:
             f"config dict has arch={arch!r}; expected one of {sorted(ARCHITECTURES)} "
             "(config.json files written by config_to_dict carry it)"
         )
-    cls = ARCHITECTURES[arch][0]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(fields)}")
-    return cls(**d)
+    config_cls: Any = ARCHITECTURES[arch][0]
+    return config_cls.from_dict(d)
 
 
 register_architecture("gpt", GPTConfig, GPT)

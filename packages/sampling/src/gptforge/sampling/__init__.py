@@ -3,7 +3,8 @@
 gpt-fast style building blocks (:func:`logits_to_probs`, :func:`sample`, :func:`prefill`,
 :func:`decode_one_token`, :func:`generate`, :func:`compiled_decode_one_token`), a continuous-batching engine
 (:class:`BatchGenerator`, used by the generation service), batched and streaming entry points
-(:func:`generate_batch`, :func:`stream_generate`) and a UTF-8-safe streaming detokenizer.
+(:func:`generate_batch`, :func:`stream_generate`), a UTF-8-safe streaming detokenizer and
+:class:`ChatModel` (a fine-tuned model answering in its instruction template).
 
 >>> from gptforge.modeling import build_model, get_config
 >>> model = build_model(get_config("debug")).eval()
@@ -21,6 +22,7 @@ from gptforge.sampling.batch import (
     generate_batch,
     stream_generate,
 )
+from gptforge.sampling.chat import ChatModel
 from gptforge.sampling.core import (
     compiled_decode_one_token,
     decode_one_token,
@@ -43,7 +45,6 @@ from gptforge.sampling.processing import (
     sample_from_probs,
     token_logprobs,
 )
-from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
 
 __version__ = "0.1.0"
@@ -53,10 +54,10 @@ __all__ = [
     "MAX_STOP_STRING_CHARS",
     "MAX_TOP_LOGPROBS",
     "BatchGenerator",
+    "ChatModel",
     "Completion",
     "FinishReason",
     "SamplingParams",
-    "SlotCaches",
     "StopStringMatcher",
     "StreamingDetokenizer",
     "TokenEvent",

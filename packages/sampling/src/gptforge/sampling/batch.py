@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.core import (
     cache_length,
+    check_slide,
     compiled_decode_one_token,
     decode_one_token,
     model_config,
@@ -25,9 +27,8 @@ from gptforge.sampling.core import (
 )
 from gptforge.sampling.params import SamplingParams
 from gptforge.sampling.processing import apply_repetition_penalty, sample, token_logprobs
-from gptforge.sampling.slots import SlotCaches
 from gptforge.sampling.stream import StopStringMatcher, StreamingDetokenizer
-from torch import Tensor, nn
+from torch import Tensor
 
 #: Why a sequence ended: its EOS, one of its stop token ids, one of its stop strings, its
 #: ``max_new_tokens``, the end of the cache/context, or a cancel.
@@ -84,6 +85,7 @@ class _Seq:
     detok: StreamingDetokenizer | None
     stopper: StopStringMatcher
     seen: Tensor | None
+    history: list[int] | None = None  # prompt + output, kept to slide a window (slide_tokens)
     pos: int = 0
     last: int = 0
     n: int = 0
@@ -129,7 +131,7 @@ class BatchGenerator:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: LanguageModel,
         *,
         max_batch_size: int = 8,
         max_seq_len: int | None = None,
@@ -145,10 +147,9 @@ class BatchGenerator:
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eot_token", None)
         self.device = next(model.parameters()).device
-        # A slot count equal to the sequence length would make batch-dim detection ambiguous.
-        slots = max_batch_size + 1 if max_batch_size == self.max_seq_len else max_batch_size
         self.max_batch_size = max_batch_size
-        self.caches = SlotCaches(model, slots, self.max_seq_len)
+        # One cache row per slot: a sequence keeps its row from add() to its end.
+        model.setup_caches(max_batch_size, self.max_seq_len)
         self.compile = compile
         self._free = list(range(max_batch_size))
         heapq.heapify(self._free)
@@ -177,9 +178,8 @@ class BatchGenerator:
                 "encode the prompt with the model's own tokenizer"
             )
         if len(prompt_ids) + params.max_new_tokens > self.max_seq_len:
-            raise ValueError(
-                f"max_new_tokens {params.max_new_tokens} + prompt length {len(prompt_ids)} exceeds "
-                f"the context of {self.max_seq_len} tokens; shorten the prompt or ask for fewer tokens"
+            check_slide(
+                params.slide_tokens, self.max_seq_len, len(prompt_ids), params.max_new_tokens
             )
         params.check_vocab(self.vocab_size)
 
@@ -203,11 +203,12 @@ class BatchGenerator:
         stop_ids = list(params.stop_token_ids)
         if self.eos_id is not None and not params.ignore_eos and self.eos_id not in stop_ids:
             stop_ids.append(self.eos_id)
-        prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)  # (1, T)
+        window = list(prompt_ids)[-self.max_seq_len :]  # a long prompt only when sliding
+        prompt = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
         seen = None
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)  # (V,)
-            seen[prompt[0]] = True
+            seen[torch.tensor(list(prompt_ids), device=self.device)] = True
         seq = _Seq(
             seq_id=seq_id,
             slot=slot,
@@ -220,19 +221,32 @@ class BatchGenerator:
             detok=StreamingDetokenizer(self.tokenizer) if self.tokenizer is not None else None,
             stopper=StopStringMatcher(params.stop),
             seen=seen,
+            history=list(prompt_ids) if params.slide_tokens else None,
         )
         self._by_slot[slot] = seq
         self._by_id[seq_id] = seq
         try:
-            self.caches.clear(slot)
-            with self.caches.rows(slot, slot + 1):
-                pos = torch.arange(prompt.size(1), device=self.device)  # (T,)
-                logits = prefill(self.model, prompt, pos)  # (1, V)
+            logits = self._prefill(seq, prompt)
         except BaseException:
             self._release(seq)
             raise
-        seq.pos = prompt.size(1)
         return self._sample_and_advance(logits, [seq])[0]
+
+    def _prefill(self, seq: _Seq, tokens: Tensor) -> Tensor:
+        """Fill ``seq``'s cache row with ``tokens`` (1, T) from position 0; next-token logits."""
+        pos = torch.arange(tokens.size(1), device=self.device)  # (T,)
+        # Position 0 starts the row afresh: stale keys are masked, a recurrent state zeroed.
+        rows = torch.tensor([seq.slot], device=self.device)  # (1,)
+        logits = prefill(self.model, tokens, pos, rows)  # (1, V)
+        seq.pos = tokens.size(1)
+        return logits
+
+    def _slide(self, seq: _Seq) -> Tensor:
+        """Recompute a full row's cache over its last tokens (``slide_tokens`` dropped)."""
+        assert seq.history is not None
+        keep = self.max_seq_len - seq.params.slide_tokens + 1
+        window = torch.tensor([seq.history[-keep:]], dtype=torch.long, device=self.device)
+        return self._prefill(seq, window)  # (1, V)
 
     @torch.inference_mode()
     def precompile(self) -> int:
@@ -244,14 +258,13 @@ class BatchGenerator:
             return 0
         if self._by_slot:
             raise RuntimeError("precompile() needs an idle BatchGenerator (no live sequences)")
-        buckets = batch_buckets(self.caches.max_batch_size)
+        buckets = batch_buckets(self.max_batch_size)
         # CUDA graph trees warm a new shape up eagerly and record it on a later call.
         calls = 3 if self.device.type == "cuda" else 1
         for rows in buckets:
             tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # (rows, 1)
-            with self.caches.rows(0, rows):
-                for _ in range(calls):
-                    compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
+            for _ in range(calls):  # the first ``rows`` cache rows, like step()
+                compiled_decode_one_token(self.model, tokens, torch.zeros_like(tokens))
         return len(buckets)
 
     @torch.inference_mode()
@@ -259,14 +272,14 @@ class BatchGenerator:
         """One batched decode step for every live sequence; returns one event per sequence."""
         if not self._by_slot:
             return []
-        slots = sorted(self._by_slot)
+        live = sorted(self._by_slot)
+        # Rows whose context is full (slide_tokens) get a junk decode at position 0 below;
+        # their window prefill then rewrites the row from position 0.
+        full = [s for s in live if self._by_slot[s].pos >= self.max_seq_len]
+        slots = [s for s in live if s not in full]
         # Compiled: the rows up to the next power of two, so a few static shapes (one graph
         # each, CUDA graphs on a GPU) serve every mix of slots; free rows decode junk.
-        hi = (
-            batch_bucket(slots[-1] + 1, self.caches.max_batch_size)
-            if self.compile
-            else slots[-1] + 1
-        )
+        hi = batch_bucket(live[-1] + 1, self.max_batch_size) if self.compile else live[-1] + 1
         tokens = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1); free rows decode junk
         pos = torch.zeros(hi, 1, dtype=torch.long)  # (hi, 1)
         for s in slots:
@@ -277,18 +290,19 @@ class BatchGenerator:
         same_pos = not self.compile and len(slots) == hi and bool((pos == pos[0]).all())
         decode = compiled_decode_one_token if self.compile else decode_one_token
         try:
-            with self.caches.rows(0, hi):
-                # Equal positions need only the shared-position form of the model contract.
-                logits = decode(self.model, tokens, pos[0] if same_pos else pos)
+            # The batch is cache rows 0..hi-1 (the model's default rows), so the step reads
+            # the caches in place. Equal positions use the shared-position form of the contract.
+            logits = decode(self.model, tokens, pos[0] if same_pos else pos)  # (hi, V)
+            for s in full:
+                logits[s] = self._slide(self._by_slot[s])[0]
         except BaseException:
             # The caches may be half-written; drop every live sequence so the engine stays usable.
             for seq in list(self._by_slot.values()):
                 self._release(seq)
             raise
-        seqs = [self._by_slot[s] for s in slots]
-        for seq in seqs:
-            seq.pos += 1
-        return self._sample_and_advance(logits[slots], seqs)  # logits (n, V)
+        for s in slots:
+            self._by_slot[s].pos += 1
+        return self._sample_and_advance(logits[live], [self._by_slot[s] for s in live])
 
     def cancel(self, seq_id: int) -> TokenEvent | None:
         """Free a sequence's slot now; returns its final event, or None if it already left."""
@@ -355,6 +369,8 @@ class BatchGenerator:
     ) -> TokenEvent:
         s.n += 1
         s.last = tok
+        if s.history is not None:
+            s.history.append(tok)
         if s.seen is not None:
             s.seen[tok] = True
         check = s.n >= s.params.min_new_tokens
@@ -371,7 +387,7 @@ class BatchGenerator:
                 text = s.stopper.push(s.detok.push(tok), check=check)
             if s.n >= s.params.max_new_tokens:
                 finish = "length"
-            elif s.pos >= self.max_seq_len:
+            elif s.pos >= self.max_seq_len and s.history is None:
                 finish = "context_length"
             if finish is not None and s.detok is not None and not s.stopper.stopped:
                 text += s.stopper.push(s.detok.flush(), check=check)
@@ -412,7 +428,7 @@ def _completion(
 
 @torch.inference_mode()
 def generate_batch(
-    model: nn.Module,
+    model: LanguageModel,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     *,
@@ -477,7 +493,7 @@ def _with_seed(p: SamplingParams) -> SamplingParams:
 
 @torch.inference_mode()
 def stream_generate(
-    model: nn.Module,
+    model: LanguageModel,
     prompt_ids: Sequence[int],
     params: SamplingParams = SamplingParams(),
     *,

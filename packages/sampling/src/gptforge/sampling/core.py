@@ -1,7 +1,8 @@
 """gpt-fast style generation on the model's KV cache: ``prefill``, ``decode_one_token``, ``generate``.
 
-These functions only use the model interface of ``docs/contracts.md``
-(``forward(idx, input_pos=...)``, ``setup_caches``), so they work for every architecture.
+These functions only use the :class:`~gptforge.modeling.protocol.LanguageModel` contract
+(``forward(idx, input_pos=..., rows=...)``, ``setup_caches``), so they work for every
+architecture.
 """
 
 from __future__ import annotations
@@ -11,23 +12,23 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.processing import NEG_INF, apply_repetition_penalty, sample
-from torch import Tensor, nn
+from torch import Tensor
 
 
-def model_config(model: nn.Module) -> Any:
+def model_config(model: LanguageModel) -> Any:
     """The model's config (``Any``: each architecture has its own dataclass)."""
     return model.config
 
 
-def context_limit(model: nn.Module) -> int | None:
+def context_limit(model: LanguageModel) -> int | None:
     """Most positions one sequence may span, or None when the architecture has no limit
-    (MM-Rec's recurrence); ``config.block_size`` for models without ``max_context``."""
-    limit = getattr(model, "max_context", model_config(model).block_size)
-    return None if limit is None else int(limit)
+    (MM-Rec's recurrence)."""
+    return model.max_context
 
 
-def cache_length(model: nn.Module, positions: int, *, compile: bool = False) -> int:
+def cache_length(model: LanguageModel, positions: int, *, compile: bool = False) -> int:
     """Cache positions to set up for a request spanning ``positions`` (prompt + new tokens):
     capped by the model's context limit, and the whole context when ``compile`` (the same
     cache shape on every call, so one compiled graph serves them all)."""
@@ -37,22 +38,41 @@ def cache_length(model: nn.Module, positions: int, *, compile: bool = False) -> 
     return limit if compile else min(positions, limit)
 
 
-def prefill(model: nn.Module, idx: Tensor, input_pos: Tensor) -> Tensor:
+def check_slide(slide_tokens: int, context: int, prompt_len: int, max_new_tokens: int) -> None:
+    """Raise ``ValueError`` unless ``slide_tokens`` lets ``prompt_len + max_new_tokens`` tokens
+    run past a ``context``-position cache (a sliding window of 1 to ``context`` tokens)."""
+    if slide_tokens == 0:
+        raise ValueError(
+            f"max_new_tokens ({max_new_tokens}) + prompt ({prompt_len} tokens) exceeds the "
+            f"model's context of {context} tokens; shorten the prompt, ask for fewer tokens or "
+            "set slide_tokens > 0 to slide a window past the context"
+        )
+    if not 1 <= slide_tokens <= context:
+        raise ValueError(
+            f"slide_tokens must be in [1, {context}] (the context) to slide, got {slide_tokens!r}"
+        )
+
+
+def prefill(
+    model: LanguageModel, idx: Tensor, input_pos: Tensor, rows: Tensor | None = None
+) -> Tensor:
     """Run the prompt through the model, filling its caches; return last-position logits.
 
     Args:
         model: a model with caches set up (``model.setup_caches``).
         idx: ``(B, T)`` prompt token ids.
         input_pos: ``(T,)`` positions shared by all rows, or ``(B, T)`` per-row positions.
+        rows: ``(B,)`` cache rows to fill (continuous batching); None means rows 0..B-1.
 
     Returns:
         ``(B, V)`` logits for the token after the prompt.
     """
-    logits, _ = model(idx, input_pos=input_pos)  # (B, T, V)
+    logits, _ = model(idx, input_pos=input_pos, rows=rows)  # (B, T, V)
+    assert logits is not None, "return_logits defaults to True"
     return logits[:, -1]
 
 
-def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+def decode_one_token(model: LanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
     """Feed one token per row at ``input_pos``; return the next-token logits ``(B, V)``.
 
     Args:
@@ -60,6 +80,7 @@ def decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Ten
         input_pos: ``(1,)`` shared position or ``(B, 1)`` per-row positions.
     """
     logits, _ = model(tokens, input_pos=input_pos)  # (B, 1, V)
+    assert logits is not None, "return_logits defaults to True"
     return logits[:, -1]
 
 
@@ -76,7 +97,7 @@ def _compiled_step(mode: str | None) -> Callable[..., Tensor]:
     return cast(Callable[..., Tensor], torch.compile(decode_one_token, dynamic=False, mode=mode))
 
 
-def compiled_decode_one_token(model: nn.Module, tokens: Tensor, input_pos: Tensor) -> Tensor:
+def compiled_decode_one_token(model: LanguageModel, tokens: Tensor, input_pos: Tensor) -> Tensor:
     """:func:`decode_one_token` through ``torch.compile`` (gpt-fast's decode recipe).
 
     One graph with static shapes: keep the batch size, the cache length and the form of
@@ -135,7 +156,7 @@ def _generators(
 
 @torch.inference_mode()
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     prompt_ids: Tensor | Sequence[int],
     max_new_tokens: int,
     *,
@@ -150,6 +171,7 @@ def generate(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     pad_id: int | None = None,
     compile: bool = False,
+    slide_tokens: int = 0,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after equal-length prompts, on the model's KV cache.
 
@@ -171,6 +193,10 @@ def generate(
         compile: decode through :func:`compiled_decode_one_token` (for GPUs). The caches are
             then set up at the model's full context, so every call with the same batch size
             reuses one compiled graph.
+        slide_tokens: 0 refuses a prompt plus ``max_new_tokens`` longer than the model's
+            context; ``n > 0`` slides a window instead (see :class:`SamplingParams`): a long
+            prompt keeps its last ``context`` tokens, and each time the cache is full the oldest
+            ``n`` tokens leave and the cache is recomputed over the ``context - n + 1`` left.
 
     Returns:
         prompt and new tokens, ``(T + n,)`` or ``(B, T + n)`` like the input, ``n <= max_new_tokens``.
@@ -187,28 +213,29 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
     block = context_limit(model)
+    history = prompt  # (B, T), the whole prompt
     if block is not None and t_prompt + max_new_tokens > block:
-        raise ValueError(
-            f"prompt ({t_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"context of {block} tokens; shorten the prompt or ask for fewer tokens"
-        )
+        check_slide(slide_tokens, block, t_prompt, max_new_tokens)
+        prompt = prompt[:, -block:]  # the books' crop of a long prompt
+        t_prompt = prompt.size(1)
     stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     gens = _generators(batch, seed, generator, prompt.device)
     vocab = model_config(model).vocab_size
 
     cache_len = cache_length(model, t_prompt + max_new_tokens, compile=compile)
-    cast(Any, model).setup_caches(batch, cache_len)
+    model.setup_caches(batch, cache_len)
     decode = compiled_decode_one_token if compile else decode_one_token
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=prompt.device)  # (B, V)
-        seen.scatter_(1, prompt, True)
+        seen.scatter_(1, history, True)
     penalty = torch.full((batch,), repetition_penalty, device=prompt.device)
     stop_t = torch.tensor(stops, dtype=torch.long, device=prompt.device)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt.device)  # (B,)
     out: list[Tensor] = []
+    pos = t_prompt  # the next cache position to fill
     for i in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits.float(), seen, penalty)
@@ -224,7 +251,13 @@ def generate(
         # done.all() reads back from the device: only worth it when rows can stop.
         if i == max_new_tokens - 1 or (len(stops) and bool(done.all())):
             break
-        pos = torch.tensor([t_prompt + i], device=prompt.device)
-        logits = decode(model, tok.view(batch, 1), pos)  # (B, V)
-    result = torch.cat([prompt, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
+        if pos == cache_len:  # the context is full: slide the window, recompute the cache
+            keep = cache_len - slide_tokens + 1
+            window = torch.cat([history, torch.stack(out, dim=1)], dim=1)[:, -keep:]  # (B, keep)
+            logits = prefill(model, window, torch.arange(keep, device=prompt.device))
+            pos = keep
+        else:
+            logits = decode(model, tok.view(batch, 1), torch.tensor([pos], device=prompt.device))
+            pos += 1
+    result = torch.cat([history, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
     return result[0] if squeeze else result

@@ -35,6 +35,12 @@ class SamplingParams:
         logprobs: ``None`` for no log-probabilities, 0 for the chosen token's only, k > 0 to also
             return the k most likely alternatives at each step (raw model distribution).
         ignore_eos: keep generating past EOS (benchmarks).
+        slide_tokens: 0 ends a sequence at the model's context (and a prompt plus
+            ``max_new_tokens`` that does not fit is refused). ``n > 0`` goes past the context
+            with a sliding window: a prompt longer than the context keeps its last tokens, and
+            whenever the context is full the oldest ``n`` tokens leave it and the cache is
+            recomputed over the rest (one forward over ``context - n + 1`` tokens every ``n``
+            new tokens; ``n = 1`` is a full-context forward per token, the books' crop).
 
     >>> SamplingParams(temperature=0.0, max_new_tokens=8).greedy
     True
@@ -51,6 +57,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     ignore_eos: bool = False
+    slide_tokens: int = 0
 
     def __post_init__(self) -> None:
         # Accept lists from callers (CLI, protobuf) but store tuples so the object stays hashable.
@@ -87,6 +94,10 @@ class SamplingParams:
                     f"stop strings must be non-empty str of at most {MAX_STOP_STRING_CHARS} "
                     f"characters, got {s!r}"
                 )
+        if self.slide_tokens < 0:
+            raise ValueError(
+                f"slide_tokens must be >= 0 (0 = stop at the context), got {self.slide_tokens!r}"
+            )
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(
                 f"logprobs must be None or in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}"

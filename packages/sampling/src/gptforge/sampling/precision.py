@@ -27,18 +27,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from gptforge.modeling.linear import HAS_ONEDNN_LINEAR, onednn_linear
+from gptforge.modeling.protocol import LanguageModel
 from torch import nn
 
 PrecisionMode = Literal["float32", "float16", "bfloat16", "int8-dynamic"]
 MODES: tuple[str, ...] = ("float32", "float16", "bfloat16", "int8-dynamic")
 
 
-def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
+def apply_weight_precision(model: LanguageModel, mode: str) -> LanguageModel:
     """Convert ``model`` in place to a weight precision ``mode`` and return it (eval mode).
 
     Args:
@@ -47,6 +48,11 @@ def apply_weight_precision(model: nn.Module, mode: str) -> nn.Module:
 
     Set up caches again after calling this (their dtype follows the weights).
     """
+    _convert(cast(nn.Module, model), mode)  # swaps layers in place: the same object
+    return model
+
+
+def _convert(model: nn.Module, mode: str) -> nn.Module:
     if mode not in MODES:
         raise ValueError(f"precision mode {mode!r} is not one of {list(MODES)}")
     on_cpu = _device_type(model) == "cpu"

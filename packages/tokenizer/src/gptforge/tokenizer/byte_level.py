@@ -54,3 +54,33 @@ def bytes_to_token_str(data: bytes) -> str:
     """Encode raw bytes (``b" the"``) as a byte-level token string (``"Ġthe"``)."""
     table = byte_to_char()
     return "".join(table[b] for b in data)
+
+
+def readable_piece(data: bytes) -> tuple[str, bool]:
+    """A token's bytes as text for people: ``(text, partial)``.
+
+    Whole UTF-8 characters show as themselves; bytes of a character cut by the token boundary
+    show as ``<0xC4>`` and make ``partial`` true (the token holds part of a character).
+
+    >>> readable_piece("'da".encode())
+    ("'da", False)
+    >>> readable_piece("İs".encode()[:1])
+    ('<0xC4>', True)
+    """
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        pass
+    parts, i = [], 0
+    while i < len(data):  # decode character by character; a bad start byte stands alone
+        for width in (1, 2, 3, 4):
+            try:
+                parts.append(data[i : i + width].decode("utf-8"))
+                i += width
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            parts.append(f"<0x{data[i]:02X}>")
+            i += 1
+    return "".join(parts), True

@@ -15,15 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import tiktoken
 from gptforge.corpus import Source
 from gptforge.tokenizer.errors import SpecialTokenError, TokenizerError
 from gptforge.tokenizer.hf_bridge import RankTables, add_special, rank_tables
-from gptforge.tokenizer.specials import EOT, GPT2_PATTERN
+from gptforge.tokenizer.pretokenize import PATTERNS
+from gptforge.tokenizer.specials import EOT
 from gptforge.tokenizer.train import check_special_tokens, train_hf
 from tokenizers import Tokenizer as HFTokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 AllowedSpecial = Literal["all"] | Collection[str]
 
@@ -55,7 +60,7 @@ class Tokenizer:
         self._tables = tables
         self._enc = tiktoken.Encoding(
             self._name or "gptforge-bpe",
-            pat_str=GPT2_PATTERN,
+            pat_str=PATTERNS[tables.pre_tokenizer],
             mergeable_ranks=tables.mergeable_ranks,
             special_tokens=tables.special_tokens,
         )
@@ -76,6 +81,7 @@ class Tokenizer:
         special_tokens: Sequence[str] = (EOT,),
         field: str = "text",
         show_progress: bool = True,
+        pre_tokenizer: str = "gpt2",
     ) -> Tokenizer:
         """Train a byte-level BPE on a corpus source (or on ``texts``) with HF ``tokenizers``.
 
@@ -88,6 +94,9 @@ class Tokenizer:
             special_tokens: Appended after the merges (``<|endoftext|>`` by default).
             field: Text field of ``.jsonl`` records and dataset rows.
             show_progress: Show progress bars while reading and merging.
+            pre_tokenizer: How text is cut before merging: ``gpt2`` (GPT-2's regex, English
+                contractions) or ``tekken`` (no contractions: "İstanbul'da" keeps "'da"
+                whole); recorded in ``tokenizer.json``.
 
         >>> tok = Tokenizer.train("default", vocab_size=4096, show_progress=False)
         >>> tok.n_vocab
@@ -101,6 +110,7 @@ class Tokenizer:
             special_tokens=special_tokens,
             field=field,
             show_progress=show_progress,
+            pre_tokenizer=pre_tokenizer,
         )
         return cls(hf)
 
@@ -154,6 +164,11 @@ class Tokenizer:
         return self._name or f"bpe-{self.n_vocab}"
 
     @property
+    def pre_tokenizer(self) -> str:
+        """How text is cut before merging: ``gpt2`` or ``tekken`` (see ``pretokenize``)."""
+        return self._tables.pre_tokenizer
+
+    @property
     def hf(self) -> HFTokenizer:
         """The underlying HF tokenizer (the source of truth; do not mutate it directly)."""
         return self._hf
@@ -201,7 +216,7 @@ class Tokenizer:
         """sha256 of the pattern, vocabulary, merges and special tokens (stable across save and
         load, independent of file formatting)."""
         h = hashlib.sha256()
-        h.update(GPT2_PATTERN.encode())
+        h.update(PATTERNS[self._tables.pre_tokenizer].encode())
         by_id = sorted((i, b) for b, i in self._tables.mergeable_ranks.items())
         h.update(json.dumps([[i, b.hex()] for i, b in by_id]).encode())
         h.update(json.dumps(self._tables.merges, ensure_ascii=False).encode())
@@ -326,6 +341,32 @@ class Tokenizer:
             if allowed:
                 return self._core.encode(text, allowed)
             return self._core.encode_ordinary(text)
+
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        allowed_special: AllowedSpecial = frozenset(),
+        disallowed_special: AllowedSpecial = "all",
+    ) -> npt.NDArray[np.uint32]:
+        """:meth:`encode` into a ``uint32`` array, with no Python list in between (tiktoken's
+        ``encode_to_numpy``): what bulk encoding uses to keep memory compact.
+
+        >>> tok = Tokenizer.train(texts=["aaa bbb"] * 5, vocab_size=300, show_progress=False)
+        >>> tok.encode_to_numpy("aaa bbb").tolist() == tok.encode("aaa bbb")
+        True
+        """
+        import numpy as np
+
+        allowed, disallowed = self._resolve(allowed_special, disallowed_special)
+        if disallowed:
+            self._check_disallowed(text, disallowed)
+        try:
+            buffer = self._core.encode_to_tiktoken_buffer(text, allowed)
+        except UnicodeEncodeError:  # lone surrogates, replaced as in _encode
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            buffer = self._core.encode_to_tiktoken_buffer(text, allowed)
+        return np.frombuffer(buffer, dtype=np.uint32)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text with no special-token handling at all (special text is plain text)."""

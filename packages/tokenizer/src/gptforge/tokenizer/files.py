@@ -70,6 +70,7 @@ def save_dir(tok: Tokenizer, path: Path) -> Path:
         "format_version": FORMAT_VERSION,
         "name": tok.name,
         "n_vocab": tok.n_vocab,
+        "pre_tokenizer": tok.pre_tokenizer,
         "pattern": tok.encoding._pat_str,
         "special_tokens": tok.special_tokens,
         "fingerprint": tok.fingerprint,

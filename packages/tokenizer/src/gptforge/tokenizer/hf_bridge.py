@@ -18,7 +18,8 @@ from typing import Any
 
 from gptforge.tokenizer.byte_level import token_str_to_bytes
 from gptforge.tokenizer.errors import TokenizerError
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from gptforge.tokenizer.pretokenize import PATTERNS, hf_pre_tokenizer, pre_tokenizer_name
+from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
 
@@ -30,20 +31,26 @@ class RankTables:
     special_tokens: dict[str, int]
     merges: list[tuple[str, str]]
     """Merges in priority order, as byte-level token strings (``("Ġ", "t")``)."""
+    pre_tokenizer: str = "gpt2"
+    """The pre-tokenizer's name (a key of :data:`gptforge.tokenizer.pretokenize.PATTERNS`)."""
 
 
 def new_byte_level_bpe(
-    vocab: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None
+    vocab: dict[str, int] | None = None,
+    merges: list[tuple[str, str]] | None = None,
+    *,
+    pre_tokenizer: str = "gpt2",
 ) -> HFTokenizer:
-    """Return an HF tokenizer set up like GPT-2: byte-level BPE, GPT-2 regex, no prefix space.
+    """Return an HF tokenizer set up like GPT-2: byte-level BPE, no prefix space.
 
     Args:
         vocab: Byte-level token string -> id; ``None`` for an empty model to be trained.
         merges: The merges in priority order (required together with ``vocab``).
+        pre_tokenizer: ``gpt2`` (GPT-2's regex) or ``tekken`` (see ``pretokenize``).
     """
     model = models.BPE() if vocab is None else models.BPE(vocab=vocab, merges=merges or [])
     hf = HFTokenizer(model)
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.pre_tokenizer = hf_pre_tokenizer(pre_tokenizer)
     hf.decoder = decoders.ByteLevel()
     return hf
 
@@ -58,16 +65,16 @@ def add_special(hf: HFTokenizer, tokens: list[str]) -> None:
 def _check_compatible(spec: dict[str, Any]) -> None:
     """Refuse tokenizer.json files the tiktoken fast path cannot reproduce exactly."""
     model = spec.get("model") or {}
-    pre = spec.get("pre_tokenizer") or {}
     problems = []
     if model.get("type") != "BPE":
         problems.append(f"model.type is {model.get('type')!r}, expected 'BPE'")
     if spec.get("normalizer") is not None:
         problems.append(f"normalizer is {spec['normalizer'].get('type')!r}, expected none")
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        problems.append(f"pre_tokenizer is {pre!r}, expected ByteLevel with use_regex=true")
-    elif pre.get("add_prefix_space"):
-        problems.append("pre_tokenizer.add_prefix_space is true, expected false")
+    if pre_tokenizer_name(spec) is None:
+        problems.append(
+            f"pre_tokenizer is {spec.get('pre_tokenizer')!r}, expected ByteLevel with "
+            f"use_regex=true and no prefix space, or one of gptforge's {sorted(PATTERNS)}"
+        )
     for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             problems.append(f"model.{key} is {model[key]!r}, expected none")
@@ -117,4 +124,4 @@ def rank_tables(hf: HFTokenizer) -> RankTables:
             )
         previous = merged
         merges.append((a, b))
-    return RankTables(ranks, specials, merges)
+    return RankTables(ranks, specials, merges, pre_tokenizer_name(spec) or "gpt2")

@@ -58,6 +58,7 @@ def train_hf(
     special_tokens: Sequence[str] = (EOT,),
     field: str = "text",
     show_progress: bool = True,
+    pre_tokenizer: str = "gpt2",
 ) -> HFTokenizer:
     """Train a GPT-2-style byte-level BPE and return the HF tokenizer.
 
@@ -75,6 +76,8 @@ def train_hf(
         special_tokens: Tokens appended after the merges.
         field: Text field of ``.jsonl`` and dataset sources.
         show_progress: Show HF's progress bars (documents read, merges learned).
+        pre_tokenizer: ``gpt2`` (GPT-2's regex) or ``tekken`` (apostrophe suffixes stay
+            whole); see :mod:`gptforge.tokenizer.pretokenize`.
     """
     specials = check_special_tokens(special_tokens, "special_tokens")
     floor = 256 + len(specials)
@@ -103,7 +106,7 @@ def train_hf(
             seen[0] += len(doc)
             yield doc
 
-    hf = new_byte_level_bpe()
+    hf = new_byte_level_bpe(pre_tokenizer=pre_tokenizer)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(specials),
         min_frequency=min_frequency,

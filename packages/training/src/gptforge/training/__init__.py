@@ -31,9 +31,7 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "SlidingWindowDataset": "gptforge.training.data",
         "DataError": "gptforge.training.data",
         "TrainingDiverged": "gptforge.training.loop",
-        "ChatModel": "gptforge.training.chat",
         "generate_tasks": "gptforge.training.tasks",
-        "RemoteTokenizer": "gptforge.training.remote",
         "model_config": "gptforge.training.shape",
     }
     if name in lazy:

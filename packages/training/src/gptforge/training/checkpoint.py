@@ -14,15 +14,20 @@ Layout of ``RUN_DIR/checkpoints/step_000100/``, a model directory that every ver
 newest checkpoint (``gptforge chat --ckpt RUN/checkpoints/best``).
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a process
-killed mid-write leaves the previous checkpoints intact and no half-written one visible.
+killed mid-write leaves the previous checkpoints intact and no half-written one visible. What
+such a process leaves behind (``.tmp-step_*-PID`` directories, ``.*.tmp`` files of atomic writes)
+is removed by the next run that holds the run's lock (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -38,6 +43,11 @@ from safetensors.torch import load_model, save_model
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
+LOCK_FILE = ".lock"
+# Temporaries of this module (.tmp-step_000100-PID, .old-step_000100-PID) and of
+# gptforge.fileio's atomic writes (.NAME.RANDOM.tmp, .NAME.RANDOM.old).
+_HELD_LOCKS: dict[Path, int] = {}
+_LEFTOVER = re.compile(r"^\.(tmp|old)-step_\d+-\d+$|^\..+\.(tmp|old)$")
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +79,59 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def lock_run(run_dir: Path) -> int | None:
+    """Take the run's exclusive lock (held until the process exits); None if another holds it.
+
+    Only the lock's holder may treat temporaries in the run as stale: their writer is gone.
+    A process keeps the lock once taken, so later runs in the same process reuse it.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _HELD_LOCKS:
+        return _HELD_LOCKS[key]
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD_LOCKS[key] = fd
+    return fd
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir())
+
+
+def remove_leftovers(run_dir: Path) -> tuple[int, int]:
+    """Delete the temporaries killed writers left in ``run_dir`` and its checkpoints.
+
+    Call it only while holding :func:`lock_run`: then no other writer can be mid-write.
+
+    Returns:
+        How many entries were removed and how many bytes that freed.
+    """
+    count = freed = 0
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not _LEFTOVER.match(path.name):
+                continue
+            with contextlib.suppress(OSError):
+                size = _size(path)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                count, freed = count + 1, freed + size
+    return count, freed
 
 
 def _fsync_file(path: Path) -> None:

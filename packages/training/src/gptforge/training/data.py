@@ -14,7 +14,6 @@ Shards are memory-mapped, so a corpus larger than RAM trains without being loade
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,32 +21,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-FORMAT = "gptforge-tokens/1"
-META = "meta.json"
-SPLITS = ("train", "val")
-
-
-class DataError(ValueError):
-    """Prepared data that cannot be used as asked (missing, mismatched, out of vocabulary)."""
-
-
-def token_dtype(n_vocab: int) -> np.dtype:
-    """``uint16`` when every id fits in 16 bits, else ``uint32``."""
-    return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
-
-
-def read_meta(data_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``meta.json`` of a prepared data directory."""
-    path = Path(data_dir) / META
-    if not path.exists():
-        raise DataError(
-            f"{str(data_dir)!r} is not a prepared data directory (no {META}); "
-            "create one with: gptforge data prepare --input SOURCE --tokenizer DIR --out DATA_DIR"
-        )
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{path} has format {meta.get('format')!r}; expected {FORMAT!r}")
-    return meta
+# The shard format lives in the torch-free ``shards`` module (what ``data prepare`` imports);
+# it is re-exported here, beside the readers.
+from gptforge.training.shards import (  # noqa: F401
+    FORMAT,
+    META,
+    SPLITS,
+    DataError,
+    check_resume_data,
+    read_meta,
+    token_dtype,
+    verify_checksums,
+)
 
 
 class TokenShards:

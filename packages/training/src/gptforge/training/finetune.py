@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import init_distributed, shutdown
 from gptforge.training.instruct import (
-    SPECIAL_TOKENS,
     InstructionDataset,
-    encode_record,
     exact_match,
     read_records_with_origin,
     truncate_example,
@@ -111,8 +110,9 @@ def finetune(
 
     >>> finetune(FinetuneConfig(from_run="runs/demo/pretrain", out="runs/demo/sft"))  # doctest: +SKIP
     """
+    from gptforge.conversion import load_any
     from gptforge.modeling import build_model
-    from gptforge.modeling.io import load_model_dir, read_config, save_model_dir
+    from gptforge.modeling.io import read_config, save_model_dir
     from gptforge.tokenizer import Tokenizer
 
     info = init_distributed(cfg.device)
@@ -125,12 +125,12 @@ def finetune(
             # Rank 0 loads the model on the CPU, the others describe it on the meta device;
             # the loop shards it and hands out rank 0's weights (as pretrain does).
             if info.is_main:
-                model: Any = load_model_dir(src, device="cpu", dtype=torch.float32)
+                model: Any = load_any(src, device="cpu", dtype=torch.float32)[0]
             else:
                 with torch.device("meta"):
                     model = build_model(read_config(src))
         else:
-            model = load_model_dir(src, device=device, dtype=torch.float32)
+            model = load_any(src, device=device, dtype=torch.float32)[0]
         if tokenizer.n_vocab > model.config.vocab_size:
             model.resize_token_embeddings(tokenizer.n_vocab)
         model.train()

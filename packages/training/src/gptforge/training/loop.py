@@ -26,8 +26,11 @@ import torch
 from gptforge.modeling.device import auto_device_name
 from gptforge.modeling.device import resolve_device as modeling_device
 from gptforge.training.checkpoint import (
+    LOCK_FILE,
     CheckpointInfo,
     CheckpointManager,
+    lock_run,
+    remove_leftovers,
     rng_state,
     set_rng_state,
 )
@@ -240,6 +243,19 @@ def keep_best(
     )
 
 
+def _clean_leftovers(run_dir: Path, write: Callable[[str], object]) -> None:
+    """Lock the run, and remove what killed runs left (the lock proves their writers gone)."""
+    if lock_run(run_dir) is None:
+        write(f"warning: another process holds {run_dir / LOCK_FILE}; leftovers are not cleaned")
+        return
+    count, freed = remove_leftovers(run_dir)
+    if count:
+        write(
+            f"removed {count} temporaries left by an interrupted run in {run_dir} "
+            f"({freed / 2**20:.1f} MiB freed)"
+        )
+
+
 def train_loop(
     cfg: LoopConfig,
     model: nn.Module,
@@ -280,6 +296,8 @@ def train_loop(
     write = write or tqdm.write
     run_dir = Path(cfg.out)
     ckpt = CheckpointManager(run_dir, keep_last=cfg.keep_last, warn=write)
+    if info.is_main:
+        _clean_leftovers(run_dir, write)
     use_fsdp = uses_fsdp(cfg, info)
     if use_fsdp and cfg.dtype == "float16":
         raise ValueError(

@@ -1,198 +1,274 @@
 """``gptforge data prepare``: stream a corpus through a tokenizer into token shards.
 
-Documents are read one at a time (:func:`gptforge.corpus.iter_documents`), encoded in batches,
-joined with the end-of-text token and cut into blocks of ``block_tokens``; each block goes to
-the validation split when that keeps the validation share at or under ``val_fraction``, else to
-training. Nothing holds the corpus in memory: a corpus larger than RAM prepares in bounded
-memory. Inputs larger than ``parallel_threshold_bytes`` are tokenized with a ``datasets``
-parallel ``map`` (``num_proc`` processes) over an on-disk Arrow cache; the result is identical
-to the sequential path because ``map`` keeps the order.
+The corpus arrives as pieces of at most ``chunk_bytes`` (:func:`gptforge.corpus.iter_segments`:
+a long document comes in several pieces, cut where the tokenizer splits anyway, and only a
+document's end gets the end-of-text id). Pieces are grouped into batches of about
+``batch_bytes`` characters and encoded on ``num_proc`` threads straight into numpy arrays
+(tiktoken releases the GIL, so threads scale like processes without copying text between them);
+results are taken in corpus order, so the ids do not depend on ``num_proc``. At most
+``2 * num_proc`` batches are in flight: memory is bounded by the batch and piece sizes, never by
+the corpus.
+
+Everything is written into a temporary folder beside ``out`` that replaces it only when the run
+succeeds (:func:`gptforge.fileio.atomic_dir`): a failed or killed run leaves the previous data
+directory as it was, and the next run removes what a killed one left behind.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import ctypes
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from gptforge.training.data import FORMAT, META, token_dtype
-from gptforge.training.io import atomic_write_text
-from gptforge.training.remote import GRPC_SCHEME, RemoteTokenizer
+from gptforge.corpus import Segment
+from gptforge.fileio import TEMP_SUFFIX, atomic_dir, atomic_write_json
+from gptforge.training.shards import FORMAT, META, BlockSink, data_checksum, token_dtype
 
-_WORKER_TOKENIZERS: dict[str, Any] = {}
+_OWNER = ".prepare-owner"  # the pid of the run writing a temporary folder
 
 
 def load_tokenizer(spec: str | Path | Any) -> Any:
-    """A tokenizer from a directory, a ``grpc://host:port`` address, or an object (returned)."""
+    """A tokenizer from a directory, or any object with ``encode_batch`` (returned as is, e.g.
+    ``gptforge.services.tokenizer.RemoteTokenizer``, which the CLI makes from grpc://host:port)."""
     if not isinstance(spec, str | Path):
         return spec
     text = str(spec)
-    if text.startswith(GRPC_SCHEME):
-        return RemoteTokenizer(text)
     from gptforge.tokenizer import Tokenizer
 
     if not Path(text).is_dir():
         raise FileNotFoundError(
-            f"tokenizer {text!r} is neither a directory nor grpc://host:port; train one with "
-            "`gptforge tokenizer train` or start the service with `gptforge serve tokenizer`"
+            f"tokenizer {text!r} is not a directory; train one with `gptforge tokenizer train`, "
+            "or tokenize through a service: `--tokenizer grpc://host:port` on the command line, "
+            "gptforge.services.tokenizer.RemoteTokenizer from Python"
         )
     return Tokenizer.from_dir(text)
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Encode documents with special-token text treated as plain text (never as control ids)."""
-    if isinstance(tokenizer, RemoteTokenizer):
-        return tokenizer.encode_batch(texts)
     return tokenizer.encode_batch(texts, allowed_special=frozenset(), disallowed_special=())
 
 
-def _map_encode(batch: dict[str, list], tokenizer_dir: str) -> dict[str, list]:
-    """``datasets.map`` worker: load the tokenizer once per process and encode a batch."""
-    tok = _WORKER_TOKENIZERS.get(tokenizer_dir)
-    if tok is None:
-        tok = _WORKER_TOKENIZERS[tokenizer_dir] = load_tokenizer(tokenizer_dir)
-    return {"ids": encode_texts(tok, batch["text"])}
+def _batch_encoder(tok: Any, dtype: np.dtype) -> Callable[[list[Segment]], np.ndarray]:
+    """A function from a batch of pieces to their ids, end-of-text after each document end."""
+    eot = np.array([tok.eot_token], dtype=dtype)
+    if hasattr(tok, "encode_to_numpy"):
+
+        def encode_all(texts: list[str]) -> list[np.ndarray]:
+            return [tok.encode_to_numpy(t, disallowed_special=()) for t in texts]
+    else:
+
+        def encode_all(texts: list[str]) -> list[np.ndarray]:
+            return [np.asarray(ids, dtype=np.int64) for ids in encode_texts(tok, texts)]
+
+    def encode(batch: list[Segment]) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for (_, end), ids in zip(batch, encode_all([text for text, _ in batch]), strict=True):
+            parts.append(ids)
+            if end:
+                parts.append(eot)
+        ids = np.concatenate(parts) if parts else eot[:0]
+        if len(ids) and int(ids.max()) >= tok.n_vocab:
+            raise ValueError(f"tokenizer produced id {int(ids.max())} >= its n_vocab {tok.n_vocab}")
+        return ids.astype(dtype, copy=False)
+
+    return encode
 
 
-class _ShardWriter:
-    """Append ids to ``{split}_{n:06d}.bin`` files of at most ``shard_tokens`` tokens."""
-
-    def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
-        self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
-        self.shards: list[dict[str, Any]] = []
-        self._file: BinaryIO | None = None
-        self._tmp: Path | None = None
-        self._count = 0
-
-    def _open(self) -> None:
-        name = f"{self.split}_{len(self.shards):06d}.bin"
-        self._tmp = self.out / f".{name}.tmp"
-        self._file = self._tmp.open("wb")
-        self.shards.append({"file": name, "tokens": 0})
-
-    def _close(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            assert self._tmp is not None
-            os.replace(self._tmp, self.out / self.shards[-1]["file"])
-            self._file = None
-
-    def write(self, ids: np.ndarray) -> None:
-        while len(ids):
-            if self._file is None or self.shards[-1]["tokens"] >= self.shard_tokens:
-                self._close()
-                self._open()
-            room = self.shard_tokens - self.shards[-1]["tokens"]
-            part, ids = ids[:room], ids[room:]
-            assert self._file is not None
-            self._file.write(part.astype(self.dtype).tobytes())
-            self.shards[-1]["tokens"] += len(part)
-            self._count += len(part)
-
-    def close(self) -> int:
-        self._close()
-        return self._count
-
-
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
+def _batches(segments: Iterable[Segment], batch_bytes: int) -> Iterator[list[Segment]]:
+    """Pieces grouped into batches of at most ``batch_bytes`` characters (or one piece)."""
+    batch: list[Segment] = []
+    size = 0
+    for segment in segments:
+        if batch and size + len(segment[0]) > batch_bytes:
             yield batch
-            batch = []
+            batch, size = [], 0
+        batch.append(segment)
+        size += len(segment[0])
     if batch:
         yield batch
 
 
-def _token_batches(
-    documents: Iterator[str],
-    tokenizer: Any,
-    tokenizer_dir: str | None,
-    *,
-    batch_size: int,
-    num_proc: int,
-    parallel_threshold_bytes: int,
-    work_dir: Path,
-) -> Iterator[list[list[int]]]:
-    """Yield encoded document batches in corpus order, in parallel for large inputs."""
-    head: list[str] = []
-    head_bytes = 0
-    for doc in documents:
-        head.append(doc)
-        head_bytes += len(doc)
-        if head_bytes > parallel_threshold_bytes:
-            break
-    else:  # small input: encode in this process
-        for batch in _batched(head, batch_size):
-            yield encode_texts(tokenizer, batch)
+def _ordered_map(
+    fn: Callable[[list[Segment]], np.ndarray], batches: Iterator[list[Segment]], workers: int
+) -> Iterator[tuple[list[Segment], np.ndarray]]:
+    """``fn`` over ``batches`` on ``workers`` threads, results in input order, bounded in flight."""
+    if workers <= 1:
+        for batch in batches:
+            yield batch, fn(batch)
         return
-    if tokenizer_dir is None or num_proc <= 1:  # remote tokenizer or one process: stream
-        for batch in _batched(iter([*head, *documents]), batch_size):
-            yield encode_texts(tokenizer, batch)
-        return
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque[tuple[list[Segment], Future[np.ndarray]]] = deque()
+        for batch in batches:
+            queue.append((batch, pool.submit(fn, batch)))
+            if len(queue) >= 2 * workers:
+                done, future = queue.popleft()
+                yield done, future.result()
+        while queue:
+            done, future = queue.popleft()
+            yield done, future.result()
 
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    # Spill the documents to Parquet in chunks (bounded memory), then map over an on-disk cache.
-    parquet = work_dir / "docs.parquet"
-    schema = pa.schema([("text", pa.string())])
-    with pq.ParquetWriter(parquet, schema) as writer:
-        for chunk in _batched(iter([*head, *documents]), 4096):
-            writer.write_table(pa.table({"text": chunk}, schema=schema))
-    del head
-    ds = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(work_dir / "cache"))
-    ds = ds.map(
-        _map_encode,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=["text"],
-        fn_kwargs={"tokenizer_dir": tokenizer_dir},
-        desc="tokenizing",
-    )
-    for batch in ds.iter(batch_size=batch_size):
-        yield batch["ids"]
+def _pin_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold fixed at 256 KiB for this process.
+
+    By default glibc raises the threshold each time a mapped block is freed, so the 1-2 MiB
+    texts and id arrays of later batches land in the heap instead, which fragments and grows
+    with the corpus. Pinned, they are mapped and unmapped whole and memory stays flat.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to pin
+            ctypes.CDLL("libc.so.6").mallopt(-3, 256 << 10)  # -3 is M_MMAP_THRESHOLD
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def clean_leftovers(out: Path, log: Callable[[str], None] | None = None) -> int:
+    """Remove the temporary folders a killed ``prepare`` left beside ``out``; bytes freed.
+
+    A folder whose writer is still running is kept. A previous ``out`` that a kill caught
+    mid-swap (moved aside, the new one not yet in place) is moved back instead of deleted.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    freed, removed = 0, 0
+    for tmp in sorted(out.parent.glob(f".{out.name}.*{TEMP_SUFFIX}")):
+        owner = tmp / _OWNER
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if not tmp.is_dir() or (pid and pid != os.getpid() and _pid_alive(pid)):
+            continue
+        freed += _tree_bytes(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed += 1
+    for old in sorted(out.parent.glob(f".{out.name}.*.old")):
+        if not out.exists() and (old / out.name).is_dir():
+            os.replace(old / out.name, out)
+            log(f"restored {out} from {old.name}, left by a run killed while swapping it in")
+        freed += _tree_bytes(old)
+        shutil.rmtree(old, ignore_errors=True)
+        removed += 1
+    if removed:
+        log(
+            f"removed {removed} leftover folder(s) of an interrupted `data prepare` beside "
+            f"{out} ({freed / 1e6:.1f} MB freed)"
+        )
+    return freed
+
+
+def claim(tmp: Path) -> None:
+    """Mark a temporary output folder as this process's, so :func:`clean_leftovers` keeps it
+    while the process runs (remove the mark before the folder is swapped in)."""
+    (tmp / _OWNER).write_text(str(os.getpid()))
+
+
+def release(tmp: Path) -> None:
+    """Remove the mark :func:`claim` left."""
+    (tmp / _OWNER).unlink()
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds something other than prepared data (it is replaced)."""
+    if out.is_file() or (out.is_dir() and not (out / META).exists() and any(out.iterdir())):
+        raise ValueError(
+            f"--out {str(out)!r} exists and is not a prepared data directory (no {META}); "
+            "prepare replaces the whole folder, so pass a new or empty directory"
+        )
+
+
+def _parse_part(part: tuple[int, int] | str | None) -> tuple[int, int]:
+    if part is None:
+        return (0, 1)
+    if isinstance(part, str):
+        index, _, count = part.partition("/")
+        try:
+            part = (int(index), int(count))
+        except ValueError:
+            raise ValueError(
+                f"--shard {part!r} is not INDEX/COUNT; write e.g. --shard 0/4 for the first of "
+                "four parts"
+            ) from None
+    if not 0 <= part[0] < part[1]:
+        raise ValueError(
+            f"--shard {part[0]}/{part[1]}: INDEX must be in [0, COUNT), e.g. 0/{max(part[1], 2)}"
+        )
+    return part
+
+
+def _segments(
+    source: Any, field: str, chunk_bytes: int, paragraphs: bool, part: tuple[int, int]
+) -> Iterator[Segment]:
+    from gptforge.corpus import iter_segments, segment_documents
+
+    if isinstance(source, str | os.PathLike):
+        return iter_segments(
+            source, field=field, chunk_bytes=chunk_bytes, paragraphs=paragraphs, part=part
+        )
+    if part != (0, 1):
+        raise ValueError(
+            "--shard needs a corpus of files (parts are byte ranges of them); documents given "
+            "in Python, or a streaming dataset, are prepared whole"
+        )
+    return segment_documents(source, field=field, chunk_bytes=chunk_bytes)
 
 
 def prepare_data(
-    source: str | Path | list[str],
+    source: str | Path | Iterable[Any],
     tokenizer: str | Path | Any,
     out: str | Path,
     *,
     val_fraction: float = 0.1,
     field: str = "text",
     num_proc: int | None = None,
-    batch_size: int = 256,
     block_tokens: int = 1024,
     shard_tokens: int = 1 << 27,
-    parallel_threshold_bytes: int = 32 << 20,
+    paragraphs: bool = False,
+    shard: tuple[int, int] | str | None = None,
+    batch_bytes: int = 1 << 21,
+    chunk_bytes: int = 1 << 20,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenize ``source`` into ``out`` (shards + ``meta.json`` + ``tokenizer/`` copy).
 
     Args:
-        source: Anything :func:`gptforge.corpus.iter_documents` reads (``"default"`` included)
-            or a list of document strings.
-        tokenizer: Tokenizer directory, ``grpc://host:port`` of a tokenizer service, or a
-            tokenizer object.
-        out: Output data directory (created; existing shards are replaced).
+        source: Anything :func:`gptforge.corpus.iter_segments` reads (``"default"`` included),
+            or documents in Python: a list of strings, or rows (``row[field]``) such as a
+            ``datasets`` dataset loaded with ``streaming=True``.
+        tokenizer: Tokenizer directory, or any object with ``encode_batch`` (a ``Tokenizer``,
+            or ``gptforge.services.tokenizer.RemoteTokenizer`` for a tokenizer service).
+        out: Output data directory; replaced whole, and only when the run succeeds.
         val_fraction: Share of tokens routed to the validation split.
-        field: Text field of ``.jsonl``/parquet sources.
-        num_proc: Processes of the parallel map (default: CPU count, at most 8).
-        batch_size: Documents per encode call.
+        field: Text field of ``.jsonl``/parquet records and dataset rows.
+        num_proc: Encoding threads (default: the CPU count, at most 8).
         block_tokens: Granularity of the train/validation routing.
         shard_tokens: Most tokens per shard file.
-        parallel_threshold_bytes: Inputs larger than this use the ``datasets`` parallel map.
+        paragraphs: Text files hold one document per blank-line-separated paragraph.
+        shard: ``(INDEX, COUNT)`` or ``"INDEX/COUNT"``: prepare only that part of the corpus
+            (see ``part`` of :func:`gptforge.corpus.iter_segments`); ``gptforge data merge``
+            joins the parts into what one run over the whole corpus writes.
+        batch_bytes: Characters of text per encoding batch.
+        chunk_bytes: Most bytes of one piece of a long document.
         progress: Show a tqdm bar of documents.
 
     Returns:
@@ -202,89 +278,68 @@ def prepare_data(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if block_tokens < 1 or shard_tokens < 1:
+    if block_tokens < 1 or shard_tokens < 1 or batch_bytes < 1:
         raise ValueError(
-            f"block_tokens and shard_tokens must be >= 1, got {block_tokens!r}, {shard_tokens!r}"
+            f"block_tokens, shard_tokens and batch_bytes must be >= 1, got {block_tokens!r}, "
+            f"{shard_tokens!r}, {batch_bytes!r}"
         )
-    from gptforge.corpus import iter_documents
     from tqdm.auto import tqdm
 
+    part = _parse_part(shard)
+    _pin_mmap_threshold()
+    out = Path(out)
+    check_out(out)
+    clean_leftovers(out)
     tok = load_tokenizer(tokenizer)
     tokenizer_dir = (
         str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else None
     )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.bin"):
-        old.unlink()
-    (out / META).unlink(missing_ok=True)
     dtype = token_dtype(tok.n_vocab)
-    writers = {s: _ShardWriter(out, s, dtype, shard_tokens) for s in ("train", "val")}
-    docs = iter(source) if isinstance(source, list) else iter_documents(source, field=field)
-    n_docs, max_id, total, val_total = 0, -1, 0, 0
-    pending = np.empty(0, dtype=np.int64)
-    eot = np.array([tok.eot_token], dtype=np.int64)
-
-    def route(block: np.ndarray) -> None:
-        nonlocal total, val_total
-        split = "val" if val_total + len(block) <= val_fraction * (total + len(block)) else "train"
-        writers[split].write(block)
-        total += len(block)
-        val_total += len(block) if split == "val" else 0
-
-    bar = tqdm(desc="documents", unit="doc", disable=not progress)
-    work_dir = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-    try:
-        batches = _token_batches(
-            docs,
-            tok,
-            tokenizer_dir,
-            batch_size=batch_size,
-            num_proc=num_proc or min(8, os.cpu_count() or 1),
-            parallel_threshold_bytes=parallel_threshold_bytes,
-            work_dir=work_dir,
+    workers = num_proc or min(8, os.cpu_count() or 1)
+    segments = _segments(source, field, chunk_bytes, paragraphs, part)
+    with atomic_dir(out) as tmp:
+        claim(tmp)
+        sink = BlockSink(
+            tmp,
+            dtype,
+            val_fraction=val_fraction,
+            block_tokens=block_tokens,
+            shard_tokens=shard_tokens,
         )
-        for ids_batch in batches:
-            parts = [pending]
-            for ids in ids_batch:
-                parts.extend((np.asarray(ids, dtype=np.int64), eot))
-                if ids:
-                    max_id = max(max_id, max(ids))
-            pending = np.concatenate(parts)
-            n_docs += len(ids_batch)
-            bar.update(len(ids_batch))
-            cut = len(pending) - len(pending) % block_tokens
-            for start in range(0, cut, block_tokens):
-                route(pending[start : start + block_tokens])
-            pending = pending[cut:]
-        if len(pending):
-            route(pending)
-    finally:
-        bar.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
-    counts = {split: writer.close() for split, writer in writers.items()}
-    if n_docs == 0:
-        raise ValueError(f"source {source!r} yielded no documents; check the path and --field")
-    max_id = max(max_id, tok.eot_token)
-    if max_id >= tok.n_vocab:
-        raise ValueError(f"tokenizer produced id {max_id} >= its n_vocab {tok.n_vocab}")
-    if tokenizer_dir is not None:
-        shutil.rmtree(out / "tokenizer", ignore_errors=True)
-        shutil.copytree(tokenizer_dir, out / "tokenizer")
-    meta = {
-        "format": FORMAT,
-        "dtype": dtype.name,
-        "tokenizer_fingerprint": tok.fingerprint,
-        "tokenizer": str(tokenizer) if isinstance(tokenizer, str | Path) else None,
-        "n_vocab": tok.n_vocab,
-        "eot_token": tok.eot_token,
-        "max_token_id": max_id,
-        "documents": n_docs,
-        "tokens": total,
-        "val_fraction": val_fraction,
-        "block_tokens": block_tokens,
-        "source": source if isinstance(source, str) else str(source)[:200],
-        "splits": {s: {"tokens": counts[s], "shards": writers[s].shards} for s in writers},
-    }
-    atomic_write_text(out / META, json.dumps(meta, indent=2) + "\n")
+        n_docs, max_id = 0, int(tok.eot_token)
+        with tqdm(desc="documents", unit="doc", disable=not progress) as bar:
+            encode = _batch_encoder(tok, dtype)
+            for batch, ids in _ordered_map(encode, _batches(segments, batch_bytes), workers):
+                ends = sum(end for _, end in batch)
+                n_docs += ends
+                bar.update(ends)
+                if len(ids):
+                    max_id = max(max_id, int(ids.max()))
+                sink.feed(ids)
+        splits = sink.finish()
+        if n_docs == 0 and part[1] == 1:
+            raise ValueError(f"source {source!r:.200} yielded no documents; check it and --field")
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        meta = {
+            "format": FORMAT,
+            "dtype": dtype.name,
+            "tokenizer_fingerprint": tok.fingerprint,
+            "tokenizer": str(tokenizer) if isinstance(tokenizer, str | Path) else None,
+            "n_vocab": tok.n_vocab,
+            "eot_token": tok.eot_token,
+            "max_token_id": max_id,
+            "documents": n_docs,
+            "tokens": sum(s["tokens"] for s in splits.values()),
+            "val_fraction": val_fraction,
+            "block_tokens": block_tokens,
+            "shard_tokens": shard_tokens,
+            "paragraphs": paragraphs,
+            "part": list(part),
+            "source": str(source)[:200],
+            "checksum": data_checksum(splits),
+            "splits": splits,
+        }
+        atomic_write_json(tmp / META, meta)
+        release(tmp)
     return meta

@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gptforge.training.checkpoint import CheckpointManager
 from gptforge.training.config import TrainConfig
-from gptforge.training.data import DataError, TokenShards, TokenWindows, read_meta
+from gptforge.training.data import (
+    DataError,
+    TokenShards,
+    TokenWindows,
+    check_resume_data,
+    read_meta,
+)
 from gptforge.training.distributed import init_distributed, shutdown
 from gptforge.training.loop import (
     Callback,
@@ -77,7 +84,7 @@ def load_init_model(directory: str | Path, device: torch.device) -> Any:
     """The model of any directory gptforge can load (run, HF/OpenAI/Meta import, MM-Rec)."""
     from gptforge.conversion.loading import load_any
 
-    model, _ = load_any(directory, device=device, dtype=torch.float32)
+    model = load_any(directory, device=device, dtype=torch.float32)[0]
     return model.train()
 
 
@@ -143,6 +150,9 @@ def pretrain(
         else:
             mcfg = model_config(cfg, tokenizer.n_vocab)
         context = int(cfg.context_length or mcfg.block_size) if init_model else mcfg.block_size
+        if resume:
+            saved = CheckpointManager(run_dir).list()
+            check_resume_data(cfg.data, saved[-1].manifest.get("data_checksum") if saved else None)
         train_shards = TokenShards(cfg.data, "train")
         val_shards = TokenShards(cfg.data, "val")
         for shards in (train_shards, val_shards):
@@ -192,6 +202,7 @@ def pretrain(
             "model_config": json.loads(json.dumps(vars(mcfg))),
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "tokenizer_dir": str(tok_dir),
+            "data_checksum": meta.get("checksum"),
         }
         return train_loop(
             cfg,

@@ -1,108 +1,106 @@
-"""Small generation helpers for sample printing and exact-match scoring during training.
+"""Generation during training (sample printing, exact-match scoring) on ``gptforge.sampling``.
 
-These run the model without a KV cache (training models are small and prompts short), use
-their own ``torch.Generator`` so they never move the training RNG, and batch prompts of equal
-length. Serving-grade generation lives in ``gptforge.sampling``.
+The model is put in eval mode for the call and back afterwards, its caches are dropped again
+(training never needs them), and sampling draws from a private ``torch.Generator`` so the
+training RNG never moves.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from gptforge.sampling import generate
+from gptforge.sampling.core import context_limit
 from torch import nn
 
 
-@torch.no_grad()
-def generate_ids(
+@contextmanager
+def _generating(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        remove = getattr(model, "remove_caches", None)
+        if remove is not None:
+            remove()
+        model.train(was_training)
+
+
+def _slide(model: nn.Module) -> int:
+    # Past the context, slide a quarter of it at a time (the prompt keeps its last tokens).
+    return max(1, (context_limit(model) or 4) // 4)
+
+
+def new_tokens(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     stop_ids: Sequence[int] = (),
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    seed: int = 0,
     batch_size: int = 64,
 ) -> list[list[int]]:
-    """New token ids for each prompt (greedy when ``temperature == 0``), stopping at a stop id.
+    """Greedy new token ids for each prompt, cut before the first stop id.
 
-    The stop id itself is not returned. Prompts of equal length are decoded together.
+    Prompts of equal length are decoded together by :func:`gptforge.sampling.generate`.
 
     Args:
-        model: ``forward(idx) -> (logits, loss)`` with ``config.block_size``.
-        prompts: Token ids per prompt (non-empty).
-        max_new_tokens: Most tokens generated per prompt.
-        stop_ids: Ids that end a generation.
-        temperature: 0 for greedy, else softmax temperature.
-        top_k: Keep only the ``top_k`` most likely tokens when sampling.
-        seed: Seed of the private generator used when sampling.
-        batch_size: Most prompts decoded together.
+        model: a gptforge model.
+        prompts: token ids per prompt (non-empty).
+        max_new_tokens: most tokens generated per prompt.
+        stop_ids: ids that end a generation (not returned).
+        batch_size: most prompts decoded together.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    config: Any = model.config
-    block = int(config.block_size)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     out: list[list[int]] = [[] for _ in prompts]
     groups: dict[int, list[int]] = defaultdict(list)
     for i, prompt in enumerate(prompts):
         if not prompt:
             raise ValueError(f"prompt {i} is empty; give at least one token")
         groups[len(prompt)].append(i)
-    for members in groups.values():
-        for start in range(0, len(members), batch_size):
-            rows = members[start : start + batch_size]
-            idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-            for _ in range(max_new_tokens):
-                logits, _ = model(idx[:, -block:])  # (B, T, V)
-                logits = logits[:, -1, :].float()  # (B, V)
-                if temperature <= 0:
-                    nxt = logits.argmax(dim=-1)  # (B,)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None:
-                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
-                for row, token in enumerate(nxt.tolist()):
-                    if not done[row]:
-                        if stops.numel() and token in stops:
-                            done[row] = True
-                        else:
-                            out[rows[row]].append(token)
-                if bool(done.all()):
-                    break
-                idx = torch.cat([idx, nxt[:, None]], dim=1)  # (B, T+1)
-    model.train(was_training)
+    stops = set(stop_ids)
+    with _generating(model):
+        for length, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                rows = members[start : start + batch_size]
+                ids = generate(
+                    model,
+                    torch.tensor([list(prompts[i]) for i in rows]),
+                    max_new_tokens,
+                    temperature=0.0,
+                    stop_token_ids=sorted(stops),
+                    slide_tokens=_slide(model),
+                )[:, length:].tolist()
+                for row, new in zip(rows, ids, strict=True):
+                    out[row] = new[: next((j for j, t in enumerate(new) if t in stops), len(new))]
     return out
 
 
 def sample_text(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Any,
     prompt: str,
     *,
     max_new_tokens: int = 48,
     temperature: float = 0.8,
-    top_k: int | None = 50,
+    top_k: int = 50,
     seed: int = 0,
 ) -> str:
     """Prompt plus a sampled continuation, as text (stops at end-of-text)."""
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_token]  # type: ignore[attr-defined]
-    new = generate_ids(
-        model,
-        [ids],
-        max_new_tokens=max_new_tokens,
-        stop_ids=[tokenizer.eot_token],  # type: ignore[attr-defined]
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-    )[0]
-    return prompt + tokenizer.decode(new)  # type: ignore[attr-defined]
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_token]
+    with _generating(model):
+        out = generate(
+            model,
+            ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            eos_id=tokenizer.eot_token,
+            seed=seed,
+            slide_tokens=_slide(model),
+        )[len(ids) :].tolist()
+    new = out[: out.index(tokenizer.eot_token)] if tokenizer.eot_token in out else out
+    return prompt + tokenizer.decode(new)

@@ -47,6 +47,7 @@ def build_request(
     allow_special_tokens: bool = False,
     truncate_prompt: bool = False,
     request_id: str = "",
+    slide_tokens: int = 0,
 ) -> pb.GenerateRequest:
     """A ``GenerateRequest``; ``None`` leaves an optional field unset (server default).
 
@@ -64,6 +65,7 @@ def build_request(
         allow_special_tokens=allow_special_tokens,
         truncate_prompt=truncate_prompt,
         request_id=request_id,
+        slide_tokens=slide_tokens,
     )
     if isinstance(prompt, str):
         req.text = prompt

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import BatchGenerator, SamplingParams, TokenEvent
 from gptforge.sampling.core import model_config
 
@@ -32,6 +33,10 @@ log = logging.getLogger("gptforge.services.generation")
 
 class EngineOverloadedError(Exception):
     """The admission budget (tokens in flight) cannot take the job now."""
+
+
+class RequestTooLargeError(ValueError):
+    """The job needs more than the whole admission budget: it can never run, retrying is futile."""
 
 
 class EngineClosedError(Exception):
@@ -89,7 +94,7 @@ class Engine:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: LanguageModel,
         tokenizer: Any,
         *,
         max_batch_size: int = 8,
@@ -139,8 +144,16 @@ class Engine:
         return self
 
     def submit(self, job: Job) -> Job:
-        """Queue a job, or raise :class:`EngineOverloadedError` at once when it does not fit."""
+        """Queue a job, or raise at once: :class:`EngineOverloadedError` when it does not fit
+        now, :class:`RequestTooLargeError` when it never can."""
         cost = job.tokens_in_flight
+        if cost > self.max_tokens_in_flight:
+            raise RequestTooLargeError(
+                f"this request needs {cost} tokens in flight (prompt + max_new_tokens, summed "
+                f"over its {len(job.params)} completions) but the server's whole budget is "
+                f"max_tokens_in_flight={self.max_tokens_in_flight}; lower n or max_new_tokens, "
+                "or shorten the prompt"
+            )
         with self._wake:
             if self._stop or not self._thread.is_alive():
                 raise EngineClosedError("the generation engine is stopped")

@@ -9,13 +9,14 @@ flight run to the end within the grace period, then the engine thread stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
@@ -26,6 +27,7 @@ from gptforge.api.server import (
     serve_until_signal,
     start_server,
 )
+from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling import SamplingParams
 from gptforge.sampling.core import context_limit, model_config
 from gptforge.services.generation.engine import Engine, EngineEvent, Job
@@ -34,7 +36,12 @@ from gptforge.services.generation.servicer import SERVICE_NAME, GenerationServic
 
 log = logging.getLogger("gptforge.services.generation")
 
-ModelLoader = Callable[[], tuple[torch.nn.Module, Any]]
+ModelLoader = Callable[[], tuple[LanguageModel, Any]]
+T = TypeVar("T")
+# Generation requests are small (a prompt fits the context); a lower receive limit than the
+# shared default makes gRPC refuse a huge message before Python parses it (parsing holds the
+# GIL, which would pause every stream). Token-id prompts with truncate_prompt fit ~800k ids.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -72,7 +79,7 @@ def warm_up(engine: Engine, timeout: float = 300.0) -> None:
 
 
 async def start(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any = None,
     config: ServerConfig | None = None,
     limits: GenerationLimits | None = None,
@@ -95,7 +102,7 @@ async def start(
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU); compiled during
             the warm-up, before health turns SERVING.
     """
-    config = config or ServerConfig()
+    config = config or ServerConfig(max_receive_message_bytes=MAX_REQUEST_BYTES)
     servicer = GenerationServicer(
         model_id=model_id,
         message_limits=(config.max_receive_message_bytes, config.max_send_message_bytes),
@@ -111,9 +118,15 @@ async def start(
 
     async def load() -> None:
         try:
-            engine, resolved = await asyncio.to_thread(
+            engine, resolved = await _in_daemon_thread(
                 _build_engine, model, tokenizer, limits or GenerationLimits(), compile
             )
+        except asyncio.CancelledError:  # a signal during start-up (serve_until_signal)
+            raise
+        except (ValueError, OSError) as exc:  # bad limits or files: one line, no traceback
+            log.error("loading the model failed: %s; stopping the server", exc)
+            await running.stop(0)
+            raise
         except BaseException:
             log.exception("loading the model failed; stopping the server")
             await running.stop(0)
@@ -130,42 +143,72 @@ async def start(
     return server
 
 
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on a daemon thread: unlike ``asyncio.to_thread``, a process told to stop
+    during a long load or compile exits without waiting for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="gptforge-model-load", daemon=True).start()
+    return await future
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """Bytes of the tokenizer's longest token (special-token text included): a prompt of B
+    bytes has at least B / this many tokens."""
+    specials = dict(getattr(tokenizer, "special_tokens", {}))
+    longest = max((len(s.encode()) for s in specials), default=1)
+    ranks = getattr(tokenizer, "mergeable_ranks", None)
+    if ranks is not None:
+        return max(longest, *(len(b) for b in ranks))
+    special_ids = set(specials.values())
+    pieces = (tokenizer.decode_bytes([i]) for i in range(int(tokenizer.n_vocab)))
+    return max(longest, *(len(p) for i, p in enumerate(pieces) if i not in special_ids))
+
+
 def _build_engine(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any,
     limits: GenerationLimits,
     compile: bool = False,
 ) -> tuple[Engine, GenerationLimits]:
-    if not isinstance(model, torch.nn.Module):
-        model, tokenizer = model()
+    if isinstance(model, torch.nn.Module):
+        lm = cast(LanguageModel, model)
+    else:
+        lm, tokenizer = cast(ModelLoader, model)()
     if tokenizer is None:
         raise ValueError("tokenizer: the generation service needs the model's tokenizer")
-    model.eval()
+    lm.eval()
     resolved = limits.resolved(
-        model_config(model).block_size, unbounded=context_limit(model) is None
+        model_config(lm).block_size,
+        unbounded=context_limit(lm) is None,
+        max_token_bytes=longest_token_bytes(tokenizer),
     )
-    try:
-        engine = Engine(
-            model,
-            tokenizer,
-            max_batch_size=resolved.max_batch_size,
-            max_seq_len=resolved.context_length,
-            max_tokens_in_flight=resolved.max_tokens_in_flight,
-            compile=compile,
-        )
-    except RuntimeError as exc:
-        # A model whose cache state is not in batch-first buffers (e.g. MM-Rec's recurrent
-        # state) cannot share slots; serve it one sequence at a time.
-        log.warning("%s; serving with max_batch_size=1", exc)
-        resolved = dataclasses.replace(resolved, max_batch_size=1)
-        engine = Engine(
-            model,
-            tokenizer,
-            max_batch_size=1,
-            max_seq_len=resolved.context_length,
-            max_tokens_in_flight=resolved.max_tokens_in_flight,
-            compile=compile,
-        )
+    # Every model family keeps its cache state in explicit rows, so all share slots.
+    engine = Engine(
+        lm,
+        tokenizer,
+        max_batch_size=resolved.max_batch_size,
+        max_seq_len=resolved.context_length,
+        max_tokens_in_flight=resolved.max_tokens_in_flight,
+        compile=compile,
+    )
     engine.start()
     try:
         warm_up(engine)
@@ -176,7 +219,7 @@ def _build_engine(
 
 
 def serve_in_background(
-    model: torch.nn.Module | ModelLoader,
+    model: LanguageModel | ModelLoader,
     tokenizer: Any = None,
     config: ServerConfig | None = None,
     limits: GenerationLimits | None = None,
@@ -207,7 +250,7 @@ def serve(
     """Serve the model in ``ckpt`` (run dir, model dir or HF dir) until SIGTERM/SIGINT.
 
     Args:
-        ckpt: where the model is (see ``gptforge.sampling.loading.find_model_dir``).
+        ckpt: where the model is: anything ``gptforge.conversion.load_any`` reads.
         config: network settings (the CLI defaults to ``127.0.0.1:50052``).
         limits: request limits and batching.
         device: ``cpu`` or ``cuda``.
@@ -216,37 +259,58 @@ def serve(
             ``int8-dynamic``, ...), applied after loading.
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU).
     """
-    from gptforge.sampling.loading import find_model_dir, load_checkpoint
+    from gptforge.conversion import detect_layout, find_model_dir, load_any
     from gptforge.sampling.precision import MODES, apply_weight_precision
 
-    find_model_dir(ckpt)  # fail before binding when the path is wrong
+    detect_layout(find_model_dir(ckpt))  # fail before binding when the path is wrong
     if precision is not None and precision not in MODES:
         raise ValueError(f"precision {precision!r} is not one of {list(MODES)}")
 
-    def load() -> tuple[torch.nn.Module, Any]:
-        model, tok = load_checkpoint(ckpt, device=device, dtype=dtype)
+    def load() -> tuple[LanguageModel, Any]:
+        model, tok, _ = load_any(ckpt, device=device, dtype=dtype, require_tokenizer=True)
         if precision is not None:
             model = apply_weight_precision(model, precision)
         return model, tok
 
-    config = config or ServerConfig(port=50052)
+    serve_model(
+        load,
+        config or ServerConfig(port=50052, max_receive_message_bytes=MAX_REQUEST_BYTES),
+        limits,
+        Path(ckpt).resolve().name,
+        compile,
+    )
+
+
+def serve_model(
+    load: ModelLoader,
+    config: ServerConfig,
+    limits: GenerationLimits | None = None,
+    model_id: str = "",
+    compile: bool = False,
+) -> None:
+    """Bind, then load with ``load`` and serve until SIGTERM/SIGINT (the body of :func:`serve`).
+
+    A signal while the model loads or warms up (a ``--compile`` may take minutes) stops the
+    server at once and returns normally, without waiting for the load to finish.
+    """
 
     async def main() -> None:
         server = await start(
-            load,
-            config=config,
-            limits=limits,
-            model_id=Path(ckpt).resolve().name,
-            compile=compile,
+            load, config=config, limits=limits, model_id=model_id, compile=compile, wait_ready=False
         )
-        print(
-            f"generation service listening on {server.address} (tls={config.tls}, "
-            f"auth={config.auth_token is not None}); Ctrl-C to stop",
-            flush=True,
-        )
-        await serve_until_signal(server)
-        if server.engine is not None:
-            await asyncio.to_thread(server.engine.stop)
-        print("generation service stopped", flush=True)
+
+        def announce() -> None:
+            print(
+                f"generation service listening on {server.address} (tls={config.tls}, "
+                f"auth={config.auth_token is not None}); loading the model, health NOT_SERVING "
+                "until it is warm; Ctrl-C to stop",
+                flush=True,
+            )
+
+        assert server.loading is not None
+        if await serve_until_signal(server, loading=server.loading, announce=announce):
+            print("generation service stopped", flush=True)
+        else:
+            print("generation service stopped during start-up", flush=True)
 
     asyncio.run(main())

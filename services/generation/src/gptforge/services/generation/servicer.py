@@ -1,7 +1,9 @@
 """The v1 ``GenerationService`` servicer: validation, the engine queue, and proto mapping.
 
-Handlers run on the ``grpc.aio`` event loop and never compute: they parse the request, submit a
-job to the :class:`Engine` thread and await its events from an ``asyncio.Queue``. When the call
+Handlers run on the ``grpc.aio`` event loop and never compute: they validate and tokenize the
+request on a small thread pool (work that grows with the input never runs on the loop, which
+must keep streaming tokens and answering health checks), submit a job to the :class:`Engine`
+thread and await its events from an ``asyncio.Queue``. When the call
 ends early (client cancel, disconnect, deadline) the job is cancelled and its slots free up
 before the next decode step.
 """
@@ -12,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from gptforge.api.errors import (
@@ -24,6 +27,7 @@ from gptforge.api.errors import (
 )
 from gptforge.api.generation.v1 import generation_pb2 as pb
 from gptforge.api.generation.v1 import generation_pb2_grpc as pb_grpc
+from gptforge.api.server import REQUEST_BYTES
 from gptforge.sampling import TokenEvent
 from gptforge.sampling.core import model_config
 from gptforge.services.generation.engine import (
@@ -32,10 +36,13 @@ from gptforge.services.generation.engine import (
     EngineEvent,
     EngineOverloadedError,
     Job,
+    RequestTooLargeError,
 )
 from gptforge.services.generation.requests import GenerationLimits, ParsedRequest, parse_request
 
 log = logging.getLogger("gptforge.services.generation")
+# Threads that parse and tokenize requests; each request is bounded by max_prompt_bytes.
+PARSE_THREADS = 2
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 
@@ -69,6 +76,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.limits = GenerationLimits()
         self.vocab_size = 0
         self.ready = False
+        self._parse_pool = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="gptforge-parse")
 
     def attach(self, engine: Engine, limits: GenerationLimits) -> None:
         """Serve ``engine`` with resolved ``limits`` (calls are UNAVAILABLE until :attr:`ready`)."""
@@ -88,7 +96,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     @grpc_errors
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         engine = self._engine()
-        parsed, job, queue = self._start(request)
+        parsed, job, queue = await self._start(request)
         n = len(parsed.params)
         events: list[list[TokenEvent]] = [[] for _ in range(n)]
         try:
@@ -117,7 +125,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         engine = self._engine()
-        parsed, job, queue = self._start(request)
+        parsed, job, queue = await self._start(request)
         generated = 0
         try:
             while True:
@@ -151,7 +159,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             architecture=getattr(model_config(model), "arch", type(model).__name__.lower()),
             context_length=lim.context_length,
             vocab_size=self.vocab_size,
-            num_parameters=int(cast(Any, model).num_params()),
+            num_parameters=model.num_params(),
             dtype=str(param.dtype).removeprefix("torch."),
             device=str(param.device),
             eos_token_id=int(tok.eot_token),
@@ -175,12 +183,20 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _start(
+    async def _start(
         self, request: pb.GenerateRequest
     ) -> tuple[ParsedRequest, Job, asyncio.Queue[EngineEvent]]:
         engine = self._engine()
-        parsed = parse_request(request, engine.tokenizer, self.vocab_size, self.limits)
         loop = asyncio.get_running_loop()
+        parsed = await loop.run_in_executor(
+            self._parse_pool,
+            parse_request,
+            request,
+            engine.tokenizer,
+            self.vocab_size,
+            self.limits,
+            REQUEST_BYTES.get(),
+        )
         queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
 
         def sink(ev: EngineEvent) -> None:
@@ -191,6 +207,8 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         job = Job(parsed.prompt_ids, parsed.params, sink)
         try:
             engine.submit(job)
+        except RequestTooLargeError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         except EngineOverloadedError as exc:
             raise ResourceExhaustedError(str(exc)) from None
         except EngineClosedError as exc:

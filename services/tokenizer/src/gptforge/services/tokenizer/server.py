@@ -103,12 +103,14 @@ def serve(
 
     async def main() -> None:
         running = await start(tokenizer, config, limits)
-        print(
-            f"tokenizer service listening on {running.address} "
-            f"(tls={config.tls}, auth={config.auth_token is not None}); Ctrl-C to stop",
-            flush=True,
+        await serve_until_signal(
+            running,
+            announce=lambda: print(
+                f"tokenizer service listening on {running.address} "
+                f"(tls={config.tls}, auth={config.auth_token is not None}); Ctrl-C to stop",
+                flush=True,
+            ),
         )
-        await serve_until_signal(running)
         print("tokenizer service stopped", flush=True)
 
     asyncio.run(main())

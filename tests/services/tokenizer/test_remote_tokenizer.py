@@ -1,13 +1,27 @@
-"""`--tokenizer grpc://host:port`: shards made through the real tokenizer service are identical."""
+"""RemoteTokenizer (`--tokenizer grpc://host:port`): shards made through the real tokenizer
+service are identical to local ones."""
 
 from __future__ import annotations
 
 import pytest
+from gptforge.services.tokenizer import server, servicer
+from gptforge.services.tokenizer.remote import RemoteTokenizer, _split_long
 from gptforge.training.prepare import prepare_data
-from gptforge.training.remote import RemoteTokenizer, _split_long
 
-server = pytest.importorskip("gptforge.services.tokenizer.server")
-servicer = pytest.importorskip("gptforge.services.tokenizer.servicer")
+from tests.training.helpers import corpus_texts
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return corpus_texts()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, texts):
+    from gptforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(texts=texts, vocab_size=420, show_progress=False)
+    return tok.save(tmp_path_factory.mktemp("remote-tok") / "tok")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +40,9 @@ def service(tokenizer_dir):
 def test_grpc_tokenizer_gives_identical_shards(tmp_path, service, tokenizer_dir, texts):
     docs = [*texts[:60], "special <|endoftext|> text stays text"]
     local = prepare_data(docs, tokenizer_dir, tmp_path / "local", block_tokens=128, progress=False)
-    remote = prepare_data(docs, service, tmp_path / "remote", block_tokens=128, progress=False)
+    remote_tok = RemoteTokenizer(service)
+    remote = prepare_data(docs, remote_tok, tmp_path / "remote", block_tokens=128, progress=False)
+    remote_tok.close()
     assert local["tokenizer_fingerprint"] == remote["tokenizer_fingerprint"]
     assert local["splits"] == remote["splits"]
     for split in ("train", "val"):

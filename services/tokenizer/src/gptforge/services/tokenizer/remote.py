@@ -1,15 +1,20 @@
-"""A tokenizer reached over the v1 gRPC contract (``grpc://host:port``).
+"""A tokenizer reached over the v1 gRPC contract (``grpc://host:port``), for data preparation.
 
 Training nodes can tokenize through the shared tokenizer service instead of holding a copy of
-the tokenizer: :class:`RemoteTokenizer` offers the subset of the ``Tokenizer`` API that data
-preparation needs (``encode_batch``, ``n_vocab``, ``eot_token``, ``fingerprint``) and gives the
-same ids as the local tokenizer (special-token text is encoded as plain text on both paths).
+the tokenizer: :class:`RemoteTokenizer` offers the subset of the ``Tokenizer`` API that
+``gptforge.training.prepare_data`` needs (``encode_batch``, ``n_vocab``, ``eot_token``,
+``fingerprint``) and gives the same ids as the local tokenizer (special-token text is encoded as
+plain text on both paths). It talks through :class:`TokenizerClient`, the one client of the
+service, and cuts work to the server's limits.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+import grpc
+from gptforge.services.tokenizer.client import TokenizerClient
 
 GRPC_SCHEME = "grpc://"
 
@@ -48,7 +53,7 @@ class RemoteTokenizer:
     Args:
         address: ``grpc://host:port`` (or ``host:port``).
         token: Shared auth token sent as ``authorization: Bearer ...`` (default:
-            ``$GPTFORGE_API_TOKEN`` when set).
+            ``$GPTFORGE_AUTH_TOKEN`` when set).
         timeout: Seconds per call.
 
     >>> tok = RemoteTokenizer("grpc://127.0.0.1:50051")  # doctest: +SKIP
@@ -56,37 +61,22 @@ class RemoteTokenizer:
     """
 
     def __init__(self, address: str, *, token: str | None = None, timeout: float = 60.0) -> None:
-        import grpc
-        from gptforge.api.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-
         self.address = address
         target = address.removeprefix(GRPC_SCHEME)
         if not target or ":" not in target:
             raise ValueError(
                 f"tokenizer address {address!r} is not grpc://host:port; e.g. grpc://127.0.0.1:50051"
             )
-        self._pb = tokenizer_pb2
-        self._grpc = grpc
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
-        )
-        self._stub = tokenizer_pb2_grpc.TokenizerServiceStub(self._channel)
-        self._timeout = timeout
-        token = token if token is not None else os.environ.get("GPTFORGE_API_TOKEN")
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        token = token if token is not None else os.environ.get("GPTFORGE_AUTH_TOKEN")
+        self._client = TokenizerClient(target, auth_token=token or None, timeout=timeout)
         try:
-            info = self._stub.GetTokenizerInfo(
-                tokenizer_pb2.GetTokenizerInfoRequest(), timeout=timeout, metadata=self._metadata
-            )
+            info = self._client.info()
         except grpc.RpcError as exc:
+            self._client.close()
             raise ConnectionError(
                 f"cannot reach the tokenizer service at {address!r}: {exc.code().name} "
                 f"{exc.details()}; start it with `gptforge serve tokenizer --tokenizer DIR`"
-            ) from exc
+            ) from None
         self.n_vocab: int = int(info.n_vocab)
         self.eot_token: int = int(info.eot_token)
         self.fingerprint: str = info.fingerprint
@@ -100,17 +90,13 @@ class RemoteTokenizer:
         self._max_request_bytes = max(1024, min(recv, 4 << 20) // 8)
 
     def _encode_call(self, texts: list[str]) -> list[list[int]]:
-        request = self._pb.EncodeRequest(
-            texts=texts, special_token_mode=self._pb.SPECIAL_TOKEN_MODE_AS_TEXT
-        )
         try:
-            response = self._stub.Encode(request, timeout=self._timeout, metadata=self._metadata)
-        except self._grpc.RpcError as exc:
+            return self._client.encode_batch(texts, special_tokens="as_text")
+        except grpc.RpcError as exc:
             raise RuntimeError(
                 f"tokenizer service {self.address!r} refused Encode of {len(texts)} texts: "
                 f"{exc.code().name} {exc.details()}"
-            ) from exc
-        return [list(enc.ids) for enc in response.encodings]
+            ) from None
 
     def encode_batch(self, texts: list[str], **_: Any) -> list[list[int]]:
         """Ids of each text; special-token text is encoded as ordinary text.
@@ -151,4 +137,4 @@ class RemoteTokenizer:
 
     def close(self) -> None:
         """Close the channel."""
-        self._channel.close()
+        self._client.close()
