@@ -24,7 +24,7 @@ def test_shape_flags_override_the_preset_per_family():
     cfg = model_config(ModelShape(preset="debug", n_layer=3, n_embd=96, context_length=48))
     assert (cfg.n_layer, cfg.n_embd, cfg.block_size) == (3, 96, 48)
     llama = model_config(ModelShape(preset="llama-debug", ffn_hidden=80, n_kv_head=1, bias=True))
-    assert (llama.intermediate_size, llama.n_kv_head, llama.attention_bias) == (80, 1, True)
+    assert (llama.ffn_hidden, llama.n_kv_head, llama.attention_bias) == (80, 1, True)
     with pytest.raises(ValueError, match="--n-kv-head is not a setting of gpt models"):
         model_config(ModelShape(preset="debug", n_kv_head=2))
 

@@ -1,7 +1,7 @@
 """The model config of a preset or config file with ``--n-layer``-style overrides on top.
 
 The override flags have one name for every architecture; each family spells some of them
-differently in its config (llama's ``intermediate_size`` is the ``ffn_hidden`` of mmrec), so
+differently in its config (llama's attention biases are ``attention_bias``), so
 this module maps the flag to the field and refuses a flag the family has no field for.
 """
 
@@ -21,7 +21,7 @@ FIELD_OF: dict[str, dict[str, str]] = {
     "n_embd": {"gpt": "n_embd", "llama": "n_embd", "mmrec": "n_embd"},
     "context_length": {"gpt": "block_size", "llama": "block_size", "mmrec": "block_size"},
     "n_kv_head": {"llama": "n_kv_head"},
-    "ffn_hidden": {"llama": "intermediate_size", "mmrec": "ffn_hidden"},
+    "ffn_hidden": {"llama": "ffn_hidden", "mmrec": "ffn_hidden"},
     "dropout": {"gpt": "dropout", "llama": "dropout", "mmrec": "dropout"},
     "bias": {"gpt": "bias", "llama": "attention_bias", "mmrec": "bias"},
     "qkv_bias": {"gpt": "qkv_bias", "llama": "attention_bias"},
