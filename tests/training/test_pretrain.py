@@ -77,10 +77,10 @@ def test_best_and_last_checkpoints_are_model_dirs(run):
     ckpts = result.run_dir / "checkpoints"
     assert (ckpts / "best").resolve().name == f"step_{best:06d}"
     assert (ckpts / "last").resolve().name == "step_000012"
-    model, tok = load_any(ckpts / "best")
+    model, tok, _ = load_any(ckpts / "best")
     assert tok is not None and model.config.vocab_size == tok.n_vocab
-    top, _ = load_any(result.run_dir)
-    last, _ = load_any(ckpts / "last")
+    top = load_any(result.run_dir)[0]
+    last = load_any(ckpts / "last")[0]
     for a, b in zip(top.state_dict().values(), last.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
