@@ -395,6 +395,8 @@ def train_loop(
                 "tokens": tokens,
             }
             extra = {**(manifest or {}), "tokens": tokens, "val_loss": val_loss}
+            # The top level first: a run killed at its first save still has its tokenizer.
+            save_model(export_model, run_dir)
             path = ckpt.save(
                 step=at_step,
                 model=export_model,
@@ -402,7 +404,6 @@ def train_loop(
                 manifest=extra,
                 write_model=lambda d: save_model(export_model, d),
             )
-            save_model(export_model, run_dir)
         barrier(info)
         last_ckpt_step = at_step
         return path
