@@ -76,11 +76,20 @@ def test_prepare_train_resume_and_errors(tmp_path, tokenizer_dir, texts):
             str(run),
             "--max-steps",
             "2",
+            "--n-layer",
+            "1",
             *common,
         ],
     )
     assert result.exit_code == 0, result.output
     assert "done: step 2" in result.output
+    assert json.loads((run / "config.json").read_text())["n_layer"] == 1
+    # A changed model or setting on resume is named, as one line, before anything runs.
+    result = runner.invoke(app, ["train", "--resume", str(run), "--block-size", "64"])
+    assert result.exit_code == 1 and "--context-length 32 -> 64" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["train", "--resume", str(run), "--lr", "0.01"])
+    assert result.exit_code == 1 and "add --override" in result.output
     result = runner.invoke(
         app, ["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]
     )

@@ -79,5 +79,5 @@ def test_float16_under_fsdp_is_refused_with_the_fix(tmp_path):
         train_loop(
             cfg, build_model(get_config("debug")), None, None,  # type: ignore[arg-type]
             info=DistInfo(rank=0, world_size=2, local_rank=0), device=torch.device("cpu"),
-            resume=False, save_top_level=lambda m: None,
+            resume=False, save_model=lambda m, d: None,
         )  # fmt: skip

@@ -48,7 +48,9 @@ def test_metrics_plots_and_retention(run):
     assert {"loss", "ppl", "lr", "grad_norm", "tokens", "tok_per_s"} <= set(train[0])
     assert train[-1]["tokens"] == 12 * 4 * 32
     assert math.isclose(train[0]["ppl"], math.exp(train[0]["loss"]), rel_tol=1e-6)
-    assert [r["step"] for r in evals] == [6, 12]
+    assert [r["step"] for r in evals] == [0, 6, 12]  # step 0: the untrained model
+    assert all(r["train_loss"] > 0 and "epoch" in r for r in evals)
+    assert train[-1]["epoch"] == pytest.approx(12 * 4 / len_windows(cfg), abs=1e-4)
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.5
     assert train[-1]["loss"] < train[0]["loss"]  # it learns
     for name in ("loss.png", "perplexity.png"):
@@ -58,6 +60,29 @@ def test_metrics_plots_and_retention(run):
     assert steps == sorted({"step_000012", f"step_{best:06d}"})
     finished = [r for r in rows if r.get("event") == "finished"]
     assert finished and 0 <= finished[0]["overhead_fraction"] < 1
+
+
+def len_windows(cfg):
+    from gptforge.training.data import TokenShards, TokenWindows
+
+    return len(TokenWindows(TokenShards(cfg.data, "train"), 32, None))
+
+
+def test_best_and_last_checkpoints_are_model_dirs(run):
+    from gptforge.conversion.loading import load_any
+
+    cfg, result = run
+    evals = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "eval"]
+    best = min((r for r in evals if r["step"]), key=lambda r: r["val_loss"])["step"]
+    ckpts = result.run_dir / "checkpoints"
+    assert (ckpts / "best").resolve().name == f"step_{best:06d}"
+    assert (ckpts / "last").resolve().name == "step_000012"
+    model, tok, _ = load_any(ckpts / "best")
+    assert tok is not None and model.config.vocab_size == tok.n_vocab
+    top = load_any(result.run_dir)[0]
+    last = load_any(ckpts / "last")[0]
+    for a, b in zip(top.state_dict().values(), last.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_fresh_run_over_checkpoints_is_refused(run, data_dir):
@@ -76,7 +101,7 @@ def test_mismatched_tokenizer_fingerprint_is_refused(tmp_path, data_dir, texts):
 
 
 def test_wrong_arch_for_preset_names_the_fix(tmp_path, data_dir):
-    with pytest.raises(ValueError, match="pass --arch gpt"):
+    with pytest.raises(ValueError, match=r"is a .gpt. model, not --arch .llama.; drop --arch"):
         pretrain(debug_config(data_dir, tmp_path / "r", arch="llama"))
 
 
@@ -166,5 +191,5 @@ def test_out_of_memory_suggests_smaller_batch_with_accumulation(tmp_path):
             info=DistInfo(),
             device=torch.device("cpu"),
             resume=False,
-            save_top_level=lambda m: None,
+            save_model=lambda m, d: None,
         )

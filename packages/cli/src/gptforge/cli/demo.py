@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from gptforge.cli.options import DeviceOpt
+from gptforge.cli.training import with_shape_flags
 
 
 def demo(
@@ -46,10 +47,12 @@ def demo(
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", hidden=True)] = None,
     eval_examples: Annotated[int, typer.Option("--eval-examples", hidden=True)] = 100,
     device: DeviceOpt = "auto",
+    **shape: Any,
 ) -> None:
     """The whole pipeline in one command: tokenizer, pre-training, fine-tuning, HF/GGUF export, gRPC services.
 
-    Everything lands in --run-dir; a second run skips the stages already done.
+    Everything lands in --run-dir; a second run skips the stages already done. The model is
+    --preset or --config FILE.json, with --n-layer, --n-embd, ... on top as in `gptforge train`.
     Example: gptforge demo --run-dir runs/demo --preset tiny
     """
     from gptforge.demo import DemoError, DemoSettings, StageFailed, run_demo
@@ -65,6 +68,7 @@ def demo(
             vocab_size=vocab_size,
             eval_examples=eval_examples,
             device=device,
+            shape={k: v for k, v in shape.items() if v is not None},
         )
         run_demo(settings, redo=list(redo or ()))
     except (DemoError, StageFailed, ValueError) as exc:
@@ -75,4 +79,4 @@ def demo(
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add ``gptforge demo`` to the root app."""
-    root.command("demo")(demo)
+    root.command("demo")(with_shape_flags(demo, skip=("preset",)))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from gptforge.cli.training import with_shape_flags
 
 model_app = typer.Typer(help="Inspect model architectures and presets.", no_args_is_help=True)
 
 
-@model_app.command("info")
 def info(
     spec: Annotated[
         str,
@@ -20,14 +21,23 @@ def info(
         int | None, typer.Option(help="Context length for FLOPs/token (default: block_size).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **overrides: Any,
 ) -> None:
-    """Parameters (total, non-embedding, tied/untied), weight and AdamW memory, FLOPs per token."""
-    from gptforge.modeling.introspect import human, model_info, resolve_config
+    """Parameters (total, non-embedding, tied/untied), weight and AdamW memory, FLOPs per token.
+
+    Shape flags (--n-layer, --n-embd, --context-length, ...) change the preset or config first,
+    as they do for `gptforge train`.
+    """
+    from gptforge.modeling.introspect import human, model_info
+    from gptforge.training.config import ModelShape
+    from gptforge.training.shape import model_config
     from rich.console import Console
     from rich.table import Table
 
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    given["config" if spec.endswith(".json") or Path(spec).exists() else "preset"] = spec
     try:
-        config = resolve_config(spec)
+        config = model_config(ModelShape(**given))
         mi = model_info(config, name=spec, seq_len=seq_len)
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -72,6 +82,9 @@ def presets() -> None:
 
     for arch, names in preset_names().items():
         typer.echo(f"{arch}: {', '.join(names)}")
+
+
+model_app.command("info")(with_shape_flags(info, skip=("preset", "config")))
 
 
 def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:

@@ -43,11 +43,14 @@ def field_help(cls: type) -> dict[str, str]:
     return out
 
 
-def _config_params(cls: type) -> list[inspect.Parameter]:
+def config_params(cls: type, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One typer option per field of dataclass ``cls`` (default None: not given)."""
     hints = typing.get_type_hints(cls)
     docs = field_help(cls)
     params = []
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         base = _base_type(hints[f.name])
         names = ALIASES.get(f.name, ["--" + f.name.replace("_", "-")])
         if base is bool:
@@ -75,18 +78,50 @@ def _with_config_flags(
     def command(**kwargs: Any) -> None:
         fn(**kwargs)
 
-    command.__signature__ = inspect.Signature([*extra, *_config_params(cls)])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([*extra, *config_params(cls)])  # type: ignore[attr-defined]
     command.__doc__ = fn.__doc__
     return command
 
 
-def _resume_param() -> inspect.Parameter:
-    return inspect.Parameter(
-        "resume",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(None, "--resume", help="Continue this run directory bit-exactly."),
-        annotation=Optional[str],  # noqa: UP045
-    )
+def with_shape_flags(fn: Callable[..., None], skip: tuple[str, ...]) -> Callable[..., None]:
+    """``fn`` (which takes ``**shape``) with one option per :class:`ModelShape` field added."""
+    from gptforge.training.config import ModelShape
+
+    params = inspect.signature(fn, eval_str=True).parameters.values()
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in params
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+
+    def command(**kwargs: Any) -> None:
+        fn(**kwargs)
+
+    sig = inspect.Signature([*own, *config_params(ModelShape, skip=skip)])
+    command.__signature__ = sig  # type: ignore[attr-defined]
+    command.__doc__ = fn.__doc__
+    return command
+
+
+def _resume_params() -> list[inspect.Parameter]:
+    return [
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--resume", help="Continue this run directory bit-exactly."),
+            annotation=Optional[str],  # noqa: UP045
+        ),
+        inspect.Parameter(
+            "override",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                False,
+                "--override",
+                help="With --resume: continue with flags that differ from the run's settings.",
+            ),
+            annotation=bool,
+        ),
+    ]
 
 
 def _fail(exc: BaseException) -> None:
@@ -95,14 +130,16 @@ def _fail(exc: BaseException) -> None:
 
 
 def _run(kind: str, cls: type[LoopConfig], kwargs: dict[str, Any]) -> None:
+    from gptforge.training.checkpoint import CheckpointError
     from gptforge.training.data import DataError
     from gptforge.training.loop import TrainingDiverged
     from gptforge.training.runner import run_job
 
     resume = kwargs.pop("resume", None)
+    override = bool(kwargs.pop("override", False))
     try:
-        result = run_job(kind, kwargs, resume)
-    except (TrainingDiverged, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        result = run_job(kind, kwargs, resume, override=override)
+    except (TrainingDiverged, DataError, CheckpointError, ValueError, OSError) as exc:
         _fail(exc)
     loop = getattr(result, "loop", result)
     typer.echo(
@@ -116,7 +153,10 @@ def train_command(**kwargs: Any) -> None:
 
     Writes a run directory: a model directory at the top (config.json, model.safetensors,
     tokenizer/), checkpoints/, metrics.jsonl and plots/. Example:
-    gptforge train --arch gpt --preset tiny --data runs/data --out runs/train --max-steps 600
+    gptforge train --preset tiny --data runs/data --out runs/train --max-steps 600
+
+    The model is --preset or --config FILE.json with --n-layer, --n-embd, ... on top, or
+    --init-from MODEL_DIR to continue from trained weights with a new optimiser.
     """
     _run("pretrain", TrainConfig, kwargs)
 
@@ -222,7 +262,11 @@ def _tokenizer_source(spec: str) -> Any:
 
 
 def chat_command(
-    ckpt: str = typer.Option(..., "--ckpt", help="Run directory written by `gptforge finetune`."),
+    ckpt: str = typer.Option(
+        ...,
+        "--ckpt",
+        help="Run directory written by `gptforge finetune`, or a checkpoint (RUN/checkpoints/best).",
+    ),
     prompt: str | None = typer.Option(
         None, "--prompt", help="Answer this instruction and exit (default: interactive)."
     ),  # noqa: UP045
@@ -282,10 +326,8 @@ def register(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     data.command("prepare")(prepare_command)
     data.command("merge")(merge_command)
     root.add_typer(data, name="data")
-    root.command("train")(_with_config_flags(TrainConfig, train_command, [_resume_param()]))
-    root.command("finetune")(
-        _with_config_flags(FinetuneConfig, finetune_command, [_resume_param()])
-    )
+    root.command("train")(_with_config_flags(TrainConfig, train_command, _resume_params()))
+    root.command("finetune")(_with_config_flags(FinetuneConfig, finetune_command, _resume_params()))
     root.command("chat")(chat_command)
     root.command("eval")(eval_command)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class DemoSettings:
         eval_examples: Held-out instructions scored before and after fine-tuning.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         seed: Seed of training and sampling.
+        shape: Model config file and field overrides on top of the preset
+            (:class:`gptforge.training.ModelShape` fields: ``config``, ``n_layer``, ...).
     """
 
     run_dir: Path
@@ -68,6 +70,7 @@ class DemoSettings:
     eval_examples: int = 100
     device: str = "auto"
     seed: int = 1337
+    shape: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "finetune_steps", "vocab_size"):
@@ -81,13 +84,16 @@ class DemoSettings:
 
     def resolved(self) -> dict[str, Any]:
         """Concrete values (preset defaults filled in) of every setting a stage records."""
-        from gptforge.modeling import get_config
         from gptforge.training import FinetuneConfig, TrainConfig
+        from gptforge.training.config import ModelShape
+        from gptforge.training.shape import model_config
 
-        mcfg = get_config(self.preset)  # raises with the list of valid presets
+        # Raises with the list of valid presets, or naming a bad override.
+        mcfg = model_config(ModelShape(preset=self.preset, **self.shape))
         return {
             "arch": mcfg.arch,
             "preset": self.preset,
+            "shape": dict(self.shape),
             "data": self.data,
             "vocab_size": self.vocab_size
             or DEMO_VOCAB.get(self.preset, min(mcfg.vocab_size, 8192)),
@@ -104,7 +110,12 @@ class DemoSettings:
         r = self.resolved()
         return {
             "tokenizer": {k: r[k] for k in ("data", "vocab_size")},
-            "pretrain": {k: r[k] for k in ("arch", "preset", "data", "steps", "seed", "device")},
+            # The shape joins the record only when given, so earlier run folders stay current.
+            "pretrain": {
+                k: r[k]
+                for k in ("arch", "preset", "shape", "data", "steps", "seed", "device")
+                if k != "shape" or r[k]
+            },
             "finetune": {k: r[k] for k in ("finetune_steps", "eval_examples", "seed", "device")},
             "export": {},
             "serve": {},
@@ -207,6 +218,7 @@ def pretrain_stage(ctx: StageContext) -> dict[str, Any]:
     cfg = TrainConfig(
         arch=s["arch"],
         preset=s["preset"],
+        **s.get("shape", {}),
         data=str(data_dir),
         out=str(run),
         max_steps=s["steps"],

@@ -16,7 +16,8 @@ class ChatModel:
     """A fine-tuned model, its tokenizer and its template.
 
     Args:
-        run_dir: Output of ``gptforge finetune`` (reads ``chat.json`` for the template).
+        run_dir: Output of ``gptforge finetune`` (reads ``chat.json`` for the template) or
+            one of its checkpoints (``RUN/checkpoints/best``).
         device: Where to run.
         template: Override the template (``inst`` or ``alpaca``).
 
@@ -29,8 +30,11 @@ class ChatModel:
         self, run_dir: str | Path, *, device: str = "cpu", template: str | None = None
     ) -> None:
         run_dir = Path(run_dir)
-        chat_file = run_dir / "chat.json"
+        # A run keeps its template in chat.json, a checkpoint in its manifest's config.
+        chat_file, manifest = run_dir / "chat.json", run_dir / "manifest.json"
         saved = json.loads(chat_file.read_text()) if chat_file.exists() else {}
+        if not saved and manifest.exists():
+            saved = json.loads(manifest.read_text()).get("config", {})
         self.template: str = template or saved.get("template", "inst")
         self.model: Any
         self.model, self.tokenizer, _ = load_any(

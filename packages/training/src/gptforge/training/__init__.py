@@ -5,7 +5,7 @@
 8
 """
 
-from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
+from gptforge.training.config import FinetuneConfig, LoopConfig, ModelShape, TrainConfig
 from gptforge.training.schedule import lr_at
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FinetuneConfig",
     "LoopConfig",
+    "ModelShape",
     "TrainConfig",
     "__version__",
     "lr_at",
@@ -31,6 +32,7 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy torch-heavy imports keep conf
         "DataError": "gptforge.training.data",
         "TrainingDiverged": "gptforge.training.loop",
         "generate_tasks": "gptforge.training.tasks",
+        "model_config": "gptforge.training.shape",
     }
     if name in lazy:
         import importlib

@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"{name} (flags are {cls.__name__} fields)")
         add_dataclass_args(p, cls)
         p.add_argument("--resume", default=None, help="continue this run directory")
+        p.add_argument(
+            "--override",
+            action="store_true",
+            help="resume with settings that differ from the run's",
+        )
     args = parser.parse_args(argv)
     from gptforge.training.loop import TrainingDiverged
     from gptforge.training.runner import run_job
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     cls = TrainConfig if args.command == "train" else FinetuneConfig
     kind = "pretrain" if args.command == "train" else "finetune"
     try:
-        run_job(kind, given(args, cls), args.resume)
+        run_job(kind, given(args, cls), args.resume, override=args.override)
     except (TrainingDiverged, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

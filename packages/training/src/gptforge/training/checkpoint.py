@@ -1,13 +1,17 @@
 """Checkpoints: atomic step directories, keep-last-K plus best-by-validation, corrupt fallback.
 
-Layout of ``RUN_DIR/checkpoints/step_000100/``:
+Layout of ``RUN_DIR/checkpoints/step_000100/``, a model directory that every verb loads:
 
-- ``model.safetensors``: the weights (tied weights stored once, ``safetensors.torch.save_model``);
+- ``config.json``, ``model.safetensors`` and ``tokenizer/`` as in a model directory (tied
+  weights stored once);
 - ``state.pt``: a tensors-and-primitives-only dict (optimiser, RNG, data sampler, step, tokens),
   written with ``torch.save`` and read back with ``torch.load(..., weights_only=True)`` so
   loading never unpickles code;
 - ``manifest.json``: step, tokens, validation loss, training config, tokenizer reference and the
   size and sha256 of each file (a truncated or corrupt file is detected before it is used).
+
+``checkpoints/best`` and ``checkpoints/last`` are symlinks to the best-by-validation and the
+newest checkpoint (``gptforge chat --ckpt RUN/checkpoints/best``).
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a process
 killed mid-write leaves the previous checkpoints intact and no half-written one visible. What
@@ -200,6 +204,7 @@ class CheckpointManager:
         model: torch.nn.Module,
         state: dict[str, Any],
         manifest: dict[str, Any] | None = None,
+        write_model: Callable[[Path], None] | None = None,
     ) -> Path:
         """Write checkpoint ``step_{step:06d}`` atomically and prune old ones.
 
@@ -208,6 +213,9 @@ class CheckpointManager:
             model: The (unwrapped) model whose weights are saved.
             state: Tensors/primitives only: optimiser state, RNG, sampler, counters.
             manifest: Extra JSON-able fields (``val_loss``, ``tokens``, ``config``, ...).
+            write_model: Writes a model directory (``config.json``, ``model.safetensors``,
+                ``tokenizer/``) into the directory it is given, so that every verb can load
+                the checkpoint as a model; default: the weights alone.
 
         Returns:
             The checkpoint directory.
@@ -218,11 +226,16 @@ class CheckpointManager:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            save_model(model, str(tmp / "model.safetensors"))
+            if write_model is not None:
+                write_model(tmp)
+            else:
+                save_model(model, str(tmp / "model.safetensors"))
             torch.save(state, tmp / "state.pt")
             make_readable(tmp)
             files = {}
-            for fname in ("model.safetensors", "state.pt"):
+            for fname in ("model.safetensors", "state.pt", "config.json"):
+                if fname == "config.json" and not (tmp / fname).exists():
+                    continue
                 _fsync_file(tmp / fname)
                 files[fname] = {
                     "size": (tmp / fname).stat().st_size,
@@ -275,6 +288,24 @@ class CheckpointManager:
         for info in infos:
             if info.path not in keep:
                 shutil.rmtree(info.path, ignore_errors=True)
+        if infos:
+            self._link("last", infos[-1].path)
+        if best is not None:
+            self._link("best", best.path)
+
+    def _link(self, name: str, target: Path) -> None:
+        """Point ``checkpoints/<name>`` at ``target`` (a relative symlink, swapped atomically)."""
+        link = self.dir / name
+        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        try:
+            if link.is_symlink() and os.readlink(link) == target.name:
+                return
+            if tmp.is_symlink():
+                tmp.unlink()
+            tmp.symlink_to(target.name, target_is_directory=True)
+            os.replace(tmp, link)
+        except OSError as exc:  # a file system without symlinks: the step_* names remain
+            self.warn(f"could not link {link} -> {target.name} ({exc}); use {target} instead")
 
     def verify(self, info: CheckpointInfo) -> None:
         """Raise :class:`CheckpointError` naming the file if sizes or hashes do not match."""

@@ -14,7 +14,11 @@ import typing
 from typing import Any
 
 # Flag spellings that differ from the field name (`--from` reads as the verb it completes).
-ALIASES = {"from_run": ["--from", "--from-run"]}
+# `--block-size` is nanoGPT's name for the context.
+ALIASES = {
+    "from_run": ["--from", "--from-run"],
+    "context_length": ["--context-length", "--block-size"],
+}
 
 
 def _base_type(hint: Any) -> Any:

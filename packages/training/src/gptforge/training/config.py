@@ -19,6 +19,7 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEMPLATES = ("inst", "alpaca")
 PARALLELS = ("ddp", "fsdp")
+KEEP_CHOICES = ("last", "best")
 DEVICE_CHOICES = "auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps"
 _DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -57,6 +58,8 @@ class LoopConfig:
         out: Run directory (a model directory at the top, ``checkpoints/``, ``metrics.jsonl``,
             ``plots/``).
         max_steps: Optimiser steps to run (a resumed run continues up to this step).
+        epochs: Passes over the training data to run instead of ``max_steps`` (may be
+            fractional, e.g. 0.5).
         batch_size: Sequences per micro-batch per process.
         grad_accum: Micro-batches accumulated per optimiser step; the global batch is
             ``batch_size * grad_accum * world_size`` sequences.
@@ -76,6 +79,8 @@ class LoopConfig:
         sample_tokens: New tokens per sample generation.
         checkpoint_interval: Save a checkpoint every this many steps (and always at the end).
         keep_last: Number of recent checkpoints kept (the best-by-validation is kept as well).
+        keep: What the run directory's top-level model holds at the end: ``last`` (the final
+            weights) or ``best`` (the checkpoint with the lowest validation loss).
         log_interval: Write a train row to ``metrics.jsonl`` every this many steps.
         dtype: ``auto`` (bf16 autocast on a GPU that supports it, else float32), ``float32``,
             ``bfloat16`` or ``float16`` autocast.
@@ -90,6 +95,7 @@ class LoopConfig:
 
     out: str = "runs/train"
     max_steps: int = 300
+    epochs: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-3
@@ -107,6 +113,7 @@ class LoopConfig:
     sample_tokens: int = 48
     checkpoint_interval: int = 100
     keep_last: int = 2
+    keep: str = "last"
     log_interval: int = 10
     dtype: str = "auto"
     compile: bool = False
@@ -139,6 +146,9 @@ class LoopConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.epochs is not None:
+            _check_positive("epochs", self.epochs)
+        _check_choice("keep", self.keep, KEEP_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("dtype", self.dtype, DTYPES)
         check_device_name(self.device)
@@ -165,38 +175,95 @@ class LoopConfig:
 
 
 @dataclass
-class TrainConfig(LoopConfig):
+class ModelShape:
+    """The model to build: a preset or a config file, with field overrides on top.
+
+    Args:
+        preset: Model preset name (``gptforge model presets``: ``debug``, ``tiny``, ``gpt2``,
+            ``llama-tiny``, ...); the architecture follows from it.
+        config: A JSON model config instead of the preset: a model directory's ``config.json``
+            (or the directory) or the LLMs-from-scratch dict (``emb_dim``, ``n_heads``,
+            ``n_layers``, ``context_length``, ``drop_rate``, ``qkv_bias``).
+        n_layer: Override the number of transformer blocks.
+        n_head: Override the number of attention heads.
+        n_embd: Override the embedding width.
+        context_length: Override the context (the config's ``block_size``).
+        n_kv_head: Override the key/value heads (grouped-query attention; llama).
+        ffn_hidden: Override the feed-forward hidden width (llama, mmrec; gpt uses 4 * n_embd).
+        dropout: Override the dropout rate.
+        bias: Override biases in linear layers (gpt, mmrec; llama: attention biases).
+        qkv_bias: Override the bias of the query/key/value projection alone (gpt).
+        tie_weights: Override tying of the input embedding and the output head.
+    """
+
+    preset: str = "tiny"
+    config: str | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    context_length: int | None = None
+    n_kv_head: int | None = None
+    ffn_hidden: int | None = None
+    dropout: float | None = None
+    bias: bool | None = None
+    qkv_bias: bool | None = None
+    tie_weights: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.check_shape()
+
+    def check_shape(self) -> None:
+        """Refuse non-positive sizes and a dropout outside [0, 1)."""
+        for name in SHAPE_SIZES:
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(name, value)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}; pass --dropout 0.1")
+
+    def shape_overrides(self) -> dict[str, Any]:
+        """The override fields that were set (``None`` means: the preset's or config's value)."""
+        return {
+            name: getattr(self, name) for name in SHAPE_FIELDS if getattr(self, name) is not None
+        }
+
+
+SHAPE_SIZES = ("n_layer", "n_head", "n_embd", "context_length", "n_kv_head", "ffn_hidden")
+SHAPE_FIELDS = (*SHAPE_SIZES, "dropout", "bias", "qkv_bias", "tie_weights")
+
+
+@dataclass
+class TrainConfig(LoopConfig, ModelShape):
     """Pre-training settings (adds the model and the data to :class:`LoopConfig`).
 
     Args:
-        arch: Architecture family: ``gpt``, ``llama`` or ``mmrec``.
-        preset: Model preset name for ``gptforge.modeling.get_config`` (e.g. ``debug``, ``tiny``).
+        arch: Refuse a preset or config of another family (``gpt``, ``llama``, ``mmrec``);
+            default: whatever the preset or config is.
+        init_from: Start from this model directory (a run, an HF/OpenAI/Meta import, a
+            converted MM-Rec model) with a new optimiser at step 0 instead of random weights.
         data: Prepared data directory (``gptforge data prepare``) holding ``meta.json``.
         tokenizer: Tokenizer directory; default: the copy inside the data directory.
-        context_length: Training context (default: the preset's ``block_size``).
         stride: Distance between training windows in tokens (default: ``context_length``).
-        tie_weights: Override the preset's input/output embedding tying (``None``: preset).
-        dropout: Override the preset's dropout (``None``: preset).
     """
 
-    arch: str = "gpt"
-    preset: str = "tiny"
+    arch: str | None = None
+    init_from: str | None = None
     data: str = ""
     tokenizer: str | None = None
-    context_length: int | None = None
     stride: int | None = None
-    tie_weights: bool | None = None
-    dropout: float | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_choice("arch", self.arch, ("gpt", "llama", "mmrec"))
-        if self.context_length is not None:
-            _check_positive("context_length", self.context_length)
+        LoopConfig.__post_init__(self)
+        self.check_shape()
+        if self.arch is not None:
+            _check_choice("arch", self.arch, ("gpt", "llama", "mmrec"))
         if self.stride is not None:
             _check_positive("stride", self.stride)
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.init_from and (self.config or set(self.shape_overrides()) - {"context_length"}):
+            raise ValueError(
+                f"--init-from {self.init_from!r} takes the architecture of that model; drop "
+                f"--config and the shape flags {sorted(set(self.shape_overrides()) - {'context_length'})}"
+            )
 
 
 @dataclass
@@ -214,7 +281,13 @@ class FinetuneConfig(LoopConfig):
             ``first,last,next_letter,opposite,count``; all: ``TASK_NAMES`` of
             :mod:`gptforge.training.tasks`).
         eval_examples: Held-out records scored for exact match before and after training.
-        max_length: Longest rendered record in tokens (longer ones are refused by index).
+        max_length: Longest rendered record in tokens (at most the model's context + 1);
+            a longer record is refused naming its file and line, unless ``truncate`` or
+            ``skip_long`` is set.
+        truncate: Cut over-long records to fit (the prompt's middle first; the response's end
+            is kept where possible).
+        skip_long: Leave over-long records out and report how many.
+        max_samples: Use only the first N records of the data (before the split).
         lora_rank: Train LoRA adapters of this rank instead of every weight (0: full
             fine-tuning); the run directory then holds PEFT's adapter_config.json and
             adapter_model.safetensors plus the frozen base under base/.
@@ -239,6 +312,9 @@ class FinetuneConfig(LoopConfig):
     lora_dropout: float = 0.0
     lora_targets: str = "attn,mlp,head"
     merge: bool = False
+    truncate: bool = False
+    skip_long: bool = False
+    max_samples: int | None = None
     # Measured on the demo's `tiny` model (docs/training.md): 500 steps at lr 1e-3 take the
     # default task mix from 0 % to 41-53 % held-out exact match in ~100 CPU-seconds (400 steps:
     # 35-49 %); 3e-3 and 1e-2 learn less.
@@ -263,6 +339,10 @@ class FinetuneConfig(LoopConfig):
             raise ValueError("--merge folds LoRA adapters; pass it with --lora-rank R")
         if self.lora_rank:
             self.lora_config()  # validates alpha, dropout and targets
+        if self.max_samples is not None:
+            _check_positive("max_samples", self.max_samples)
+        if self.truncate and self.skip_long:
+            raise ValueError("--truncate and --skip-long exclude each other; pass one of them")
         if self.tasks is not None:
             from gptforge.training.tasks import TASK_NAMES
 

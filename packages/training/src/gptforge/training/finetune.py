@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from gptforge.conversion.peft_adapter import save_adapter
@@ -16,7 +16,12 @@ from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import init_distributed, shutdown
-from gptforge.training.instruct import InstructionDataset, exact_match, read_records
+from gptforge.training.instruct import (
+    InstructionDataset,
+    exact_match,
+    read_records_with_origin,
+    truncate_example,
+)
 from gptforge.training.io import atomic_write_text
 from gptforge.training.loop import (
     Callback,
@@ -30,6 +35,7 @@ from gptforge.training.tasks import generate_tasks
 
 CHAT_FILE = "chat.json"
 BASE_DIR = "base"  # a LoRA run's frozen base model (grown by the template's special tokens)
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,9 +47,7 @@ class FinetuneResult:
     after: dict[str, Any] | None  # None on FSDP ranks other than 0
 
 
-def split_records(
-    records: Sequence[dict[str, str]], val_fraction: float, seed: int
-) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Deterministic shuffle, then ``(train, held_out)`` with ``val_fraction`` held out."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -74,6 +78,46 @@ def _add_adapters(
     names = apply_lora(model, cfg.lora_config())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"LoRA: {len(names)} layers adapted, {trainable:,} trainable parameters")
+
+
+def fit_examples(
+    items: Sequence[tuple[dict[str, str], str]],
+    split: str,
+    cfg: FinetuneConfig,
+    tokenizer: Any,
+    block: int,
+) -> list[tuple[list[int], list[int]]]:
+    """Encode ``(record, origin)`` pairs; an over-long one is refused, truncated or skipped."""
+    limit = min(cfg.max_length, block + 1)
+    out, cut, skipped = [], 0, 0
+    for record, origin in items:
+        prompt, response = encode_record(record, cfg.template, tokenizer)
+        n = len(prompt) + len(response)
+        if n <= limit:
+            out.append((prompt, response))
+        elif cfg.truncate:
+            out.append(truncate_example(prompt, response, limit))
+            cut += 1
+        elif cfg.skip_long:
+            skipped += 1
+        else:
+            if cfg.max_length >= block + 1:
+                hint = (
+                    f"the model's context ({block} tokens + 1) is the limit, so --max-length "
+                    "cannot help: shorten the record, or pass --truncate or --skip-long"
+                )
+            else:
+                hint = f"raise --max-length (up to {block + 1}), or pass --truncate or --skip-long"
+            raise ValueError(
+                f"{origin} ({split} split) renders to {n} tokens, over the limit {limit} "
+                f"(min of --max-length {cfg.max_length} and context {block} + 1); {hint}"
+            )
+    if cut or skipped:
+        what = f"truncated {cut}" if cut else f"skipped {skipped}"
+        print(f"{split}: {what} of {len(items)} records longer than {limit} tokens")
+    if not out:
+        raise ValueError(f"no {split} record fits {limit} tokens; pass --truncate instead")
+    return out
 
 
 def finetune(
@@ -122,24 +166,23 @@ def finetune(
             )
         model.train()
         block = int(model.config.block_size)
-        records = (
-            read_records(cfg.data)
-            if cfg.data
-            else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+        if cfg.data:
+            records, origins = read_records_with_origin(cfg.data)
+        else:
+            records = generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+            origins = [f"generated record {i}" for i in range(len(records))]
+        if cfg.max_samples is not None:
+            records, origins = records[: cfg.max_samples], origins[: cfg.max_samples]
+        train_items, held_items = split_records(
+            list(zip(records, origins, strict=True)), cfg.val_fraction, cfg.seed
         )
-        train_records, held_out = split_records(records, cfg.val_fraction, cfg.seed)
-        limit = min(cfg.max_length, block + 1)
-        encoded = {}
-        for name, part in (("train", train_records), ("val", held_out)):
-            examples = [encode_record(r, cfg.template, tokenizer) for r in part]
-            for i, (p, r) in enumerate(examples):
-                if len(p) + len(r) > limit:
-                    raise ValueError(
-                        f"{name} record {i} renders to {len(p) + len(r)} tokens, over the limit "
-                        f"{limit} (min of --max-length {cfg.max_length} and context {block} + 1); "
-                        "shorten it or raise --max-length"
-                    )
-            encoded[name] = InstructionDataset(examples, pad_id=tokenizer.eot_token)
+        held_out = [r for r, _ in held_items]
+        encoded = {
+            name: InstructionDataset(
+                fit_examples(items, name, cfg, tokenizer, block), pad_id=tokenizer.eot_token
+            )
+            for name, items in (("train", train_items), ("val", held_items))
+        }
         scored = held_out[: cfg.eval_examples]
         tok_dir = run_dir / "tokenizer"
         if info.is_main:
@@ -157,11 +200,11 @@ def finetune(
         if cfg.lora_rank:
             _add_adapters(model, cfg, run_dir, tok_dir, write_base=info.is_main and not resume)
 
-        def save_top(m: torch.nn.Module) -> None:
+        def save_model(m: torch.nn.Module, directory: Path) -> None:
             if cfg.lora_rank:
-                save_adapter(m, run_dir, base=str(run_dir / BASE_DIR))
+                save_adapter(m, directory, base=str(run_dir / BASE_DIR))
             else:
-                save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
+                save_model_dir(cast(LanguageModel, m), directory, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             got = exact_match(cast(LanguageModel, m), tokenizer, scored[:1], cfg.template)
@@ -177,7 +220,7 @@ def finetune(
             info=info,
             device=device,
             resume=resume,
-            save_top_level=save_top,
+            save_model=save_model,
             manifest={
                 "kind": "finetune",
                 "config": cfg.to_dict(),

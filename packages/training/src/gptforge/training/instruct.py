@@ -18,31 +18,62 @@ from gptforge.sampling.templates import encode_record, stop_ids
 
 def read_records(path: str | Path) -> list[dict[str, str]]:
     """Alpaca-style records of a ``.jsonl`` (or a ``.json`` list) file, checked field by field."""
+    return read_records_with_origin(path)[0]
+
+
+def read_records_with_origin(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """:func:`read_records` plus where each record is (``file.jsonl:LINE``) for error messages."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         rows = json.loads(text)
+        origins = [f"{path} record {i}" for i in range(len(rows))]
     else:
-        rows = []
+        rows, origins = [], []
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{lineno} is not valid JSON ({exc})") from exc
-    for i, row in enumerate(rows):
+                origins.append(f"{path}:{lineno}")
+    for row, origin in zip(rows, origins, strict=True):
         if (
             not isinstance(row, dict)
             or not isinstance(row.get("instruction"), str)
             or not isinstance(row.get("output"), str)
         ):
             raise ValueError(
-                f"record {i} of {path} needs string fields 'instruction' and 'output' "
+                f"{origin} needs string fields 'instruction' and 'output' "
                 f"(and optionally 'input'); got {row!r:.200}"
             )
     if not rows:
         raise ValueError(f"{path} holds no records")
-    return rows
+    return rows, origins
+
+
+def truncate_example(
+    prompt: list[int], response: list[int], limit: int, min_prompt: int = 8
+) -> tuple[list[int], list[int]]:
+    """Cut ``prompt + response`` to ``limit`` tokens, keeping the response's end where possible.
+
+    The prompt loses tokens from its middle, so its start (the instruction) and its end (the
+    template's response marker) stay; only when the response alone does not fit beside
+    ``min_prompt`` prompt tokens is the response cut, before its final stop token.
+
+    >>> truncate_example([1, 2, 3, 4, 5, 6], [7, 8, 9], 7, min_prompt=2)
+    ([1, 2, 5, 6], [7, 8, 9])
+    """
+    if len(prompt) + len(response) <= limit:
+        return prompt, response
+    keep_response = max(1, limit - min(len(prompt), min_prompt))
+    if len(response) > keep_response:
+        response = response[: keep_response - 1] + response[-1:]
+    room = limit - len(response)
+    if len(prompt) > room:
+        head = room // 2
+        prompt = prompt[:head] + prompt[len(prompt) - (room - head) :]
+    return prompt, response
 
 
 class InstructionDataset:

@@ -201,6 +201,48 @@ def _oom_message(cfg: LoopConfig, exc: BaseException) -> str:
     )
 
 
+def total_steps(cfg: LoopConfig, examples: int, per_step: int) -> int:
+    """``cfg.max_steps``, or the steps of ``cfg.epochs`` passes over ``examples``."""
+    if cfg.epochs is None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * examples / per_step))
+
+
+def warn_small_val(val: BatchSource | None, batch_size: int, write: Callable[[str], None]) -> None:
+    """Say so when validation is empty or smaller than one batch: its loss would mislead."""
+    n = len(val) if val is not None else 0
+    if n == 0:
+        write(
+            "warning: the validation split is empty, so no validation loss will be reported "
+            "(and --keep best has nothing to choose from); hold out more data "
+            "(`gptforge data prepare --val-fraction`, `gptforge finetune --val-fraction`)"
+        )
+    elif n < batch_size:
+        write(
+            f"warning: the validation split holds {n} examples, fewer than one batch of "
+            f"{batch_size}; its loss is noisy. Hold out more data or lower --batch-size"
+        )
+
+
+def keep_best(
+    ckpt: CheckpointManager,
+    model: nn.Module,
+    run_dir: Path,
+    save_model: Callable[[nn.Module, Path], None],
+    write: Callable[[str], None],
+) -> None:
+    """Load the best-by-validation checkpoint into ``model`` and make it the run's top level."""
+    best = ckpt.best()
+    if best is None:
+        write("--keep best: no checkpoint has a validation loss; the last weights stay")
+        return
+    ckpt.load(model, info=best, map_location=next(model.parameters()).device)
+    save_model(model, run_dir)
+    write(
+        f"kept the best checkpoint as the run's model: step {best.step}, val loss {best.val_loss:.4f}"
+    )
+
+
 def _clean_leftovers(run_dir: Path, write: Callable[[str], object]) -> None:
     """Lock the run, and remove what killed runs left (the lock proves their writers gone)."""
     if lock_run(run_dir) is None:
@@ -223,7 +265,7 @@ def train_loop(
     info: DistInfo,
     device: torch.device,
     resume: bool,
-    save_top_level: Callable[[nn.Module], None],
+    save_model: Callable[[nn.Module, Path], None],
     manifest: dict[str, Any] | None = None,
     sample: Callable[[nn.Module], str] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -239,7 +281,8 @@ def train_loop(
         info: Distributed placement (rank 0 writes everything).
         device: Where batches go.
         resume: Continue from the newest usable checkpoint in ``cfg.out``.
-        save_top_level: Writes the top-level model directory of the run (rank 0).
+        save_model: ``save_model(model, directory)`` writes a model directory (config,
+            weights, tokenizer): the run's top level and every checkpoint (rank 0).
         manifest: Extra JSON fields stored in every checkpoint manifest.
         sample: Returns a sample generation for the log (``cfg.sample_interval``).
         callbacks: ``cb(step, model, row)`` after each step (tests, custom stopping).
@@ -293,6 +336,7 @@ def train_loop(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     world, rank = info.world_size, info.rank
     per_step = cfg.batch_size * cfg.grad_accum * world
+    max_steps = total_steps(cfg, len(train), per_step)
     sampler = EpochSampler(len(train), cfg.seed)
     step, tokens, last_ckpt_step = 0, 0, -1
     if found is not None and state is not None:
@@ -351,14 +395,57 @@ def train_loop(
                 "tokens": tokens,
             }
             extra = {**(manifest or {}), "tokens": tokens, "val_loss": val_loss}
-            path = ckpt.save(step=at_step, model=export_model, state=state, manifest=extra)
-            save_top_level(export_model)
+            # The top level first: a run killed at its first save still has its tokenizer.
+            save_model(export_model, run_dir)
+            path = ckpt.save(
+                step=at_step,
+                model=export_model,
+                state=state,
+                manifest=extra,
+                write_model=lambda d: save_model(export_model, d),
+            )
         barrier(info)
         last_ckpt_step = at_step
         return path
 
+    last_loss: float | None = None
+    val_loss: float | None = None
+    evaluated_at = -1
+    if info.is_main:
+        warn_small_val(val, cfg.batch_size, write)
+
+    def run_eval(at_step: int, row: dict[str, Any]) -> None:
+        """Train and validation loss, each over ``cfg.eval_batches`` fixed batches."""
+        nonlocal val_loss, evaluated_at
+        if val is None or not len(val):
+            return
+        kw: dict[str, Any] = dict(
+            batch_size=cfg.batch_size, batches=cfg.eval_batches, device=device, ctx=ctx
+        )
+        train_loss = evaluate(raw_model, train, **kw)
+        val_loss = evaluate(raw_model, val, **kw)
+        evaluated_at = at_step
+        row["val_loss"] = val_loss
+        epoch = round(at_step * per_step / len(train), 4)
+        if metrics is not None:
+            metrics.log(
+                "eval",
+                at_step,
+                tokens=tokens,
+                epoch=epoch,
+                val_loss=val_loss,
+                val_ppl=math.exp(min(val_loss, 30.0)),
+                train_loss=train_loss,
+                elapsed=time.perf_counter() - t_start,
+            )
+        if info.is_main:
+            write(
+                f"step {at_step} (epoch {epoch:.2f}): train loss {train_loss:.4f}, "
+                f"val loss {val_loss:.4f}"
+            )
+
     bar = tqdm(
-        total=cfg.max_steps,
+        total=max_steps,
         initial=step,
         desc="train",
         unit="step",
@@ -368,19 +455,18 @@ def train_loop(
     t_start = time.perf_counter()
     t_overhead = 0.0
     t_excluded = 0.0  # evaluation and sampling: useful work, not loop overhead
-    last_loss: float | None = None
-    val_loss: float | None = None
-    evaluated_at = -1
     window_tokens, window_start = 0, time.perf_counter()
     train_model.train()
     try:
-        while step < cfg.max_steps:
+        if step == 0:
+            run_eval(0, row={})  # the untrained model: where the curves start
+        while step < max_steps:
             lr = lr_at(
                 step,
                 lr=cfg.lr,
                 min_lr=cfg.min_lr,
                 warmup_steps=cfg.warmup_steps,
-                max_steps=cfg.max_steps,
+                max_steps=max_steps,
                 schedule=cfg.lr_schedule,
             )
             for group in optimizer.param_groups:
@@ -456,7 +542,7 @@ def train_loop(
             # A step the loss scaler skipped (fp16 overflow) has no gradient norm to log.
             logged_norm = grad_norm if math.isfinite(grad_norm) else None
             row: dict[str, Any] = {"loss": loss_value, "lr": lr, "grad_norm": logged_norm}
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            if step % cfg.log_interval == 0 or step == max_steps:
                 elapsed = max(1e-9, time.perf_counter() - window_start)
                 tok_s = window_tokens / elapsed
                 row["tok_per_s"] = tok_s
@@ -465,6 +551,7 @@ def train_loop(
                         "train",
                         step,
                         tokens=tokens,
+                        epoch=round(step * per_step / len(train), 4),
                         loss=loss_value,
                         ppl=math.exp(min(loss_value, 30.0)),
                         lr=lr,
@@ -478,33 +565,8 @@ def train_loop(
             t_overhead += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            if (
-                val is not None
-                and len(val)
-                and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps)
-            ):
-                val_loss = evaluate(
-                    raw_model,
-                    val,
-                    batch_size=cfg.batch_size,
-                    batches=cfg.eval_batches,
-                    device=device,
-                    ctx=ctx,
-                )
-                evaluated_at = step
-                row["val_loss"] = val_loss
-                if metrics is not None:
-                    metrics.log(
-                        "eval",
-                        step,
-                        tokens=tokens,
-                        val_loss=val_loss,
-                        val_ppl=math.exp(min(val_loss, 30.0)),
-                        train_loss=loss_value,
-                        elapsed=time.perf_counter() - t_start,
-                    )
-                if info.is_main:
-                    write(f"step {step}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
+            if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == max_steps:
+                run_eval(step, row)
             if (
                 sample is not None
                 and info.is_main
@@ -518,7 +580,7 @@ def train_loop(
             t0 = time.perf_counter()
             if (
                 cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0
-            ) or step == cfg.max_steps:
+            ) or step == max_steps:
                 save(step, val_loss if evaluated_at == step else None)
             t_overhead += time.perf_counter() - t0
             for callback in callbacks:
@@ -527,6 +589,8 @@ def train_loop(
         bar.close()
     if last_ckpt_step < step:  # e.g. resumed at max_steps already
         save(step, val_loss if evaluated_at == step else None)
+    if cfg.keep == "best" and info.is_main:
+        keep_best(ckpt, export_model, run_dir, save_model, write)
     seconds = time.perf_counter() - t_start
     overhead = t_overhead / max(1e-9, seconds - t_excluded)
     if metrics is not None:

@@ -38,7 +38,14 @@ class MetricsLogger:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``metrics.jsonl``; a torn last line (killed writer) is skipped."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 (byte {exc.start}: {exc.reason}); it was damaged. "
+            "Delete the bad lines (or the file: the run keeps its checkpoints) and resume again"
+        ) from None
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

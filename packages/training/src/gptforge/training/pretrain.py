@@ -26,6 +26,7 @@ from gptforge.training.loop import (
     train_loop,
     uses_fsdp,
 )
+from gptforge.training.shape import describe
 from gptforge.training.textgen import sample_text
 
 TRAIN_CONFIG = "train_config.json"
@@ -39,7 +40,15 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
             f"{str(run_dir)!r} is not a run directory (no {TRAIN_CONFIG}); --resume takes the "
             "--out directory of an earlier `gptforge train` or `gptforge finetune`"
         )
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return {"kind": saved["kind"], "config": dict(saved["config"])}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is unreadable ({type(exc).__name__}: {exc}); it was probably cut off "
+            "by a crash. Restore it from the newest checkpoint's manifest.json ('config' field) "
+            "or start a new run with --init-from"
+        ) from None
 
 
 def save_run_config(run_dir: Path, kind: str, config: Any) -> None:
@@ -60,23 +69,24 @@ def check_fresh_run_dir(run_dir: Path) -> None:
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> Any:
-    """The model config of ``cfg.preset`` with the tokenizer's vocabulary and the overrides."""
-    from gptforge.modeling import get_config
+    """The model config of ``cfg.preset`` / ``cfg.config`` with the vocabulary and overrides."""
+    from gptforge.training.shape import model_config as shape_config
 
-    overrides: dict[str, Any] = {"vocab_size": vocab_size}
-    if cfg.context_length is not None:
-        overrides["block_size"] = cfg.context_length
-    if cfg.tie_weights is not None:
-        overrides["tie_embeddings"] = cfg.tie_weights
-    if cfg.dropout is not None:
-        overrides["dropout"] = cfg.dropout
-    mcfg = get_config(cfg.preset, **overrides)
-    if mcfg.arch != cfg.arch:
+    mcfg = shape_config(cfg, vocab_size)
+    if cfg.arch is not None and mcfg.arch != cfg.arch:
         raise ValueError(
-            f"preset {cfg.preset!r} belongs to arch {mcfg.arch!r}, not --arch {cfg.arch!r}; "
-            f"pass --arch {mcfg.arch} or a {cfg.arch} preset"
+            f"{describe(cfg)} is a {mcfg.arch!r} model, not --arch {cfg.arch!r}; drop --arch "
+            "(the architecture follows from the preset or config)"
         )
     return mcfg
+
+
+def load_init_model(directory: str | Path, device: torch.device) -> Any:
+    """The model of any directory gptforge can load (run, HF/OpenAI/Meta import, MM-Rec)."""
+    from gptforge.conversion.loading import load_any
+
+    model = load_any(directory, device=device, dtype=torch.float32)[0]
+    return model.train()
 
 
 def pretrain(
@@ -124,8 +134,23 @@ def pretrain(
                 f"has {tokenizer.fingerprint[:16]}...; prepare the data again with this "
                 "tokenizer (gptforge data prepare) or pass the matching --tokenizer"
             )
-        mcfg = model_config(cfg, tokenizer.n_vocab)
-        context = int(mcfg.block_size)
+        init_model = load_init_model(cfg.init_from, device) if cfg.init_from else None
+        if init_model is not None:
+            mcfg = init_model.config
+            if tokenizer.n_vocab > mcfg.vocab_size:
+                raise DataError(
+                    f"--init-from {cfg.init_from!r} has {mcfg.vocab_size} token embeddings, "
+                    f"the data's tokenizer {tokenizer.n_vocab}; prepare the data with that "
+                    f"model's tokenizer (gptforge data prepare --tokenizer {cfg.init_from})"
+                )
+            if (cfg.context_length or 0) > mcfg.block_size:
+                raise ValueError(
+                    f"--context-length {cfg.context_length} exceeds the context {mcfg.block_size} "
+                    f"of --init-from {cfg.init_from!r}; pass --context-length {mcfg.block_size}"
+                )
+        else:
+            mcfg = model_config(cfg, tokenizer.n_vocab)
+        context = int(cfg.context_length or mcfg.block_size) if init_model else mcfg.block_size
         if resume:
             saved = CheckpointManager(run_dir).list()
             check_resume_data(cfg.data, saved[-1].manifest.get("data_checksum") if saved else None)
@@ -151,17 +176,21 @@ def pretrain(
         where = device
         if uses_fsdp(cfg, info):
             where = torch.device("cpu") if info.is_main else torch.device("meta")
-        with torch.device(where):
-            model: Any = build_model(mcfg)
+        if init_model is not None:
+            model: Any = init_model.to(where) if where.type != "meta" else init_model.to("meta")
+        else:
+            with torch.device(where):
+                model = build_model(mcfg)
         if info.is_main:
             n = model.num_params()
+            source = f"--init-from {cfg.init_from}" if cfg.init_from else describe(cfg)
             print(
-                f"model {cfg.arch}/{cfg.preset}: {n / 1e6:.2f}M parameters, context {context}, "
+                f"model {mcfg.arch} from {source}: {n / 1e6:.2f}M parameters, context {context}, "
                 f"{len(train_data)} training windows, device {device}"
             )
 
-        def save_top(m: torch.nn.Module) -> None:
-            save_model_dir(cast(LanguageModel, m), run_dir, tokenizer_dir=tok_dir)
+        def save_model(m: torch.nn.Module, directory: Path) -> None:
+            save_model_dir(cast(LanguageModel, m), directory, tokenizer_dir=tok_dir)
 
         def sample(m: torch.nn.Module) -> str:
             return sample_text(  # the loop hands over a module; it is one of ours
@@ -188,7 +217,7 @@ def pretrain(
             info=info,
             device=device,
             resume=resume,
-            save_top_level=save_top,
+            save_model=save_model,
             manifest=manifest,
             sample=sample,
             callbacks=callbacks,
