@@ -66,7 +66,7 @@ def test_unmerged_lora_run_chats_and_merges_from_the_cli(tmp_path, base_run):
     from gptforge.cli.main import app
     from gptforge.conversion.peft_adapter import load_adapted
     from gptforge.modeling.io import load_model_dir
-    from gptforge.training.chat import ChatModel
+    from gptforge.sampling.chat import ChatModel
     from gptforge.training.finetune import finetune
     from typer.testing import CliRunner
 

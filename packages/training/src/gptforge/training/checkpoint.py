@@ -228,7 +228,8 @@ class CheckpointManager:
         try:
             if write_model is not None:
                 write_model(tmp)
-            else:
+            if not (tmp / "model.safetensors").exists():
+                # Resume needs every weight, also where write_model wrote only a LoRA adapter.
                 save_model(model, str(tmp / "model.safetensors"))
             torch.save(state, tmp / "state.pt")
             make_readable(tmp)
