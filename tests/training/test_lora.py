@@ -127,3 +127,14 @@ def test_lora_flags_are_checked():
     with pytest.raises(ValueError, match="choose from \\['attn', 'mlp', 'head'\\]"):
         FinetuneConfig(from_run="x", lora_rank=8, lora_targets="attn,ffn")
     assert FinetuneConfig(from_run="x", lora_rank=8).lora_config().alpha == 16.0
+
+
+def test_lora_checkpoint_loads_as_a_model(tmp_path, base_run):
+    """A LoRA run's checkpoints/last is loadable: the run's base plus that step's adapters."""
+    from gptforge.conversion import load_any
+    from gptforge.training.finetune import finetune
+
+    finetune(_cfg(base_run, tmp_path / "sft"))
+    model, tok, info = load_any(tmp_path / "sft" / "checkpoints" / "last")
+    assert info.layout == "lora" and tok is not None and "<INST>" in tok.special_tokens
+    assert not any("lora" in k for k in model.state_dict())

@@ -26,7 +26,7 @@ from gptforge.conversion.detect import (
 )
 from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.mapping import materialize
-from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted
+from gptforge.conversion.peft_adapter import is_adapter_dir, load_adapted, lora_base_dir
 from gptforge.conversion.weights import PlannedTensor, TensorInfo, WeightSource, read_tensor_infos
 from gptforge.modeling.protocol import LanguageModel
 
@@ -141,9 +141,11 @@ def _load_lora_run(
     from gptforge.tokenizer import Tokenizer
 
     model = cast(LanguageModel, load_adapted(run, device=device, dtype=dtype))
-    tok_dir = run / "tokenizer"
-    tok = Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
-    return model, tok, Loaded(run, "lora", detect_family(run / "base"), tok_dir)
+    base = lora_base_dir(run)
+    # A checkpoint of the run holds no tokenizer: the base's is the run's (template tokens too).
+    tok_dir = next((d for d in (run / "tokenizer", base / "tokenizer") if d.is_dir()), None)
+    tok = Tokenizer.from_dir(tok_dir) if tok_dir is not None else None
+    return model, tok, Loaded(run, "lora", detect_family(base), tok_dir)
 
 
 def _load_ours(p: Path, device: torch.device, dtype: torch.dtype | None) -> LanguageModel:

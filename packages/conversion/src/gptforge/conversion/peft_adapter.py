@@ -34,6 +34,7 @@ __all__ = [
     "is_adapter_dir",
     "load_adapted",
     "load_adapter",
+    "lora_base_dir",
     "merge_adapter",
     "save_adapter",
 ]
@@ -177,6 +178,18 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike[str]) -> nn.Module
     return model
 
 
+def lora_base_dir(run: str | os.PathLike[str]) -> Path:
+    """The frozen base of a LoRA run: ``RUN/base``, or for one of the run's checkpoints
+    (``RUN/checkpoints/step_*``, ``best``, ``last``) the run's ``base``."""
+    run_dir = Path(run)
+    base = run_dir / "base"
+    if not base.is_dir():
+        parent = run_dir.resolve().parent
+        if parent.name == "checkpoints" and (parent.parent / "base").is_dir():
+            return parent.parent / "base"
+    return base
+
+
 def load_adapted(
     run: str | os.PathLike[str],
     *,
@@ -189,7 +202,7 @@ def load_adapted(
     """
     from gptforge.modeling.io import load_model_dir
 
-    base = Path(run) / "base"
+    base = lora_base_dir(run)
     if not (base / "config.json").is_file():
         raise FileNotFoundError(
             f"{str(run)!r} holds LoRA adapters but no base model under base/; merge them onto "
