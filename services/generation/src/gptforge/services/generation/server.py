@@ -260,9 +260,14 @@ def serve(
         compile: decode through ``torch.compile`` (CUDA graphs on a GPU).
     """
     from gptforge.conversion import detect_layout, find_model_dir, load_any
+    from gptforge.conversion.peft_adapter import is_adapter_dir, lora_base_dir
     from gptforge.sampling.precision import MODES, apply_weight_precision
 
-    detect_layout(find_model_dir(ckpt))  # fail before binding when the path is wrong
+    # Fail before binding when the path is wrong (an unmerged LoRA run: when its base is).
+    if is_adapter_dir(ckpt) and not (Path(ckpt) / "config.json").is_file():
+        detect_layout(lora_base_dir(ckpt))
+    else:
+        detect_layout(find_model_dir(ckpt))
     if precision is not None and precision not in MODES:
         raise ValueError(f"precision {precision!r} is not one of {list(MODES)}")
 
