@@ -142,3 +142,11 @@ def test_long_record_names_file_and_line_and_the_limit(tok):
     cut = fit_examples(items, "train", FinetuneConfig(from_run="x", truncate=True), tok, 32)
     assert len(cut) == 2 and sum(map(len, cut[1])) == 33
     assert cut[1][1][-1] == tok.special_tokens["</RESP>"]
+
+
+def test_resume_cannot_change_the_lora_adapters():
+    from gptforge.training.runner import check_resume_changes
+
+    for field, change in (("lora_rank", (4, 8)), ("lora_targets", ("attn,mlp,head", "attn"))):
+        with pytest.raises(ValueError, match="cannot change the model"):
+            check_resume_changes({field: change}, "runs/sft", 3, override=True)

@@ -19,6 +19,9 @@ FIXED_ON_RESUME = (
     "template",
     "max_length",
     "stride",
+    "lora_rank",  # the adapters' shapes and places: the checkpoints hold those adapters
+    "lora_alpha",
+    "lora_targets",
     *SHAPE_FIELDS,
 )
 
