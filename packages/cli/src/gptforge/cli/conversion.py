@@ -60,21 +60,21 @@ def merge_lora(
     ],
     out: Out,
     base: Annotated[
-        Path | None, typer.Option(help="The base model directory (default: RUN/base).")
+        Path | None, typer.Option(help="The base model directory (default: the run's base/).")
     ] = None,
     force: Force = False,
 ) -> None:
     """Fold a LoRA run's adapters into its base: a plain model directory for to-hf, to-gguf, chat."""
     import shutil
 
-    from gptforge.conversion.peft_adapter import merge_adapter
+    from gptforge.conversion.peft_adapter import lora_base_dir, merge_adapter
 
     if out.exists() and not force:
         typer.secho(
             f"error: {out} exists; pass --force to replace it", err=True, fg=typer.colors.RED
         )
         raise typer.Exit(code=2)
-    _run(lambda: merge_adapter(base or run / "base", run, out), f"wrote {out}")
+    _run(lambda: merge_adapter(base or lora_base_dir(run), run, out), f"wrote {out}")
     if (run / "chat.json").is_file():  # the chat template travels with the merged weights
         shutil.copyfile(run / "chat.json", out / "chat.json")
 
