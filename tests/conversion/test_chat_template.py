@@ -91,3 +91,18 @@ def test_bad_message_is_one_clear_line(chat_tokenizer: Path) -> None:
         encode_conversation(tok, [{"role": "system", "content": "x"}], "inst")
     with pytest.raises(ValueError, match=r"unknown chat template 'chatml'.*\['alpaca', 'inst'\]"):
         encode_conversation(tok, CONVERSATION, "chatml")
+
+
+def test_a_fine_tunes_checkpoint_keeps_its_template(tmp_path: Path) -> None:
+    """A checkpoint has no chat.json; its manifest's config names the template."""
+    import json
+
+    from gptforge.conversion.tokenizer_files import chat_template_of
+    from gptforge.tokenizer.chat_template import CHAT_FORMATS
+
+    step = tmp_path / "checkpoints" / "step_000010"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text(json.dumps({"config": {"template": "alpaca"}}))
+    assert chat_template_of(step) == ("alpaca", CHAT_FORMATS["alpaca"].jinja())
+    (step / "manifest.json").write_text(json.dumps({"config": {"preset": "debug"}}))
+    assert chat_template_of(step) == (None, None)  # a pre-training checkpoint

@@ -63,7 +63,8 @@ def copy_tokenizer_to_hf(
 def chat_template_of(src_dir: Path) -> tuple[str | None, str | None]:
     """``(format name, Jinja template)`` a model was fine-tuned with, ``(None, None)`` if none.
 
-    Our runs record it in ``chat.json`` (``gptforge finetune``); a HF directory carries it as
+    Our runs record it in ``chat.json`` (``gptforge finetune``), their checkpoints in the
+    manifest's ``config``; a HF directory carries it as
     ``chat_template`` in ``tokenizer_config.json`` (kept as is when it is not one of ours).
     """
     from gptforge.tokenizer.chat_template import CHAT_FORMATS
@@ -76,6 +77,12 @@ def chat_template_of(src_dir: Path) -> tuple[str | None, str | None]:
                 f"{str(record)!r} names chat template {name!r}; known: {sorted(CHAT_FORMATS)}"
             )
         return name, CHAT_FORMATS[name].jinja()
+    manifest = src_dir / "manifest.json"  # a fine-tune's checkpoint: the run's config
+    if manifest.is_file():
+        config = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+        name = config.get("template") if isinstance(config, dict) else None
+        if name in CHAT_FORMATS:
+            return name, CHAT_FORMATS[name].jinja()
     tok_config = src_dir / "tokenizer_config.json"
     if tok_config.is_file():
         jinja = json.loads(tok_config.read_text(encoding="utf-8")).get("chat_template")
