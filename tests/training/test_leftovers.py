@@ -107,3 +107,16 @@ def test_the_run_tokenizer_is_written_once(tmp_path, data_dir):
     pretrain(debug_config(data_dir, run, max_steps=6, checkpoint_interval=2), callbacks=[watch])
     assert len(seen) >= 3 and len(set(seen)) == 1, seen  # the same directory, never replaced
     assert (run / "tokenizer").stat().st_ino == seen[0]
+
+
+def test_a_half_swapped_best_or_last_link_is_a_leftover(tmp_path):
+    import os
+
+    from gptforge.training.checkpoint import remove_leftovers
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "step_000001").mkdir(parents=True)
+    os.symlink("step_000001", ckpts / ".tmp-best-123")
+    os.symlink("step_000001", ckpts / "best")
+    assert remove_leftovers(tmp_path)[0] == 1
+    assert sorted(os.listdir(ckpts)) == ["best", "step_000001"]

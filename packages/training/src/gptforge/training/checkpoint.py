@@ -44,10 +44,11 @@ from safetensors.torch import load_model, save_model
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
 LOCK_FILE = ".lock"
-# Temporaries of this module (.tmp-step_000100-PID, .old-step_000100-PID) and of
-# gptforge.fileio's atomic writes (.NAME.RANDOM.tmp, .NAME.RANDOM.old).
+# Temporaries of this module (.tmp-step_000100-PID, .old-step_000100-PID, the links'
+# .tmp-best-PID / .tmp-last-PID) and of gptforge.fileio's atomic writes (.NAME.RANDOM.tmp,
+# .NAME.RANDOM.old).
 _HELD_LOCKS: dict[Path, int] = {}
-_LEFTOVER = re.compile(r"^\.(tmp|old)-step_\d+-\d+$|^\..+\.(tmp|old)$")
+_LEFTOVER = re.compile(r"^\.(tmp|old)-(step_\d+|best|last)-\d+$|^\..+\.(tmp|old)$")
 
 
 class CheckpointError(RuntimeError):
