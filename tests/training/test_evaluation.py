@@ -139,3 +139,23 @@ def test_eval_cli_writes_one_report(model_dirs, tmp_path):
     assert result.exit_code == 1 and "nothing to evaluate" in result.output
     bad = CliRunner().invoke(app, [*args, "--max-length", "999", "--device", "cpu"])
     assert bad.exit_code == 1 and "--max-length 999 must be in [2, 64]" in bad.output
+
+
+def test_held_out_records_are_the_fine_tunes_with_max_samples_and_from_a_checkpoint(tmp_path):
+    """eval --exact-match scores the records finetune held out: --max-samples cuts before the
+    split, and a checkpoint (no train_config.json) reads the run's config from its manifest."""
+    from gptforge.training.config import FinetuneConfig
+    from gptforge.training.evaluation import held_out_records
+    from gptforge.training.finetune import split_records
+    from gptforge.training.tasks import generate_tasks
+
+    cfg = FinetuneConfig(out=str(tmp_path), num_examples=60, max_samples=20, val_fraction=0.25)
+    records = generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+    _, want = split_records(records[:20], cfg.val_fraction, cfg.seed)
+    saved = {"kind": "finetune", "config": cfg.to_dict()}
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    assert held_out_records(tmp_path) == (want[: cfg.eval_examples], cfg.template)
+    step = tmp_path / "checkpoints" / "step_000010"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text(json.dumps({"step": 10, **saved}))
+    assert held_out_records(step) == (want[: cfg.eval_examples], cfg.template)

@@ -297,6 +297,8 @@ def held_out_records(run_dir: str | Path) -> tuple[list[dict[str, str]], str]:
     from gptforge.training.tasks import generate_tasks
 
     path = Path(run_dir) / "train_config.json"
+    if not path.is_file():  # a checkpoint of the run: its manifest holds the same two fields
+        path = Path(run_dir) / "manifest.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     if saved.get("kind") != "finetune":
         raise ValueError(
@@ -309,6 +311,8 @@ def held_out_records(run_dir: str | Path) -> tuple[list[dict[str, str]], str]:
         if cfg.data
         else generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
     )
+    if cfg.max_samples is not None:  # as finetune cut them, before the split
+        records = records[: cfg.max_samples]
     _, held_out = split_records(records, cfg.val_fraction, cfg.seed)
     return held_out[: cfg.eval_examples], cfg.template
 
