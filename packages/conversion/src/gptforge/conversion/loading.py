@@ -108,7 +108,13 @@ def load_any(
 
     device = resolve_device(device)
     if is_adapter_dir(path) and not (Path(path) / "config.json").is_file():
-        return _load_lora_run(Path(path), device, dtype)
+        loaded = _load_lora_run(Path(path), device, dtype)
+        if loaded[1] is None and require_tokenizer:
+            raise ConversionError(
+                f"no tokenizer found for the LoRA run {str(path)!r}: looked for tokenizer/ in it "
+                "and in its base/; copy the tokenizer the run was fine-tuned with there"
+            )
+        return loaded
     p = find_model_dir(path)
     layout = detect_layout(p)
     if layout == "gguf":  # the tokenizer travels inside the file
