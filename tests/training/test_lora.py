@@ -129,12 +129,19 @@ def test_lora_flags_are_checked():
     assert FinetuneConfig(from_run="x", lora_rank=8).lora_config().alpha == 16.0
 
 
-def test_lora_checkpoint_loads_as_a_model(tmp_path, base_run):
-    """A LoRA run's checkpoints/last is loadable: the run's base plus that step's adapters."""
+def test_lora_checkpoint_loads_as_a_model(tmp_path, base_run, monkeypatch):
+    """A LoRA run's checkpoints/last is loadable: the run's base plus that step's adapters;
+    the generation service's pre-bind check accepts the run and its checkpoints."""
     from gptforge.conversion import load_any
+    from gptforge.services.generation import server
     from gptforge.training.finetune import finetune
 
     finetune(_cfg(base_run, tmp_path / "sft"))
     model, tok, info = load_any(tmp_path / "sft" / "checkpoints" / "last")
     assert info.layout == "lora" and tok is not None and "<INST>" in tok.special_tokens
     assert not any("lora" in k for k in model.state_dict())
+    served = []
+    monkeypatch.setattr(server, "serve_model", lambda load, *a, **k: served.append(load))
+    server.serve(str(tmp_path / "sft"))
+    server.serve(str(tmp_path / "sft" / "checkpoints" / "best"))
+    assert len(served) == 2
