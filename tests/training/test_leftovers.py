@@ -120,3 +120,35 @@ def test_a_half_swapped_best_or_last_link_is_a_leftover(tmp_path):
     os.symlink("step_000001", ckpts / "best")
     assert remove_leftovers(tmp_path)[0] == 1
     assert sorted(os.listdir(ckpts)) == ["best", "step_000001"]
+
+
+def test_a_second_writer_into_a_locked_run_is_refused(tmp_path):
+    import sys
+
+    import pytest
+    from gptforge.training.checkpoint import LOCK_FILE
+    from gptforge.training.loop import _clean_leftovers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(run / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"pid {holder.pid}.*different --out"):
+            _clean_leftovers(run, print)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -246,8 +246,12 @@ def keep_best(
 def _clean_leftovers(run_dir: Path, write: Callable[[str], object]) -> None:
     """Lock the run, and remove what killed runs left (the lock proves their writers gone)."""
     if lock_run(run_dir) is None:
-        write(f"warning: another process holds {run_dir / LOCK_FILE}; leftovers are not cleaned")
-        return
+        # Two writers would interleave checkpoints and overwrite each other's model.
+        holder = (run_dir / LOCK_FILE).read_text().strip() or "?"
+        raise ValueError(
+            f"another process (pid {holder}) is training into {str(run_dir)!r} (it holds "
+            f"{LOCK_FILE}); wait for it or stop it, or pass a different --out"
+        )
     count, freed = remove_leftovers(run_dir)
     if count:
         write(
