@@ -80,3 +80,12 @@ def test_adapter_from_another_base_is_refused(tmp_path: Path, tokenizer_dir: Pat
     other = make_run_dir(tmp_path / "other", "debug", tokenizer_dir, n_embd=32, n_head=2)
     with pytest.raises(ValueError, match="do not fit"):
         load_adapter(load_model_dir(other), tmp_path / "adapter")
+
+
+def test_converting_an_unmerged_lora_run_points_to_merge_lora(tmp_path):
+    import pytest
+    from gptforge.conversion import ConversionError, detect_layout
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConversionError, match="convert merge-lora --run"):
+        detect_layout(tmp_path)

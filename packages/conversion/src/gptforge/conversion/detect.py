@@ -130,6 +130,12 @@ def detect_layout(path: str | os.PathLike[str]) -> Layout:
         return "meta"
     if (p / "hparams.json").is_file() and list(p.glob("*.index")):
         return "openai"
+    if (p / "adapter_config.json").is_file():
+        raise ConversionError(
+            f"{str(p)!r} holds LoRA adapters, not a whole model; fold them into their base first: "
+            f"gptforge convert merge-lora --run {p} --out MERGED_DIR (chat and generate read the "
+            "run as it is)"
+        )
     raise ConversionError(
         f"cannot tell what {str(p)!r} holds: expected a gptforge run/model directory (config.json "
         "with 'arch'), a Hugging Face directory (config.json with 'model_type'), a Meta LLaMA "
