@@ -145,3 +145,13 @@ def test_lora_checkpoint_loads_as_a_model(tmp_path, base_run, monkeypatch):
     server.serve(str(tmp_path / "sft"))
     server.serve(str(tmp_path / "sft" / "checkpoints" / "best"))
     assert len(served) == 2
+
+
+def test_full_finetune_starts_from_a_hugging_face_export(tmp_path, base_run):
+    from gptforge.conversion import export_hf
+    from gptforge.training.finetune import finetune
+
+    export_hf(base_run, tmp_path / "hf")  # weights + tokenizer files, no tokenizer/ folder
+    finetune(_cfg(tmp_path / "hf", tmp_path / "sft", lora_rank=0, lora_dropout=0.0))
+    assert (tmp_path / "sft" / "model.safetensors").is_file()
+    assert (tmp_path / "sft" / "tokenizer").is_dir()

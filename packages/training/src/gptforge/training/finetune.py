@@ -144,18 +144,22 @@ def finetune(
     try:
         device = resolve_device(cfg.device, info)
         src, run_dir = Path(cfg.from_run), Path(cfg.out)
-        tokenizer = Tokenizer.from_dir(src / "tokenizer")
-        tokenizer.add_special_tokens(SPECIAL_TOKENS)
         if uses_fsdp(cfg, info):
             # Rank 0 loads the model on the CPU, the others describe it on the meta device;
             # the loop shards it and hands out rank 0's weights (as pretrain does).
+            tokenizer = Tokenizer.from_dir(src / "tokenizer")
             if info.is_main:
                 model: Any = load_any(src, device="cpu", dtype=torch.float32)[0]
             else:
                 with torch.device("meta"):
                     model = build_model(read_config(src))
         else:
-            model = load_any(src, device=device, dtype=torch.float32)[0]
+            # Any checkpoint load_any reads (a run, a checkpoint, an HF or GGUF import) with the
+            # tokenizer it carries or sits beside.
+            model, tokenizer, _ = load_any(
+                src, device=device, dtype=torch.float32, require_tokenizer=True
+            )
+        tokenizer.add_special_tokens(SPECIAL_TOKENS)
         if tokenizer.n_vocab > model.config.vocab_size:
             model.resize_token_embeddings(tokenizer.n_vocab)
         if cfg.lora_rank and uses_fsdp(cfg, info):
