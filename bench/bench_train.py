@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {"gptforge": [], "transformers": [], "litgpt": []}
         impls = ["gptforge", "transformers"]
         if lit_py and label.startswith("llama"):
-            impls.append("litgpt")  # the LLaMA-family peer, in its own environment
+            impls.append("litgpt")  # the LLaMA-family peer, in its own environment
         for i in range(repeats):
             for impl in impls:
                 r = run_worker(args, impl, preset, batch, steps, warmup)
