@@ -1,4 +1,4 @@
-"""`gptforge data prepare`, `train`, `finetune`, `chat` and `python -m gptforge.training`."""
+"""`gptforge data prepare`, `train`, `finetune`, `chat` and `python -m gptforge.cli` (torchrun)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,18 @@ def test_flags_are_the_config_fields(command, cls):
     assert "--resume" in text
 
 
-def test_module_entry_parses_the_same_flags():
-    from gptforge.training.__main__ import main
+def test_module_entry_for_torchrun_is_the_same_command():
+    import subprocess
+    import sys
 
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--help"])
-    assert info.value.code == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptforge.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--resume" in proc.stdout and "--parallel" in proc.stdout
 
 
 def test_prepare_train_resume_and_errors(tmp_path, tokenizer_dir, texts):

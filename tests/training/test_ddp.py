@@ -29,7 +29,7 @@ def _run(out, data_dir, nproc: int, batch_size: int, *extra: str, steps: int = S
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "gptforge.training",
+        "gptforge.cli",
         "train",
         "--preset",
         "debug",
@@ -92,7 +92,7 @@ def test_fsdp_two_gloo_ranks_match_one_process_and_resume(tmp_path, data_dir):
     _run(tmp_path / "cut", data_dir, 2, 2, "--parallel", "fsdp", steps=2)
     resume = [
         PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "gptforge.training", "train", "--resume", str(tmp_path / "cut"),
+        "-m", "gptforge.cli", "train", "--resume", str(tmp_path / "cut"),
         "--max-steps", str(STEPS),
     ]  # fmt: skip
     proc = subprocess.run(resume, env=child_env(), capture_output=True, text=True, timeout=300)
@@ -121,7 +121,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, data_dir):
 def _resume(out, steps: int) -> None:
     cmd = [
         PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "gptforge.training", "train", "--resume", str(out), "--max-steps", str(steps),
+        "-m", "gptforge.cli", "train", "--resume", str(out), "--max-steps", str(steps),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -157,7 +157,7 @@ def test_fsdp_finetune_matches_one_process(tmp_path, data_dir):
     def finetune(out, nproc: int, batch: int, *extra: str) -> None:
         cmd = [
             PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "gptforge.training", "finetune", "--from-run", str(base), "--out", str(out),
+            "-m", "gptforge.cli", "finetune", "--from-run", str(base), "--out", str(out),
             "--max-steps", "3", "--batch-size", str(batch), "--num-examples", "60",
             "--eval-examples", "4", "--eval-interval", "0", "--max-length", "65",
             "--no-progress", "--device", "cpu", *extra,

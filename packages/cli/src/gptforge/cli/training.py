@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, Optional
@@ -19,8 +20,22 @@ from typing import Any, Optional
 import typer
 from gptforge.cli.generation import SlideOpt, slide_for
 from gptforge.cli.options import DeviceOpt, check_device
-from gptforge.training.cli_args import ALIASES, _base_type
 from gptforge.training.config import FinetuneConfig, LoopConfig, TrainConfig
+
+# Flag spellings that differ from the field name (`--from` reads as the verb it completes).
+# `--block-size` is nanoGPT's name for the context.
+ALIASES = {
+    "from_run": ["--from", "--from-run"],
+    "context_length": ["--context-length", "--block-size"],
+}
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> ``int``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
 
 
 def field_help(cls: type) -> dict[str, str]:

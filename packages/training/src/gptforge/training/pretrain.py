@@ -1,4 +1,4 @@
-"""Pre-training on prepared token shards: ``gptforge train`` and ``python -m gptforge.training``."""
+"""Pre-training on prepared token shards: ``gptforge train`` (under ``torchrun``: ``-m gptforge.cli train``)."""
 
 from __future__ import annotations
 
