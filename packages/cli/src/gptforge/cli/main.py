@@ -8,20 +8,20 @@ grpc) inside the command functions so ``gptforge --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
-
-AREAS = (
-    "tokenizer",
-    "tokenizer_service",
-    "model",
-    "training",
-    "generation",
-    "conversion",
-    "mmrec",
-    "demo",
+from gptforge.cli import (
+    conversion,
+    demo,
+    generation,
+    mmrec,
+    model,
+    tokenizer,
+    tokenizer_service,
+    training,
 )
+
+#: The areas, in the order their verbs appear in ``gptforge --help``.
+AREAS = (tokenizer, tokenizer_service, model, training, generation, conversion, mmrec, demo)
 
 app = typer.Typer(
     name="gptforge",
@@ -37,7 +37,7 @@ groups: dict[str, typer.Typer] = {
 }
 
 for _area in AREAS:
-    importlib.import_module(f"gptforge.cli.{_area}").register(app, groups)
+    _area.register(app, groups)
 for _name, _group in groups.items():
     app.add_typer(_group, name=_name)
 
