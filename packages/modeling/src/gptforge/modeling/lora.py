@@ -171,15 +171,6 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Only the adapter tensors: ``{name}.lora_A.weight`` and ``{name}.lora_B.weight``."""
-    out = {}
-    for name, m in lora_modules(model).items():
-        out[f"{name}.lora_A.weight"] = m.lora_A.weight.detach()
-        out[f"{name}.lora_B.weight"] = m.lora_B.weight.detach()
-    return out
-
-
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put plain linear layers back (in place).
