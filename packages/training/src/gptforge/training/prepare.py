@@ -3,11 +3,11 @@
 The corpus arrives as pieces of at most ``chunk_bytes`` (:func:`gptforge.corpus.iter_segments`:
 a long document comes in several pieces, cut where the tokenizer splits anyway, and only a
 document's end gets the end-of-text id). Pieces are grouped into batches of about
-``batch_bytes`` characters and encoded on ``num_proc`` threads straight into numpy arrays
-(tiktoken releases the GIL, so threads scale like processes without copying text between them);
-results are taken in corpus order, so the ids do not depend on ``num_proc``. At most
-``2 * num_proc`` batches are in flight: memory is bounded by the batch and piece sizes, never by
-the corpus.
+``batch_bytes`` characters and encoded on ``num_proc`` worker processes straight into numpy
+arrays (tiktoken holds the GIL while it encodes, so threads would take turns instead of running
+side by side); results are taken in corpus order, so the ids do not depend on ``num_proc``. At
+most ``2 * num_proc`` batches are in flight: memory is bounded by the batch and piece sizes,
+never by the corpus.
 
 Everything is written into a temporary folder beside ``out`` that replaces it only when the run
 succeeds (:func:`gptforge.fileio.atomic_dir`): a failed or killed run leaves the previous data
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import shutil
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +58,69 @@ def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return tokenizer.encode_batch(texts, allowed_special=frozenset(), disallowed_special=())
 
 
-def _batch_encoder(tok: Any, dtype: np.dtype) -> Callable[[list[Segment]], np.ndarray]:
-    """A function from a batch of pieces to their ids, end-of-text after each document end."""
-    eot = np.array([tok.eot_token], dtype=dtype)
+_TOKENIZER: Any = None  # the tokenizer of a worker process (inherited on fork, loaded on spawn)
+
+
+def _start_worker(tokenizer_dir: str | None) -> None:
+    global _TOKENIZER
+    if tokenizer_dir is not None:
+        _TOKENIZER = load_tokenizer(tokenizer_dir)
+
+
+def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
+    return [_TOKENIZER.encode_to_numpy(t, disallowed_special=()) for t in texts]
+
+
+def _text_encoder(tok: Any) -> Callable[[list[str]], list[np.ndarray]]:
+    """Texts to id arrays in this process."""
     if hasattr(tok, "encode_to_numpy"):
+        return lambda texts: [tok.encode_to_numpy(t, disallowed_special=()) for t in texts]
+    return lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode_texts(tok, texts)]
 
-        def encode_all(texts: list[str]) -> list[np.ndarray]:
-            return [tok.encode_to_numpy(t, disallowed_special=()) for t in texts]
-    else:
 
-        def encode_all(texts: list[str]) -> list[np.ndarray]:
-            return [np.asarray(ids, dtype=np.int64) for ids in encode_texts(tok, texts)]
+def _encoding_pool(
+    tok: Any, tokenizer_dir: str | None, workers: int
+) -> tuple[Executor | None, Callable[[list[str]], list[np.ndarray]]]:
+    """Where batches are encoded: ``(pool, function)``; no pool means this process encodes.
 
-    def encode(batch: list[Segment]) -> np.ndarray:
-        parts: list[np.ndarray] = []
-        for (_, end), ids in zip(batch, encode_all([text for text, _ in batch]), strict=True):
-            parts.append(ids)
-            if end:
-                parts.append(eot)
-        ids = np.concatenate(parts) if parts else eot[:0]
-        if len(ids) and int(ids.max()) >= tok.n_vocab:
-            raise ValueError(f"tokenizer produced id {int(ids.max())} >= its n_vocab {tok.n_vocab}")
-        return ids.astype(dtype, copy=False)
+    A local tokenizer runs in worker processes: forked on Linux (they inherit it, nothing to
+    import or load), spawned elsewhere (they load it from its directory). A tokenizer without a
+    directory on a platform without fork stays in this process, and a tokenizer service's
+    client runs on threads, which overlap its waits on the network.
+    """
+    global _TOKENIZER
+    if workers <= 1:
+        return None, _text_encoder(tok)
+    if not hasattr(tok, "encode_to_numpy"):
+        return ThreadPoolExecutor(workers), _text_encoder(tok)
+    if sys.platform.startswith("linux"):
+        _TOKENIZER = tok
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()  # fork every worker now, before the progress bar's thread starts
+        return pool, _encode_in_worker
+    if tokenizer_dir is None:
+        return None, _text_encoder(tok)
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer_dir,)
+    )
+    return pool, _encode_in_worker
 
-    return encode
+
+def _assemble(
+    batch: list[Segment], arrays: list[np.ndarray], tok: Any, dtype: np.dtype
+) -> np.ndarray:
+    """One batch's ids in order, end-of-text after each document end."""
+    eot = np.array([tok.eot_token], dtype=dtype)
+    parts: list[np.ndarray] = []
+    for (_, end), ids in zip(batch, arrays, strict=True):
+        parts.append(ids)
+        if end:
+            parts.append(eot)
+    ids = np.concatenate(parts) if parts else eot[:0]
+    if len(ids) and int(ids.max()) >= tok.n_vocab:
+        raise ValueError(f"tokenizer produced id {int(ids.max())} >= its n_vocab {tok.n_vocab}")
+    return ids.astype(dtype, copy=False)
 
 
 def _batches(segments: Iterable[Segment], batch_bytes: int) -> Iterator[list[Segment]]:
@@ -98,23 +138,26 @@ def _batches(segments: Iterable[Segment], batch_bytes: int) -> Iterator[list[Seg
 
 
 def _ordered_map(
-    fn: Callable[[list[Segment]], np.ndarray], batches: Iterator[list[Segment]], workers: int
-) -> Iterator[tuple[list[Segment], np.ndarray]]:
-    """``fn`` over ``batches`` on ``workers`` threads, results in input order, bounded in flight."""
-    if workers <= 1:
+    fn: Callable[[list[str]], list[np.ndarray]],
+    batches: Iterator[list[Segment]],
+    pool: Executor | None,
+    in_flight: int,
+) -> Iterator[tuple[list[Segment], list[np.ndarray]]]:
+    """``fn`` over the texts of ``batches`` on ``pool``, results in input order, at most
+    ``in_flight`` batches submitted and not yet taken."""
+    if pool is None:
         for batch in batches:
-            yield batch, fn(batch)
+            yield batch, fn([text for text, _ in batch])
         return
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque[tuple[list[Segment], Future[np.ndarray]]] = deque()
-        for batch in batches:
-            queue.append((batch, pool.submit(fn, batch)))
-            if len(queue) >= 2 * workers:
-                done, future = queue.popleft()
-                yield done, future.result()
-        while queue:
+    queue: deque[tuple[list[Segment], Future[list[np.ndarray]]]] = deque()
+    for batch in batches:
+        queue.append((batch, pool.submit(fn, [text for text, _ in batch])))
+        if len(queue) >= in_flight:
             done, future = queue.popleft()
             yield done, future.result()
+    while queue:
+        done, future = queue.popleft()
+        yield done, future.result()
 
 
 def _pin_mmap_threshold() -> None:
@@ -260,7 +303,7 @@ def prepare_data(
         out: Output data directory; replaced whole, and only when the run succeeds.
         val_fraction: Share of tokens routed to the validation split.
         field: Text field of ``.jsonl``/parquet records and dataset rows.
-        num_proc: Encoding threads (default: the CPU count, at most 8).
+        num_proc: Encoding processes (default: the CPU count, at most 8).
         block_tokens: Granularity of the train/validation routing.
         shard_tokens: Most tokens per shard file.
         paragraphs: Text files hold one document per blank-line-separated paragraph.
@@ -307,9 +350,13 @@ def prepare_data(
             shard_tokens=shard_tokens,
         )
         n_docs, max_id = 0, int(tok.eot_token)
-        with tqdm(desc="documents", unit="doc", disable=not progress) as bar:
-            encode = _batch_encoder(tok, dtype)
-            for batch, ids in _ordered_map(encode, _batches(segments, batch_bytes), workers):
+        pool, encode = _encoding_pool(tok, tokenizer_dir, workers)
+        with pool or contextlib.nullcontext(), tqdm(
+            desc="documents", unit="doc", disable=not progress
+        ) as bar:
+            batches = _batches(segments, batch_bytes)
+            for batch, arrays in _ordered_map(encode, batches, pool, 2 * workers):
+                ids = _assemble(batch, arrays, tok, dtype)
                 ends = sum(end for _, end in batch)
                 n_docs += ends
                 bar.update(ends)
