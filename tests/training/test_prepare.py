@@ -238,3 +238,52 @@ def test_resume_on_data_prepared_again_is_refused(tmp_path, tokenizer_dir, texts
         pretrain(cfg, resume=True)
     prepare_data(texts, tokenizer_dir, data, progress=False)  # the data it was trained on
     assert pretrain(cfg, resume=True).step == 6
+
+
+class ListTokenizer:
+    """A tokenizer with only ``encode_batch`` (like a tokenizer service's client)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.n_vocab, self.eot_token, self.fingerprint = tok.n_vocab, tok.eot_token, "list"
+        self.threads: set[str] = set()
+
+    def encode_batch(self, texts, **kwargs):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        return self.tok.encode_batch(texts, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["fork", "spawn", "threads"])
+def test_every_encoding_pool_gives_the_ids_of_one_process(
+    how, tmp_path, tok, tokenizer_dir, texts, monkeypatch
+):
+    docs = [t for t in texts if t.strip()][:40]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tokenizer = tokenizer_dir
+    if how == "spawn":  # what macOS and Windows get: workers load the tokenizer directory
+        monkeypatch.setattr(prepare_module.sys, "platform", "darwin")
+    if how == "threads":
+        tokenizer = ListTokenizer(tok)
+    pools: list[object] = []
+    real = prepare_module._encoding_pool
+
+    def spy(*args):
+        pool, fn = real(*args)
+        pools.append(pool)
+        return pool, fn
+
+    monkeypatch.setattr(prepare_module, "_encoding_pool", spy)
+    prepare_data(
+        str(tmp_path / "c.jsonl"), tokenizer, tmp_path / "d", batch_bytes=2000, num_proc=2,
+        progress=False,
+    )  # fmt: skip
+    assert stream(tmp_path / "d") == expected(tok, docs)
+    kind = type(pools[0]).__name__
+    if how == "threads":
+        assert kind == "ThreadPoolExecutor" and len(tokenizer.threads) >= 1
+        assert "MainThread" not in tokenizer.threads
+    else:
+        assert kind == "ProcessPoolExecutor"
+        assert pools[0]._mp_context.get_start_method() == how

@@ -351,9 +351,10 @@ def prepare_data(
         )
         n_docs, max_id = 0, int(tok.eot_token)
         pool, encode = _encoding_pool(tok, tokenizer_dir, workers)
-        with pool or contextlib.nullcontext(), tqdm(
-            desc="documents", unit="doc", disable=not progress
-        ) as bar:
+        with (
+            pool or contextlib.nullcontext(),
+            tqdm(desc="documents", unit="doc", disable=not progress) as bar,
+        ):
             batches = _batches(segments, batch_bytes)
             for batch, arrays in _ordered_map(encode, batches, pool, 2 * workers):
                 ids = _assemble(batch, arrays, tok, dtype)
