@@ -201,7 +201,7 @@ def prepare_command(
     ),
     field: str = typer.Option("text", "--field", help="Text field of .jsonl / parquet records."),
     num_proc: int | None = typer.Option(
-        None, "--num-proc", help="Encoding threads (default: CPUs, at most 8)."
+        None, "--num-proc", help="Encoding processes (default: CPUs, at most 8)."
     ),  # noqa: UP045
     block_tokens: int = typer.Option(
         1024, "--block-tokens", help="Granularity of the train/validation split in tokens."
