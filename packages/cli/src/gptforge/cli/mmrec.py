@@ -8,11 +8,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 TARGETS = ("mmrec",)
+
+
+def _config_overrides(config: Path | None, flags: dict[str, int | None]) -> dict[str, Any]:
+    """MMRecConfig fields from the ``--config`` JSON file, then the flags that were given."""
+    overrides = json.loads(config.read_text()) if config is not None else None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"--config {str(config)!r} must hold a JSON object of config fields")
+    if overrides:
+        overrides.pop("arch", None)
+    return {**(overrides or {}), **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _echo_report(report: dict[str, Any]) -> None:
+    """Print the source, what transferred and the key counts of a conversion report."""
+    src = report["source"]
+    typer.echo(
+        f"source: {src['layout']} ({src['detected_from']}), vocab {src['vocab_size']}, "
+        f"d={src['n_embd']}, layers {src['n_layer']}, heads {src['n_head']}/{src['n_kv_head']}, "
+        f"FFN {src['ffn']} {src['ffn_hidden']}, {src['n_params']:,} params"
+    )
+    typer.echo(
+        f"transferred {report['transferred_params']:,} of {report['target']['n_params']:,} target "
+        f"params ({100 * report['transferred_fraction']:.1f}%): {len(report['converted'])} keys "
+        f"converted, {len(report['new'])} new, {len(report['unused_source'])} source keys unused, "
+        f"{len(report['shape_mismatches'])} shape mismatches"
+    )
+    typer.echo(
+        f"keys: {report['total_keys']} total, {report['converted_keys']} converted, "
+        f"{report['missing_keys']} missing, {report['new_keys']} new"
+    )
 
 
 def arch(
@@ -87,21 +117,15 @@ def arch(
             fg=typer.colors.RED,
         )
         raise typer.Exit(2)
+    flags = {"vocab_size": vocab_size, "n_embd": model_dim, "n_layer": num_layers,
+             "n_head": num_heads}  # fmt: skip
     try:
-        overrides = json.loads(config.read_text()) if config is not None else None
-        if overrides is not None and not isinstance(overrides, dict):
-            raise ValueError(f"--config {str(config)!r} must hold a JSON object of config fields")
-        if overrides:
-            overrides.pop("arch", None)
-        flags = {"vocab_size": vocab_size, "n_embd": model_dim, "n_layer": num_layers,
-                 "n_head": num_heads}  # fmt: skip
-        overrides = {**(overrides or {}), **{k: v for k, v in flags.items() if v is not None}}
         path, report = convert_to_mmrec_dir(
             source,
             out,
             preset=preset,
             match_source=match_source,
-            config=overrides,
+            config=_config_overrides(config, flags),
             source_config=source_config,
             strict=strict,
             force=force,
@@ -110,22 +134,7 @@ def arch(
     except (ValueError, OSError) as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from e
-    src = report["source"]
-    typer.echo(
-        f"source: {src['layout']} ({src['detected_from']}), vocab {src['vocab_size']}, "
-        f"d={src['n_embd']}, layers {src['n_layer']}, heads {src['n_head']}/{src['n_kv_head']}, "
-        f"FFN {src['ffn']} {src['ffn_hidden']}, {src['n_params']:,} params"
-    )
-    typer.echo(
-        f"transferred {report['transferred_params']:,} of {report['target']['n_params']:,} target "
-        f"params ({100 * report['transferred_fraction']:.1f}%): {len(report['converted'])} keys "
-        f"converted, {len(report['new'])} new, {len(report['unused_source'])} source keys unused, "
-        f"{len(report['shape_mismatches'])} shape mismatches"
-    )
-    typer.echo(
-        f"keys: {report['total_keys']} total, {report['converted_keys']} converted, "
-        f"{report['missing_keys']} missing, {report['new_keys']} new"
-    )
+    _echo_report(report)
     typer.echo(f"wrote {path} (report: {path / REPORT_FILE})")
 
 

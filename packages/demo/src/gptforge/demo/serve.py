@@ -120,6 +120,103 @@ class ServerProcess:
         self.stop()
 
 
+def _start_servers(
+    stack: ExitStack, ctx: StageContext, model_dir: Path
+) -> tuple[ServerProcess, ServerProcess]:
+    """Both servers on the model in ``model_dir``, stopped when ``stack`` closes."""
+    logs = ctx.run_dir / "serve"
+    tok_srv = stack.enter_context(
+        ServerProcess(
+            "tokenizer", ["--tokenizer", str(model_dir / "tokenizer")], logs / "tokenizer.log"
+        )
+    )
+    gen_srv = stack.enter_context(
+        ServerProcess(
+            "generation",
+            [
+                "--ckpt",
+                str(model_dir),
+                "--max-batch-size",
+                "4",
+                "--default-max-new-tokens",
+                "32",
+                "--device",
+                serving_device(ctx.run_dir),
+            ],
+            logs / "generation.log",
+        )
+    )
+    ctx.log(
+        f"started tokenizer service on {tok_srv.target}, generation service on {gen_srv.target}"
+    )
+    return tok_srv, gen_srv
+
+
+def _check_tokenizer_service(client: Any, local: Any, text: str) -> int:
+    """Raise unless the service encodes ``text`` as ``local`` does and decodes it back exactly;
+    the number of tokens."""
+    ids = client.encode(text)
+    if ids != local.encode(text):
+        raise RuntimeError(
+            f"the tokenizer service encodes {text!r} as {ids}, locally {local.encode(text)}"
+        )
+    if client.decode(ids) != text:
+        raise RuntimeError(
+            f"the tokenizer service decodes {ids} to {client.decode(ids)!r}, not {text!r}"
+        )
+    info = client.info()
+    if info.fingerprint != local.fingerprint:
+        raise RuntimeError(
+            f"served tokenizer fingerprint {info.fingerprint[:16]} != local {local.fingerprint[:16]}"
+        )
+    return len(ids)
+
+
+def _finish_name(chunk: Any) -> str:
+    """The name of a stream message's ``finish_reason`` enum value (``STOP``, ``LENGTH``...)."""
+    field = type(chunk).DESCRIPTOR.fields_by_name["finish_reason"]
+    return str(field.enum_type.values_by_number[chunk.finish_reason].name)
+
+
+def _stream_answer(
+    client: Any, prompt_ids: list[int], stop_id: int
+) -> tuple[dict[str, Any], list[int]]:
+    """Stream a greedy answer to ``prompt_ids``: the stage's figures of the stream (messages,
+    tokens, finish reason, text, timings) and the new token ids."""
+    t0 = time.perf_counter()
+    first: float | None = None
+    chunks, new_ids, finish = [], [], ""
+    for chunk in client.generate_stream(
+        prompt_ids, max_new_tokens=16, temperature=0.0, stop_token_ids=[stop_id]
+    ):
+        if first is None and chunk.token_ids:
+            first = time.perf_counter() - t0
+        chunks.append(chunk.text)
+        new_ids.extend(chunk.token_ids)
+        if chunk.finish_reason:
+            finish = _finish_name(chunk)
+    seconds = time.perf_counter() - t0
+    figures = {
+        "stream_messages": len(chunks),
+        "completion_tokens": len(new_ids),
+        "finish_reason": finish,
+        "streamed_text": "".join(chunks),
+        "time_to_first_token_ms": round(1000 * (first or seconds), 1),
+        "stream_seconds": round(seconds, 3),
+    }
+    return figures, new_ids
+
+
+def _check_clean_exit(servers: tuple[ServerProcess, ...]) -> None:
+    """Raise with the log's tail for a server that did not exit 0 after SIGTERM."""
+    for srv in servers:
+        if srv.exit_code != 0:
+            raise RuntimeError(
+                f"`gptforge serve {srv.name}` exited with code {srv.exit_code} after SIGTERM "
+                f"(expected 0 from a graceful shutdown); see {srv.log_path}:\n{_tail(srv.log_path)}"
+            )
+
+
 def serve_stage(ctx: StageContext) -> dict[str, Any]:
     """Start both services on the fine-tuned model, use them through the clients, stop them."""
     from gptforge.demo.stages import DEMO_INSTRUCTION, SAMPLE_TEXT
@@ -129,36 +226,13 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
     from gptforge.tokenizer import Tokenizer
 
     model_dir = ctx.run_dir / "finetune"
-    tok_dir = model_dir / "tokenizer"
-    logs = ctx.run_dir / "serve"
-    local = Tokenizer.from_dir(tok_dir)
+    local = Tokenizer.from_dir(model_dir / "tokenizer")
     prompt_text, _ = render_text(DEMO_INSTRUCTION, "inst")
     want_prompt_ids, _ = encode_record(DEMO_INSTRUCTION, "inst", local)
     stop_id = local.special_tokens[RESP_END]
-    result: dict[str, Any] = {"logs": str(logs)}
+    result: dict[str, Any] = {"logs": str(ctx.run_dir / "serve")}
     with ExitStack() as stack:
-        tok_srv = stack.enter_context(
-            ServerProcess("tokenizer", ["--tokenizer", str(tok_dir)], logs / "tokenizer.log")
-        )
-        gen_srv = stack.enter_context(
-            ServerProcess(
-                "generation",
-                [
-                    "--ckpt",
-                    str(model_dir),
-                    "--max-batch-size",
-                    "4",
-                    "--default-max-new-tokens",
-                    "32",
-                    "--device",
-                    serving_device(ctx.run_dir),
-                ],
-                logs / "generation.log",
-            )
-        )
-        ctx.log(
-            f"started tokenizer service on {tok_srv.target}, generation service on {gen_srv.target}"
-        )
+        tok_srv, gen_srv = _start_servers(stack, ctx, model_dir)
         tok_client = stack.enter_context(TokenizerClient(tok_srv.target))
         gen_client = stack.enter_context(GenerationClient(gen_srv.target))
         result["tokenizer_target"] = tok_srv.target
@@ -170,23 +244,7 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
             gen_srv.wait_serving(gen_client.health, GENERATION_START_TIMEOUT), 2
         )
         ctx.log("both services report health SERVING")
-
-        # Tokenizer service: the same ids as the local tokenizer, and an exact round trip.
-        ids = tok_client.encode(SAMPLE_TEXT)
-        if ids != local.encode(SAMPLE_TEXT):
-            raise RuntimeError(
-                f"the tokenizer service encodes {SAMPLE_TEXT!r} as {ids}, locally {local.encode(SAMPLE_TEXT)}"
-            )
-        if tok_client.decode(ids) != SAMPLE_TEXT:
-            raise RuntimeError(
-                f"the tokenizer service decodes {ids} to {tok_client.decode(ids)!r}, not {SAMPLE_TEXT!r}"
-            )
-        info = tok_client.info()
-        if info.fingerprint != local.fingerprint:
-            raise RuntimeError(
-                f"served tokenizer fingerprint {info.fingerprint[:16]} != local {local.fingerprint[:16]}"
-            )
-        result["sample_tokens"] = len(ids)
+        result["sample_tokens"] = _check_tokenizer_service(tok_client, local, SAMPLE_TEXT)
 
         # Generation service: prompt ids from the tokenizer service, answer streamed greedily.
         prompt_ids = tok_client.encode(prompt_text, special_tokens="allow_all")
@@ -194,48 +252,20 @@ def serve_stage(ctx: StageContext) -> dict[str, Any]:
             raise RuntimeError(
                 f"the tokenizer service encodes the prompt {prompt_text!r} as {prompt_ids}, expected {want_prompt_ids}"
             )
-        t0 = time.perf_counter()
-        first: float | None = None
-        chunks, new_ids, finish = [], [], ""
-        for chunk in gen_client.generate_stream(
-            prompt_ids, max_new_tokens=16, temperature=0.0, stop_token_ids=[stop_id]
-        ):
-            if first is None and chunk.token_ids:
-                first = time.perf_counter() - t0
-            chunks.append(chunk.text)
-            new_ids.extend(chunk.token_ids)
-            if chunk.finish_reason:
-                finish = (
-                    type(chunk)
-                    .DESCRIPTOR.fields_by_name["finish_reason"]
-                    .enum_type.values_by_number[chunk.finish_reason]
-                    .name
-                )
-        seconds = time.perf_counter() - t0
+        stream, new_ids = _stream_answer(gen_client, prompt_ids, stop_id)
         answer_ids = [i for i in new_ids if i != stop_id]
         result.update(
-            {
-                "prompt": prompt_text,
-                "prompt_tokens": len(prompt_ids),
-                "stream_messages": len(chunks),
-                "completion_tokens": len(new_ids),
-                "finish_reason": finish,
-                "streamed_text": "".join(chunks),
-                "decoded_by_service": tok_client.decode(answer_ids).strip(),
-                "expected": DEMO_INSTRUCTION["output"],
-                "time_to_first_token_ms": round(1000 * (first or seconds), 1),
-                "stream_seconds": round(seconds, 3),
-            }
+            prompt=prompt_text,
+            prompt_tokens=len(prompt_ids),
+            **stream,
+            decoded_by_service=tok_client.decode(answer_ids).strip(),
+            expected=DEMO_INSTRUCTION["output"],
         )
         ctx.log(
-            f"streamed {len(new_ids)} tokens in {len(chunks)} messages; stopping both with SIGTERM"
+            f"streamed {len(new_ids)} tokens in {stream['stream_messages']} messages; "
+            "stopping both with SIGTERM"
         )
     result["tokenizer_exit_code"] = tok_srv.exit_code
     result["generation_exit_code"] = gen_srv.exit_code
-    for srv in (tok_srv, gen_srv):
-        if srv.exit_code != 0:
-            raise RuntimeError(
-                f"`gptforge serve {srv.name}` exited with code {srv.exit_code} after SIGTERM "
-                f"(expected 0 from a graceful shutdown); see {srv.log_path}:\n{_tail(srv.log_path)}"
-            )
+    _check_clean_exit((tok_srv, gen_srv))
     return result

@@ -154,6 +154,52 @@ def _generators(
     return [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch)]
 
 
+def _batched_prompt(
+    model: LanguageModel, prompt_ids: Tensor | Sequence[int]
+) -> tuple[Tensor, bool]:
+    """The prompt as ``(B, T)`` ids on the model's device, and whether it came as one row."""
+    param = next(model.parameters())
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=param.device)
+    squeeze = prompt.dim() == 1
+    return (prompt.view(1, -1) if squeeze else prompt), squeeze
+
+
+def _first_window(
+    model: LanguageModel, prompt: Tensor, max_new_tokens: int, slide_tokens: int
+) -> Tensor:
+    """The part of ``prompt`` (B, T) the cache starts from: all of it when it and
+    ``max_new_tokens`` fit the context, else its last ``context`` tokens (sliding only)."""
+    t_prompt = prompt.size(1)
+    if t_prompt == 0:
+        raise ValueError("prompt_ids is empty; give at least one token (e.g. the EOS/BOS id)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+    block = context_limit(model)
+    if block is not None and t_prompt + max_new_tokens > block:
+        check_slide(slide_tokens, block, t_prompt, max_new_tokens)
+        return prompt[:, -block:]  # the books' crop of a long prompt
+    return prompt
+
+
+def _seen_tokens(history: Tensor, vocab: int, repetition_penalty: float) -> Tensor | None:
+    """``(B, V)`` flags of the ids each row holds, for the repetition penalty (None without one)."""
+    if repetition_penalty == 1.0:
+        return None
+    seen = torch.zeros(history.size(0), vocab, dtype=torch.bool, device=history.device)
+    return seen.scatter_(1, history, True)
+
+
+def _joined(history: Tensor, out: list[Tensor]) -> Tensor:
+    """The whole prompt followed by the tokens sampled so far, ``(B, T + n)``."""
+    return torch.cat([history, torch.stack(out, dim=1)], dim=1)
+
+
+def _slide(model: LanguageModel, history: Tensor, out: list[Tensor], keep: int) -> Tensor:
+    """Recompute the cache over the last ``keep`` tokens; the logits after them ``(B, V)``."""
+    window = _joined(history, out)[:, -keep:]  # (B, keep)
+    return prefill(model, window, torch.arange(keep, device=window.device))
+
+
 @torch.inference_mode()
 def generate(
     model: LanguageModel,
@@ -203,34 +249,18 @@ def generate(
 
     >>> # out = generate(model, tok.encode("Hello"), 20, temperature=0.0)
     """
-    param = next(model.parameters())
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=param.device)
-    squeeze = prompt.dim() == 1
-    prompt = prompt.view(1, -1) if squeeze else prompt  # (B, T)
+    history, squeeze = _batched_prompt(model, prompt_ids)  # (B, T), the whole prompt
+    prompt = _first_window(model, history, max_new_tokens, slide_tokens)
     batch, t_prompt = prompt.shape
-    if t_prompt == 0:
-        raise ValueError("prompt_ids is empty; give at least one token (e.g. the EOS/BOS id)")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
-    block = context_limit(model)
-    history = prompt  # (B, T), the whole prompt
-    if block is not None and t_prompt + max_new_tokens > block:
-        check_slide(slide_tokens, block, t_prompt, max_new_tokens)
-        prompt = prompt[:, -block:]  # the books' crop of a long prompt
-        t_prompt = prompt.size(1)
     stops = sorted({*stop_token_ids, *([eos_id] if eos_id is not None else [])})
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     gens = _generators(batch, seed, generator, prompt.device)
-    vocab = model_config(model).vocab_size
+    seen = _seen_tokens(history, model_config(model).vocab_size, repetition_penalty)  # (B, V)
 
     cache_len = cache_length(model, t_prompt + max_new_tokens, compile=compile)
     model.setup_caches(batch, cache_len)
     decode = compiled_decode_one_token if compile else decode_one_token
     logits = prefill(model, prompt, torch.arange(t_prompt, device=prompt.device))  # (B, V)
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=prompt.device)  # (B, V)
-        seen.scatter_(1, history, True)
     penalty = torch.full((batch,), repetition_penalty, device=prompt.device)
     stop_t = torch.tensor(stops, dtype=torch.long, device=prompt.device)
     done = torch.zeros(batch, dtype=torch.bool, device=prompt.device)  # (B,)
@@ -252,12 +282,10 @@ def generate(
         if i == max_new_tokens - 1 or (len(stops) and bool(done.all())):
             break
         if pos == cache_len:  # the context is full: slide the window, recompute the cache
-            keep = cache_len - slide_tokens + 1
-            window = torch.cat([history, torch.stack(out, dim=1)], dim=1)[:, -keep:]  # (B, keep)
-            logits = prefill(model, window, torch.arange(keep, device=prompt.device))
-            pos = keep
+            pos = cache_len - slide_tokens + 1
+            logits = _slide(model, history, out, pos)
         else:
             logits = decode(model, tok.view(batch, 1), torch.tensor([pos], device=prompt.device))
             pos += 1
-    result = torch.cat([history, torch.stack(out, dim=1)], dim=1)  # (B, T + n)
+    result = _joined(history, out)  # (B, T + n)
     return result[0] if squeeze else result

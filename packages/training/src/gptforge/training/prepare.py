@@ -276,6 +276,51 @@ def _segments(
     return segment_documents(source, field=field, chunk_bytes=chunk_bytes)
 
 
+def _check_sizes(
+    val_fraction: float, block_tokens: int, shard_tokens: int, batch_bytes: int
+) -> None:
+    """Refuse a validation share outside [0, 1) and sizes below one."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if block_tokens < 1 or shard_tokens < 1 or batch_bytes < 1:
+        raise ValueError(
+            f"block_tokens, shard_tokens and batch_bytes must be >= 1, got {block_tokens!r}, "
+            f"{shard_tokens!r}, {batch_bytes!r}"
+        )
+
+
+def _encode_into(
+    sink: BlockSink,
+    tok: Any,
+    tokenizer_dir: str | None,
+    segments: Iterator[Segment],
+    dtype: np.dtype,
+    *,
+    batch_bytes: int,
+    workers: int,
+    progress: bool,
+) -> tuple[int, int]:
+    """Encode ``segments`` in corpus order into ``sink``; the documents and the largest id seen."""
+    from tqdm.auto import tqdm
+
+    n_docs, max_id = 0, int(tok.eot_token)
+    pool, encode = _encoding_pool(tok, tokenizer_dir, workers)
+    with (
+        pool or contextlib.nullcontext(),
+        tqdm(desc="documents", unit="doc", disable=not progress) as bar,
+    ):
+        batches = _batches(segments, batch_bytes)
+        for batch, arrays in _ordered_map(encode, batches, pool, 2 * workers):
+            ids = _assemble(batch, arrays, tok, dtype)
+            ends = sum(end for _, end in batch)
+            n_docs += ends
+            bar.update(ends)
+            if len(ids):
+                max_id = max(max_id, int(ids.max()))
+            sink.feed(ids)
+    return n_docs, max_id
+
+
 def prepare_data(
     source: str | Path | Iterable[Any],
     tokenizer: str | Path | Any,
@@ -319,15 +364,7 @@ def prepare_data(
 
     >>> prepare_data("default", "runs/demo/tokenizer", "runs/demo/data")  # doctest: +SKIP
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if block_tokens < 1 or shard_tokens < 1 or batch_bytes < 1:
-        raise ValueError(
-            f"block_tokens, shard_tokens and batch_bytes must be >= 1, got {block_tokens!r}, "
-            f"{shard_tokens!r}, {batch_bytes!r}"
-        )
-    from tqdm.auto import tqdm
-
+    _check_sizes(val_fraction, block_tokens, shard_tokens, batch_bytes)
     part = _parse_part(shard)
     _pin_mmap_threshold()
     out = Path(out)
@@ -349,21 +386,16 @@ def prepare_data(
             block_tokens=block_tokens,
             shard_tokens=shard_tokens,
         )
-        n_docs, max_id = 0, int(tok.eot_token)
-        pool, encode = _encoding_pool(tok, tokenizer_dir, workers)
-        with (
-            pool or contextlib.nullcontext(),
-            tqdm(desc="documents", unit="doc", disable=not progress) as bar,
-        ):
-            batches = _batches(segments, batch_bytes)
-            for batch, arrays in _ordered_map(encode, batches, pool, 2 * workers):
-                ids = _assemble(batch, arrays, tok, dtype)
-                ends = sum(end for _, end in batch)
-                n_docs += ends
-                bar.update(ends)
-                if len(ids):
-                    max_id = max(max_id, int(ids.max()))
-                sink.feed(ids)
+        n_docs, max_id = _encode_into(
+            sink,
+            tok,
+            tokenizer_dir,
+            segments,
+            dtype,
+            batch_bytes=batch_bytes,
+            workers=workers,
+            progress=progress,
+        )
         splits = sink.finish()
         if n_docs == 0 and part[1] == 1:
             raise ValueError(f"source {source!r:.200} yielded no documents; check it and --field")

@@ -180,68 +180,57 @@ def _prompt_ids(req: pb.GenerateRequest, vocab_size: int, ctx: int) -> tuple[lis
     return ids, dropped
 
 
-def parse_request(
-    req: pb.GenerateRequest,
-    tokenizer: Any,
-    vocab_size: int,
-    limits: GenerationLimits,
-    request_bytes: int = 0,
-) -> ParsedRequest:
-    """Validate ``req`` against the model and ``limits`` (resolved); raise naming the field.
-
-    ``request_bytes`` (the size as received, 0 = unknown) lets an oversized text prompt be
-    refused without reading it.
-    """
-    ctx = limits.context_length
-    assert ctx is not None and limits.max_new_tokens is not None
-    if len(req.request_id.encode()) > MAX_REQUEST_ID_BYTES:
+def _max_new_tokens(req: pb.GenerateRequest, limits: GenerationLimits) -> int:
+    """The request's ``max_new_tokens`` within the server's cap, or the server's default."""
+    assert limits.max_new_tokens is not None
+    if not req.HasField("max_new_tokens"):
+        return limits.default_max_new_tokens
+    if not 1 <= req.max_new_tokens <= limits.max_new_tokens:
         raise _bad(
-            f"request_id is {len(req.request_id.encode())} bytes; at most {MAX_REQUEST_ID_BYTES}"
+            f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {req.max_new_tokens}"
         )
-    which = req.WhichOneof("prompt")
-    if which is None:
-        raise _bad("prompt: set either `text` or `token_ids`")
-    if which == "text":
-        ids, dropped = _encode_prompt(req, tokenizer, limits, request_bytes), 0
-    else:
-        ids, dropped = _prompt_ids(req, vocab_size, ctx)
-    if req.HasField("max_new_tokens"):
-        max_new = req.max_new_tokens
-        if not 1 <= max_new <= limits.max_new_tokens:
-            raise _bad(f"max_new_tokens must be in [1, {limits.max_new_tokens}], got {max_new}")
-        cut = False
-    else:
-        max_new = limits.default_max_new_tokens
-        cut = False
+    return req.max_new_tokens
+
+
+def _fit_context(
+    req: pb.GenerateRequest, ids: list[int], max_new: int, ctx: int
+) -> tuple[int, int, bool]:
+    """Prompt tokens to drop from the front, the new tokens to ask for, and whether those were
+    cut to the room the context leaves (only when the request left ``max_new_tokens`` unset)."""
     truncated = 0
     if req.slide_tokens and len(ids) > ctx:  # the window starts on the prompt's last tokens
         truncated = len(ids) - ctx
     room = ctx - len(ids)
     if req.slide_tokens > ctx:
         raise _bad(f"slide_tokens must be in [0, {ctx}] (the context), got {req.slide_tokens}")
-    if req.HasField("max_new_tokens") and len(ids) + max_new > ctx and not req.slide_tokens:
+    if req.slide_tokens:
+        return truncated, max_new, False
+    if req.HasField("max_new_tokens"):
+        if len(ids) + max_new <= ctx:
+            return truncated, max_new, False
         if not req.truncate_prompt:
             raise _bad(
                 f"max_new_tokens: prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds "
                 f"the context of {ctx} tokens; shorten the prompt, lower max_new_tokens or set "
                 "truncate_prompt or slide_tokens"
             )
-        truncated = len(ids) + max_new - ctx
-    elif not req.HasField("max_new_tokens") and not req.slide_tokens:
-        if room < 1:
-            if not req.truncate_prompt:
-                raise _bad(
-                    f"text/token_ids: the prompt has {len(ids)} tokens, the context holds {ctx} "
-                    f"(at most {ctx - 1} prompt tokens); shorten it or set truncate_prompt"
-                )
-            truncated = len(ids) - (ctx - 1)
-            room = 1
-        if max_new > room:
-            max_new, cut = room, True
-    ids = ids[truncated:]
-    truncated += dropped
+        return len(ids) + max_new - ctx, max_new, False
+    if room < 1:
+        if not req.truncate_prompt:
+            raise _bad(
+                f"text/token_ids: the prompt has {len(ids)} tokens, the context holds {ctx} "
+                f"(at most {ctx - 1} prompt tokens); shorten it or set truncate_prompt"
+            )
+        truncated = len(ids) - (ctx - 1)
+        room = 1
+    return (truncated, room, True) if max_new > room else (truncated, max_new, False)
 
-    # Values are checked by SamplingParams (below); here only the server's count/byte limits.
+
+def _check_counts(req: pb.GenerateRequest, limits: GenerationLimits) -> int:
+    """Refuse stop lists, ``n`` and ``top_logprobs`` over the server's limits; the ``n`` to run.
+
+    Values are checked by :class:`SamplingParams`; here only the server's count/byte limits.
+    """
     if len(req.stop) > limits.max_stop_sequences:
         raise _bad(f"stop has {len(req.stop)} sequences; at most {limits.max_stop_sequences}")
     for i, s in enumerate(req.stop):
@@ -263,7 +252,13 @@ def parse_request(
         )
     if req.top_logprobs and not req.logprobs:
         raise _bad("top_logprobs needs logprobs=true")
+    return n
 
+
+def _sampling_params(
+    req: pb.GenerateRequest, max_new: int, n: int, vocab_size: int
+) -> list[SamplingParams]:
+    """One :class:`SamplingParams` per completion; completion ``i`` draws from seed + i."""
     base_seed = req.seed if req.HasField("seed") else fresh_seed()
     try:
         params = [
@@ -288,4 +283,35 @@ def parse_request(
         params[0].check_vocab(vocab_size)
     except ValueError as exc:  # SamplingParams messages start with the field name too
         raise _bad(str(exc)) from exc
-    return ParsedRequest(ids, params, truncated, cut, req.request_id)
+    return params
+
+
+def parse_request(
+    req: pb.GenerateRequest,
+    tokenizer: Any,
+    vocab_size: int,
+    limits: GenerationLimits,
+    request_bytes: int = 0,
+) -> ParsedRequest:
+    """Validate ``req`` against the model and ``limits`` (resolved); raise naming the field.
+
+    ``request_bytes`` (the size as received, 0 = unknown) lets an oversized text prompt be
+    refused without reading it.
+    """
+    ctx = limits.context_length
+    assert ctx is not None
+    if len(req.request_id.encode()) > MAX_REQUEST_ID_BYTES:
+        raise _bad(
+            f"request_id is {len(req.request_id.encode())} bytes; at most {MAX_REQUEST_ID_BYTES}"
+        )
+    which = req.WhichOneof("prompt")
+    if which is None:
+        raise _bad("prompt: set either `text` or `token_ids`")
+    if which == "text":
+        ids, dropped = _encode_prompt(req, tokenizer, limits, request_bytes), 0
+    else:
+        ids, dropped = _prompt_ids(req, vocab_size, ctx)
+    truncated, max_new, cut = _fit_context(req, ids, _max_new_tokens(req, limits), ctx)
+    n = _check_counts(req, limits)
+    params = _sampling_params(req, max_new, n, vocab_size)
+    return ParsedRequest(ids[truncated:], params, truncated + dropped, cut, req.request_id)
