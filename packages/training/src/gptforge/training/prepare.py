@@ -289,6 +289,12 @@ def _check_sizes(
         )
 
 
+def _directory_of(tokenizer: str | Path | Any) -> str | None:
+    """The directory a tokenizer was given as, or None for a tokenizer object."""
+    is_dir = isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir()
+    return str(tokenizer) if is_dir else None
+
+
 def _encode_into(
     sink: BlockSink,
     tok: Any,
@@ -371,9 +377,7 @@ def prepare_data(
     check_out(out)
     clean_leftovers(out)
     tok = load_tokenizer(tokenizer)
-    tokenizer_dir = (
-        str(tokenizer) if isinstance(tokenizer, str | Path) and Path(tokenizer).is_dir() else None
-    )
+    tokenizer_dir = _directory_of(tokenizer)
     dtype = token_dtype(tok.n_vocab)
     workers = num_proc or min(8, os.cpu_count() or 1)
     segments = _segments(source, field, chunk_bytes, paragraphs, part)
