@@ -281,6 +281,7 @@ def stop_diverged(
 
 
 def _every(interval: int, step: int) -> bool:
+    """Whether ``step`` falls on the cadence ``interval`` (0 turns it off)."""
     return bool(interval) and step % interval == 0
 
 

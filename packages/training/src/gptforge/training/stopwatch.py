@@ -38,5 +38,5 @@ class Stopwatch:
     def fraction(self, phases: Iterable[str], *, excluding: Iterable[str] = ()) -> float:
         """Share of the elapsed time spent in ``phases``, with the ``excluding`` phases taken
         out of the whole (time that is neither the measured work nor the rest)."""
-        whole = self.elapsed() - sum(self.totals[p] for p in excluding)
-        return sum(self.totals[p] for p in phases) / max(1e-9, whole)
+        whole = self.elapsed() - sum(self.totals.get(p, 0.0) for p in excluding)
+        return sum(self.totals.get(p, 0.0) for p in phases) / max(1e-9, whole)
