@@ -127,7 +127,7 @@ def test_a_second_writer_into_a_locked_run_is_refused(tmp_path):
 
     import pytest
     from gptforge.training.checkpoint import LOCK_FILE
-    from gptforge.training.loop import _clean_leftovers
+    from gptforge.training.checkpointer import claim_run_dir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -148,7 +148,7 @@ def test_a_second_writer_into_a_locked_run_is_refused(tmp_path):
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=f"pid {holder.pid}.*different --out"):
-            _clean_leftovers(run, print)
+            claim_run_dir(run, print)
     finally:
         holder.kill()
         holder.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from gptforge.modeling.lora import apply_lora, merge_lora
 from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
-from gptforge.training.distributed import init_distributed, shutdown
+from gptforge.training.distributed import DistInfo, init_distributed, shutdown
 from gptforge.training.instruct import (
     InstructionDataset,
     exact_match,
@@ -30,7 +31,7 @@ from gptforge.training.loop import (
     train_loop,
     uses_fsdp,
 )
-from gptforge.training.pretrain import check_fresh_run_dir, save_run_config
+from gptforge.training.pretrain import start_run_dir
 from gptforge.training.tasks import generate_tasks
 
 CHAT_FILE = "chat.json"
@@ -120,6 +121,95 @@ def fit_examples(
     return out
 
 
+def _load_model(cfg: FinetuneConfig, info: DistInfo, device: torch.device) -> tuple[Any, Any]:
+    """The model of ``cfg.from_run`` and its tokenizer, grown by the template's special tokens."""
+    from gptforge.conversion import load_any
+    from gptforge.modeling import build_model
+    from gptforge.modeling.io import read_config
+    from gptforge.tokenizer import Tokenizer
+
+    src = Path(cfg.from_run)
+    if uses_fsdp(cfg, info):
+        # Rank 0 loads the model on the CPU, the others describe it on the meta device;
+        # the loop shards it and hands out rank 0's weights (as pretrain does).
+        tokenizer = Tokenizer.from_dir(src / "tokenizer")
+        if info.is_main:
+            model: Any = load_any(src, device="cpu", dtype=torch.float32)[0]
+        else:
+            with torch.device("meta"):
+                model = build_model(read_config(src))
+    else:
+        # Any checkpoint load_any reads (a run, a checkpoint, an HF or GGUF import) with the
+        # tokenizer it carries or sits beside.
+        model, tokenizer, _ = load_any(
+            src, device=device, dtype=torch.float32, require_tokenizer=True
+        )
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    if tokenizer.n_vocab > model.config.vocab_size:
+        model.resize_token_embeddings(tokenizer.n_vocab)
+    if cfg.lora_rank and uses_fsdp(cfg, info):
+        raise ValueError(
+            "--lora-rank with --parallel fsdp is not supported (the frozen base would be "
+            "sharded for a few trainable adapters); use --parallel ddp, which replicates "
+            "the base and all-reduces only the adapters' gradients"
+        )
+    model.train()
+    return model, tokenizer
+
+
+def _split_items(
+    cfg: FinetuneConfig,
+) -> tuple[list[tuple[dict[str, str], str]], list[tuple[dict[str, str], str]]]:
+    """``(record, origin)`` pairs of ``cfg.data`` (or generated tasks): ``(train, held_out)``."""
+    if cfg.data:
+        records, origins = read_records_with_origin(cfg.data)
+    else:
+        records = generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
+        origins = [f"generated record {i}" for i in range(len(records))]
+    if cfg.max_samples is not None:
+        records, origins = records[: cfg.max_samples], origins[: cfg.max_samples]
+    return split_records(list(zip(records, origins, strict=True)), cfg.val_fraction, cfg.seed)
+
+
+def _save_model(m: torch.nn.Module, directory: Path, *, cfg: FinetuneConfig) -> None:
+    """The run's model directory: the adapter beside ``base/`` with LoRA, else the model."""
+    from gptforge.modeling.io import save_model_dir
+
+    run_dir = Path(cfg.out)
+    if cfg.lora_rank:
+        save_adapter(m, directory, base=str(run_dir / BASE_DIR))
+    else:
+        save_model_dir(cast(LanguageModel, m), directory, tokenizer_dir=run_dir / "tokenizer")
+
+
+def _sample(
+    m: torch.nn.Module, *, tokenizer: Any, scored: list[dict[str, str]], template: str
+) -> str:
+    """The first held-out record and whether the model answers it exactly (the loop's sample)."""
+    got = exact_match(cast(LanguageModel, m), tokenizer, scored[:1], template)
+    return f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
+
+
+def _report(
+    cfg: FinetuneConfig,
+    model: Any,
+    tokenizer: Any,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> None:
+    """Rank 0: print the accuracy, merge the adapters if asked, and write ``chat.json``."""
+    from gptforge.modeling.io import save_model_dir
+
+    run_dir = Path(cfg.out)
+    print(f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}")
+    if cfg.merge:
+        save_model_dir(merge_lora(model), run_dir, tokenizer_dir=run_dir / "tokenizer")
+    chat = {"template": cfg.template, "before": before, "after": after}
+    if before is None and (run_dir / CHAT_FILE).exists():
+        chat["before"] = json.loads((run_dir / CHAT_FILE).read_text()).get("before")
+    atomic_write_text(run_dir / CHAT_FILE, json.dumps(chat, indent=2) + "\n")
+
+
 def finetune(
     cfg: FinetuneConfig,
     *,
@@ -135,65 +225,23 @@ def finetune(
 
     >>> finetune(FinetuneConfig(from_run="runs/demo/pretrain", out="runs/demo/sft"))  # doctest: +SKIP
     """
-    from gptforge.conversion import load_any
-    from gptforge.modeling import build_model
-    from gptforge.modeling.io import read_config, save_model_dir
-    from gptforge.tokenizer import Tokenizer
-
     info = init_distributed(cfg.device)
     try:
         device = resolve_device(cfg.device, info)
-        src, run_dir = Path(cfg.from_run), Path(cfg.out)
-        if uses_fsdp(cfg, info):
-            # Rank 0 loads the model on the CPU, the others describe it on the meta device;
-            # the loop shards it and hands out rank 0's weights (as pretrain does).
-            tokenizer = Tokenizer.from_dir(src / "tokenizer")
-            if info.is_main:
-                model: Any = load_any(src, device="cpu", dtype=torch.float32)[0]
-            else:
-                with torch.device("meta"):
-                    model = build_model(read_config(src))
-        else:
-            # Any checkpoint load_any reads (a run, a checkpoint, an HF or GGUF import) with the
-            # tokenizer it carries or sits beside.
-            model, tokenizer, _ = load_any(
-                src, device=device, dtype=torch.float32, require_tokenizer=True
-            )
-        tokenizer.add_special_tokens(SPECIAL_TOKENS)
-        if tokenizer.n_vocab > model.config.vocab_size:
-            model.resize_token_embeddings(tokenizer.n_vocab)
-        if cfg.lora_rank and uses_fsdp(cfg, info):
-            raise ValueError(
-                "--lora-rank with --parallel fsdp is not supported (the frozen base would be "
-                "sharded for a few trainable adapters); use --parallel ddp, which replicates "
-                "the base and all-reduces only the adapters' gradients"
-            )
-        model.train()
+        run_dir = Path(cfg.out)
+        model, tokenizer = _load_model(cfg, info, device)
         block = int(model.config.block_size)
-        if cfg.data:
-            records, origins = read_records_with_origin(cfg.data)
-        else:
-            records = generate_tasks(cfg.num_examples, seed=cfg.seed, tasks=cfg.task_names)
-            origins = [f"generated record {i}" for i in range(len(records))]
-        if cfg.max_samples is not None:
-            records, origins = records[: cfg.max_samples], origins[: cfg.max_samples]
-        train_items, held_items = split_records(
-            list(zip(records, origins, strict=True)), cfg.val_fraction, cfg.seed
-        )
-        held_out = [r for r, _ in held_items]
+        train_items, held_items = _split_items(cfg)
         encoded = {
             name: InstructionDataset(
                 fit_examples(items, name, cfg, tokenizer, block), pad_id=tokenizer.eot_token
             )
             for name, items in (("train", train_items), ("val", held_items))
         }
-        scored = held_out[: cfg.eval_examples]
+        scored = [r for r, _ in held_items][: cfg.eval_examples]
         tok_dir = run_dir / "tokenizer"
         if info.is_main:
-            if not resume:
-                check_fresh_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_run_config(run_dir, "finetune", cfg)
+            start_run_dir(run_dir, "finetune", cfg, resume=resume)
             tokenizer.save(tok_dir)
         before = None
         if not resume and info.is_main:
@@ -203,19 +251,6 @@ def finetune(
             )
         if cfg.lora_rank:
             _add_adapters(model, cfg, run_dir, tok_dir, write_base=info.is_main and not resume)
-
-        def save_model(m: torch.nn.Module, directory: Path) -> None:
-            if cfg.lora_rank:
-                save_adapter(m, directory, base=str(run_dir / BASE_DIR))
-            else:
-                save_model_dir(cast(LanguageModel, m), directory, tokenizer_dir=tok_dir)
-
-        def sample(m: torch.nn.Module) -> str:
-            got = exact_match(cast(LanguageModel, m), tokenizer, scored[:1], cfg.template)
-            return (
-                f"{scored[0]['instruction']} {scored[0].get('input', '')} -> exact={got['correct']}"
-            )
-
         loop = train_loop(
             cfg,
             model,
@@ -224,13 +259,15 @@ def finetune(
             info=info,
             device=device,
             resume=resume,
-            save_model=save_model,
+            save_model=functools.partial(_save_model, cfg=cfg),
             manifest={
                 "kind": "finetune",
                 "config": cfg.to_dict(),
                 "tokenizer_fingerprint": tokenizer.fingerprint,
             },
-            sample=sample,
+            sample=functools.partial(
+                _sample, tokenizer=tokenizer, scored=scored, template=cfg.template
+            ),
             callbacks=callbacks,
         )
         if uses_fsdp(cfg, info):
@@ -240,15 +277,7 @@ def finetune(
             model.to(device)
         after = exact_match(model, tokenizer, scored, cfg.template)
         if info.is_main:
-            print(
-                f"held-out exact match after fine-tuning: {after['accuracy']:.1%} {after['per_task']}"
-            )
-            if cfg.merge:
-                save_model_dir(merge_lora(model), run_dir, tokenizer_dir=tok_dir)
-            chat = {"template": cfg.template, "before": before, "after": after}
-            if before is None and (run_dir / CHAT_FILE).exists():
-                chat["before"] = json.loads((run_dir / CHAT_FILE).read_text()).get("before")
-            atomic_write_text(run_dir / CHAT_FILE, json.dumps(chat, indent=2) + "\n")
+            _report(cfg, model, tokenizer, before, after)
         return FinetuneResult(loop, before, after)
     finally:
         shutdown(info)

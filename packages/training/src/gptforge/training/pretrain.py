@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from gptforge.training.data import (
     check_resume_data,
     read_meta,
 )
-from gptforge.training.distributed import init_distributed, shutdown
+from gptforge.training.distributed import DistInfo, init_distributed, shutdown
 from gptforge.training.loop import (
     Callback,
     LoopResult,
@@ -89,6 +90,110 @@ def load_init_model(directory: str | Path, device: torch.device) -> Any:
     return model.train()
 
 
+def start_run_dir(run_dir: Path, kind: str, cfg: Any, *, resume: bool) -> None:
+    """Rank 0: refuse to start over an earlier run, create ``run_dir`` and write its config."""
+    if not resume:
+        check_fresh_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(run_dir, kind, cfg)
+
+
+def _data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> tuple[Any, Path]:
+    """The tokenizer the data was prepared with, and its directory; another one is refused."""
+    from gptforge.tokenizer import Tokenizer
+
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data) / "tokenizer"
+    if not tok_dir.is_dir():
+        raise DataError(
+            f"no tokenizer directory at {str(tok_dir)!r}; pass --tokenizer DIR (the one the "
+            "data was prepared with)"
+        )
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    if meta["tokenizer_fingerprint"] != tokenizer.fingerprint:
+        raise DataError(
+            f"data {cfg.data!r} was prepared with tokenizer fingerprint "
+            f"{meta['tokenizer_fingerprint'][:16]}..., but the tokenizer {str(tok_dir)!r} "
+            f"has {tokenizer.fingerprint[:16]}...; prepare the data again with this "
+            "tokenizer (gptforge data prepare) or pass the matching --tokenizer"
+        )
+    return tokenizer, tok_dir
+
+
+def _checked_init_model(
+    init_from: str, cfg: TrainConfig, n_vocab: int, device: torch.device
+) -> Any:
+    """The ``--init-from`` model, refused when the data's vocabulary or the context do not fit."""
+    init_model = load_init_model(init_from, device)
+    mcfg = init_model.config
+    if n_vocab > mcfg.vocab_size:
+        raise DataError(
+            f"--init-from {init_from!r} has {mcfg.vocab_size} token embeddings, "
+            f"the data's tokenizer {n_vocab}; prepare the data with that "
+            f"model's tokenizer (gptforge data prepare --tokenizer {init_from})"
+        )
+    if (cfg.context_length or 0) > mcfg.block_size:
+        raise ValueError(
+            f"--context-length {cfg.context_length} exceeds the context {mcfg.block_size} "
+            f"of --init-from {init_from!r}; pass --context-length {mcfg.block_size}"
+        )
+    return init_model
+
+
+def _windows(
+    cfg: TrainConfig, vocab_size: int, context: int, *, resume: bool
+) -> tuple[TokenWindows, TokenWindows | None]:
+    """Training and validation windows of the token shards (no validation without tokens)."""
+    if resume:
+        saved = CheckpointManager(cfg.out).list()
+        check_resume_data(cfg.data, saved[-1].manifest.get("data_checksum") if saved else None)
+    train_shards = TokenShards(cfg.data, "train")
+    val_shards = TokenShards(cfg.data, "val")
+    for shards in (train_shards, val_shards):
+        shards.check_vocab(vocab_size)
+    train_data = TokenWindows(train_shards, context, cfg.stride)
+    val_data = TokenWindows(val_shards, context, context) if val_shards.num_tokens else None
+    if len(train_data) == 0:
+        raise DataError(
+            f"{train_shards.num_tokens} training tokens cannot fill one window of "
+            f"{context + 1} tokens; use more data or a smaller --context-length"
+        )
+    return train_data, val_data
+
+
+def _place_model(
+    cfg: TrainConfig, info: DistInfo, device: torch.device, mcfg: Any, init_model: Any
+) -> Any:
+    """The model to train, seeded. Under FSDP rank 0 initialises the whole model on the CPU and
+    the others only describe it on the meta device; the loop shards it and hands out rank 0's
+    weights."""
+    from gptforge.modeling import build_model
+
+    torch.manual_seed(cfg.seed)
+    where = device
+    if uses_fsdp(cfg, info):
+        where = torch.device("cpu") if info.is_main else torch.device("meta")
+    if init_model is not None:
+        return init_model.to(where) if where.type != "meta" else init_model.to("meta")
+    with torch.device(where):
+        return build_model(mcfg)
+
+
+def _save_model(model: torch.nn.Module, directory: Path, *, tok_dir: Path) -> None:
+    from gptforge.modeling.io import save_model_dir
+
+    save_model_dir(cast(LanguageModel, model), directory, tokenizer_dir=tok_dir)
+
+
+def _sample(model: torch.nn.Module, *, tokenizer: Any, cfg: TrainConfig) -> str:
+    return sample_text(  # the loop hands over a module; it is one of ours
+        cast(LanguageModel, model),
+        tokenizer,
+        cfg.sample_prompt,
+        max_new_tokens=cfg.sample_tokens,
+        seed=cfg.seed,
+    )
+
+
 def pretrain(
     cfg: TrainConfig,
     *,
@@ -111,76 +216,23 @@ def pretrain(
 
     >>> pretrain(TrainConfig(preset="debug", data="runs/data", out="runs/x", max_steps=20))  # doctest: +SKIP
     """
-    from gptforge.modeling import build_model
-    from gptforge.modeling.io import save_model_dir
-    from gptforge.tokenizer import Tokenizer
-
     info = init_distributed(cfg.device)
     try:
         device = resolve_device(cfg.device, info)
-        run_dir = Path(cfg.out)
         meta = read_meta(cfg.data)
-        tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data) / "tokenizer"
-        if not tok_dir.is_dir():
-            raise DataError(
-                f"no tokenizer directory at {str(tok_dir)!r}; pass --tokenizer DIR (the one the "
-                "data was prepared with)"
-            )
-        tokenizer = Tokenizer.from_dir(tok_dir)
-        if meta["tokenizer_fingerprint"] != tokenizer.fingerprint:
-            raise DataError(
-                f"data {cfg.data!r} was prepared with tokenizer fingerprint "
-                f"{meta['tokenizer_fingerprint'][:16]}..., but the tokenizer {str(tok_dir)!r} "
-                f"has {tokenizer.fingerprint[:16]}...; prepare the data again with this "
-                "tokenizer (gptforge data prepare) or pass the matching --tokenizer"
-            )
-        init_model = load_init_model(cfg.init_from, device) if cfg.init_from else None
-        if init_model is not None:
+        tokenizer, tok_dir = _data_tokenizer(cfg, meta)
+        init_model = None
+        if cfg.init_from:
+            init_model = _checked_init_model(cfg.init_from, cfg, tokenizer.n_vocab, device)
             mcfg = init_model.config
-            if tokenizer.n_vocab > mcfg.vocab_size:
-                raise DataError(
-                    f"--init-from {cfg.init_from!r} has {mcfg.vocab_size} token embeddings, "
-                    f"the data's tokenizer {tokenizer.n_vocab}; prepare the data with that "
-                    f"model's tokenizer (gptforge data prepare --tokenizer {cfg.init_from})"
-                )
-            if (cfg.context_length or 0) > mcfg.block_size:
-                raise ValueError(
-                    f"--context-length {cfg.context_length} exceeds the context {mcfg.block_size} "
-                    f"of --init-from {cfg.init_from!r}; pass --context-length {mcfg.block_size}"
-                )
+            context = int(cfg.context_length or mcfg.block_size)
         else:
             mcfg = model_config(cfg, tokenizer.n_vocab)
-        context = int(cfg.context_length or mcfg.block_size) if init_model else mcfg.block_size
-        if resume:
-            saved = CheckpointManager(run_dir).list()
-            check_resume_data(cfg.data, saved[-1].manifest.get("data_checksum") if saved else None)
-        train_shards = TokenShards(cfg.data, "train")
-        val_shards = TokenShards(cfg.data, "val")
-        for shards in (train_shards, val_shards):
-            shards.check_vocab(mcfg.vocab_size)
-        train_data = TokenWindows(train_shards, context, cfg.stride)
-        val_data = TokenWindows(val_shards, context, context) if val_shards.num_tokens else None
-        if len(train_data) == 0:
-            raise DataError(
-                f"{train_shards.num_tokens} training tokens cannot fill one window of "
-                f"{context + 1} tokens; use more data or a smaller --context-length"
-            )
+            context = mcfg.block_size
+        train_data, val_data = _windows(cfg, mcfg.vocab_size, context, resume=resume)
         if info.is_main:
-            if not resume:
-                check_fresh_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_run_config(run_dir, "pretrain", cfg)
-        torch.manual_seed(cfg.seed)
-        # FSDP: rank 0 initialises the whole model on the CPU, the others only describe it on
-        # the meta device; the loop shards it and hands out rank 0's weights.
-        where = device
-        if uses_fsdp(cfg, info):
-            where = torch.device("cpu") if info.is_main else torch.device("meta")
-        if init_model is not None:
-            model: Any = init_model.to(where) if where.type != "meta" else init_model.to("meta")
-        else:
-            with torch.device(where):
-                model = build_model(mcfg)
+            start_run_dir(Path(cfg.out), "pretrain", cfg, resume=resume)
+        model = _place_model(cfg, info, device, mcfg, init_model)
         if info.is_main:
             n = model.num_params()
             source = f"--init-from {cfg.init_from}" if cfg.init_from else describe(cfg)
@@ -188,19 +240,6 @@ def pretrain(
                 f"model {mcfg.arch} from {source}: {n / 1e6:.2f}M parameters, context {context}, "
                 f"{len(train_data)} training windows, device {device}"
             )
-
-        def save_model(m: torch.nn.Module, directory: Path) -> None:
-            save_model_dir(cast(LanguageModel, m), directory, tokenizer_dir=tok_dir)
-
-        def sample(m: torch.nn.Module) -> str:
-            return sample_text(  # the loop hands over a module; it is one of ours
-                cast(LanguageModel, m),
-                tokenizer,
-                cfg.sample_prompt,
-                max_new_tokens=cfg.sample_tokens,
-                seed=cfg.seed,
-            )
-
         manifest = {
             "kind": "pretrain",
             "config": cfg.to_dict(),
@@ -217,9 +256,9 @@ def pretrain(
             info=info,
             device=device,
             resume=resume,
-            save_model=save_model,
+            save_model=functools.partial(_save_model, tok_dir=tok_dir),
             manifest=manifest,
-            sample=sample,
+            sample=functools.partial(_sample, tokenizer=tokenizer, cfg=cfg),
             callbacks=callbacks,
         )
     finally:
