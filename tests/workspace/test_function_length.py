@@ -13,12 +13,6 @@ MAX_LINES = 100
 #: A comment holding this (any case) on the line above the ``def`` (above its decorators), or
 #: between the ``def`` and its first statement, says why the function stays long.
 MARKER = "long because"
-#: Still long on this branch and split elsewhere: drop each entry once its function is short.
-EXEMPT = {
-    "packages/training/src/gptforge/training/loop.py",
-    "packages/training/src/gptforge/training/pretrain.py",
-    "packages/training/src/gptforge/training/finetune.py",
-}
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -60,7 +54,7 @@ def test_no_unexplained_long_function():
     found = []
     for path in _sources():
         rel = path.relative_to(ROOT).as_posix()
-        if rel in EXEMPT or "_pb2" in path.name:
+        if "_pb2" in path.name:
             continue
         found += [
             f"{rel}:{line} {name} ({n} lines)" for name, line, n in long_functions(path.read_text())
@@ -69,14 +63,6 @@ def test_no_unexplained_long_function():
         f"functions over {MAX_LINES} lines: split them into named functions, or put a comment "
         f"with {MARKER!r} and the reason on the line above the def:\n" + "\n".join(found)
     )
-
-
-def test_exemptions_are_still_needed():
-    """An exemption of a file that moved, went away or got short would hide nothing: drop it."""
-    for rel in sorted(EXEMPT):
-        path = ROOT / rel
-        assert path.is_file(), f"{rel} is gone: drop it from EXEMPT"
-        assert long_functions(path.read_text()), f"{rel} has no long function: drop it from EXEMPT"
 
 
 def _body(n: int) -> str:
