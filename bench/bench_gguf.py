@@ -169,8 +169,12 @@ def main() -> int:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--llama-threads", type=int, default=None, help="llama.cpp's threads (default: --threads)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    llama_threads = args.llama_threads or args.threads
     from gptforge.conversion.gguf_export import export_gguf
     from gptforge.conversion.tokenizer_files import load_tokenizer_from
     from gptforge.modeling.io import read_config
@@ -204,7 +208,7 @@ def main() -> int:
             if cfg.arch == "gpt":
                 row["torch_ppl"] = torch_ppl(dequantized_model(run, path), windows)
             if llama_py is not None:
-                row.update(llama_cpp_row(llama_py, path, windows, args.new_tokens, args.threads))
+                row.update(llama_cpp_row(llama_py, path, windows, args.new_tokens, llama_threads))
                 logps[dtype] = np.load(path.with_suffix(".npy"))
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
