@@ -64,7 +64,7 @@ def llama_cpp_python() -> str:
     else:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         install = [str(py), "-m", "pip", "install", *packages]
-    subprocess.run(install, check=True, env=env)  # compiles llama.cpp: minutes
+    subprocess.run(install, check=True, env=env)  # compiles llama.cpp
     return str(py)
 
 
