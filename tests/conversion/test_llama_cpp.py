@@ -114,7 +114,7 @@ CHAT_CHILD = """
 import json, sys
 from llama_cpp import Llama
 path, messages, n_new = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-llm = Llama(model_path=path, n_ctx=64, verbose=False, n_threads=2, seed=0)
+llm = Llama(model_path=path, n_ctx=256, verbose=False, n_threads=2, seed=0)
 out = llm.create_chat_completion(messages=messages, max_tokens=n_new, temperature=0.0, top_k=1)
 choice = out["choices"][0]
 print(json.dumps({"content": choice["message"]["content"], "finish": choice["finish_reason"],
@@ -122,8 +122,10 @@ print(json.dumps({"content": choice["message"]["content"], "finish": choice["fin
 """
 
 
-def fine_tuned_run(path: Path, tokenizer_dir: Path, records: list[dict[str, str]]) -> Path:
-    """A ``debug`` GPT trained on ``records`` in the ``inst`` template until it answers them."""
+def fine_tuned_run(
+    path: Path, tokenizer_dir: Path, records: list[dict[str, str]], template: str
+) -> Path:
+    """A ``debug`` GPT trained on ``records`` in ``template`` until it answers them."""
     from gptforge.modeling import IGNORE_INDEX, build_model, get_config
     from gptforge.modeling.io import save_model_dir
     from gptforge.sampling.templates import encode_record
@@ -132,7 +134,7 @@ def fine_tuned_run(path: Path, tokenizer_dir: Path, records: list[dict[str, str]
     tok = Tokenizer.from_dir(tokenizer_dir)
     tok.add_special_tokens(list(CHAT_TOKENS))
     tok.save(path.parent / "chat-tok")
-    pairs = [encode_record(r, "inst", tok) for r in records]
+    pairs = [encode_record(r, template, tok) for r in records]
     T = max(len(p) + len(r) for p, r in pairs)
     x = torch.full((len(pairs), T), tok.eot_token)
     y = torch.full((len(pairs), T), IGNORE_INDEX)
@@ -141,7 +143,7 @@ def fine_tuned_run(path: Path, tokenizer_dir: Path, records: list[dict[str, str]
         x[i, : len(ids) - 1] = ids[:-1]
         y[i, len(prompt) - 1 : len(ids) - 1] = ids[len(prompt) :]  # loss on the answer only
     torch.manual_seed(0)
-    model = build_model(get_config("debug", vocab_size=tok.n_vocab))
+    model = build_model(get_config("debug", vocab_size=tok.n_vocab, block_size=256))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
         _, loss = model(x, y)
@@ -149,14 +151,15 @@ def fine_tuned_run(path: Path, tokenizer_dir: Path, records: list[dict[str, str]
         loss.backward()
         opt.step()
     run = save_model_dir(model.eval(), path, tokenizer_dir=path.parent / "chat-tok")
-    (run / "chat.json").write_text(json.dumps({"template": "inst"}))  # as gptforge finetune does
+    (run / "chat.json").write_text(json.dumps({"template": template}))  # as gptforge finetune does
     return run
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the first run compiles llama.cpp
+@pytest.mark.parametrize("template", ["inst", "alpaca"])
 def test_llama_cpp_chat_completion_answers_like_gptforge_chat(
-    tmp_path: Path, tokenizer_dir: Path
+    tmp_path: Path, tokenizer_dir: Path, template: str
 ) -> None:
     from gptforge.demo.stages import DEMO_INSTRUCTION
     from gptforge.sampling.chat import ChatModel
@@ -166,21 +169,26 @@ def test_llama_cpp_chat_completion_answers_like_gptforge_chat(
         {"instruction": "Repeat the words.", "input": "blue moon", "output": "blue moon"},
         {"instruction": "Count the words.", "input": "the lazy dog jumps", "output": "4"},
     ]
-    run = fine_tuned_run(tmp_path / "sft", tokenizer_dir, records)
+    if template == "alpaca":  # its chat template has no input section: the input is in the turn
+        records = [
+            {"instruction": f"{r['instruction']}\n{r['input']}", "input": "", "output": r["output"]}
+            for r in records
+        ]
+    run = fine_tuned_run(tmp_path / "sft", tokenizer_dir, records, template)
     export_gguf(run, tmp_path / "m.gguf", dtype="q8_0")
     bot = ChatModel(run)
     for r in records:
         ours = bot.respond(r["instruction"], r["input"], max_new_tokens=16)
         assert ours == r["output"]  # the model learnt its answers, so a stop matters below
         # gptforge chat puts the input on the line after the instruction, in one user turn
-        messages = [{"role": "user", "content": f"{r['instruction']}\n{r['input']}"}]
+        content = f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"]
         res = subprocess.run(
             [llama_cpp_python(), "-c", CHAT_CHILD, str(tmp_path / "m.gguf"),
-             json.dumps(messages), "16"],
+             json.dumps([{"role": "user", "content": content}]), "16"],
             capture_output=True, text=True, check=True, timeout=600,
         )  # fmt: skip
         got = json.loads(res.stdout.strip().splitlines()[-1])
         assert got["format"] == "chat_template.default"  # the file's Jinja template, not a guess
         assert got["prompt_tokens"] == len(bot.prompt_ids(r["instruction"], r["input"]))
-        assert got["finish"] == "stop"  # at </RESP>, not at max_tokens
+        assert got["finish"] == "stop"  # at the template's end marker, not at max_tokens
         assert got["content"].strip() == ours
