@@ -101,11 +101,14 @@ bench-train-quality: sync ## Default recipe vs a plain baseline at equal steps
 bench-generate: sync ## Decode tokens/s vs transformers (and llama.cpp), service throughput
 	$(RUN) python bench/bench_generate.py
 
-bench-gguf: sync ## GGUF types: file size, perplexity vs f16, llama.cpp decode tok/s (GGUF_CKPT= a trained run)
+# bench-gguf does not depend on `sync` (an exact sync would remove the llama-cpp extra that
+# `make llama-cpp` installs); `uv run` installs what the lock needs and keeps the extra.
+bench-gguf: bootstrap ## GGUF types: file size, perplexity vs f16, llama.cpp ppl and decode tok/s (GGUF_CKPT= a trained run)
 	$(RUN) python bench/bench_gguf.py $(if $(GGUF_CKPT),--ckpt $(GGUF_CKPT))
 
-llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp, ~5 min) in ~/.cache/gptforge for benches/tests
+llama-cpp: sync ## Build llama-cpp-python (compiles llama.cpp) in ~/.cache/gptforge and add the llama-cpp extra to .venv
 	$(RUN) python -c "from tests.conversion.test_llama_cpp import llama_cpp_python as f; print(f())"
+	CMAKE_ARGS=-DGGML_NATIVE=OFF CMAKE_BUILD_PARALLEL_LEVEL=2 $(UV) sync --locked --quiet --all-packages --extra llama-cpp
 
 litgpt: sync ## Build litgpt (pulls lightning) in ~/.cache/gptforge/litgpt-venv, the LLaMA peer of bench-train
 	$(UV) venv -q --allow-existing --python $(CURDIR)/.venv/bin/python $(HOME)/.cache/gptforge/litgpt-venv

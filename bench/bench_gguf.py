@@ -7,8 +7,11 @@ For each type gptforge writes (``f32 f16 q8_0 q5_1 q5_0 q4_1 q4_0`` with the ``g
 - perplexity on a text with the file's own weights, dequantized back into our PyTorch model
   (GPT family): what the quantization alone costs, measured without llama.cpp;
 - where an interpreter with llama-cpp-python exists ($GPTFORGE_LLAMA_CPP_PYTHON or
-  ``make llama-cpp``'s), llama.cpp's perplexity on the same tokens and its greedy decode tokens/s,
-  measured by llama.cpp itself on the file we wrote.
+  ``make llama-cpp``'s), llama.cpp's perplexity on the same tokens, the mean KL divergence of
+  its next-token distributions from those of the f16 file and how often their top token agrees
+  (both discriminate between types where perplexity barely moves), and its greedy decode rate,
+  best of 5, per wall second and per CPU second of the process (the latter moves less with the
+  load of a shared machine), measured by llama.cpp itself on the file we wrote.
 
 Without ``--ckpt`` a ``tiny`` GPT (n_embd 256, so every K-type fits its rows) is trained for
 ``--train-steps`` on the default corpus (Python's documentation), and perplexity is measured on
@@ -28,40 +31,46 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from peers import peer_python
 
 TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q5_1", "q5_0", "q4_k_m", "q4_1", "q4_0")
 
-# Runs in the llama-cpp-python interpreter: perplexity of the tokens, then decode tokens/s.
+# Runs in the llama-cpp-python interpreter: perplexity of the tokens (the log-probabilities are
+# saved for the comparison with f16), then the best of 5 greedy decodes, in wall and CPU time.
 LLAMA_CPP_CHILD = """
 import json, math, sys, time
 import numpy as np
 from llama_cpp import Llama
-path, windows, n_new, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, windows, n_new, threads, out = (sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]),
+                                      int(sys.argv[4]), sys.argv[5])
 llm = Llama(model_path=path, n_ctx=len(windows[0]), logits_all=True, verbose=False,
             n_threads=threads, n_batch=len(windows[0]))
-nlls = []
+logps = []
 for tokens in windows:
     llm.reset()
     llm.eval(tokens)
     scores = np.asarray(llm.scores[: len(tokens) - 1], dtype=np.float64)
     m = scores.max(-1, keepdims=True)
-    logp = scores - m - np.log(np.exp(scores - m).sum(-1, keepdims=True))
-    nlls.append(-logp[np.arange(len(tokens) - 1), tokens[1:]].mean())
-nll, tokens = float(np.mean(nlls)), windows[0]
-rates = []
-for _ in range(3):
+    logps.append(scores - m - np.log(np.exp(scores - m).sum(-1, keepdims=True)))
+logp = np.stack(logps)  # (W, T-1, V)
+np.save(out, logp.astype(np.float32))
+targets = np.asarray([w[1:] for w in windows])
+nll = -np.take_along_axis(logp, targets[..., None], -1).mean()
+tokens, rates, cpu_rates = windows[0], [], []
+for _ in range(5):
     llm.reset()
-    t0 = time.perf_counter(); n = 0
+    n = 0
     for _tok in llm.generate(tokens[:16], temp=0.0):
         n += 1
         if n == 1:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
         if n == n_new:
             break
     rates.append((n - 1) / (time.perf_counter() - t1))
-print(json.dumps({"ppl": math.exp(nll), "tok_s": max(rates)}))
+    cpu_rates.append((n - 1) / max(time.process_time() - c1, 1e-9))
+print(json.dumps({"ppl": math.exp(float(nll)), "tok_s": max(rates), "tok_cpu_s": max(cpu_rates)}))
 """
 
 
@@ -133,11 +142,21 @@ def torch_ppl(model: torch.nn.Module, windows: list[list[int]]) -> float:
 
 
 def llama_cpp_row(py: str, path: Path, windows: list[list[int]], n_new: int, threads: int) -> dict:
+    """llama.cpp's perplexity and decode rates; its log-probabilities go to ``path`` + ``.npy``."""
+    logp = path.with_suffix(".npy")
     res = subprocess.run(
-        [py, "-c", LLAMA_CPP_CHILD, str(path), json.dumps(windows), str(n_new), str(threads)],
+        [py, "-c", LLAMA_CPP_CHILD, str(path), json.dumps(windows), str(n_new), str(threads),
+         str(logp)],
         capture_output=True, text=True, check=True, timeout=900,
     )  # fmt: skip
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def against_f16(logp: np.ndarray, base: np.ndarray) -> dict:
+    """Mean KL(f16 || this type) per token and the share of positions whose top token is f16's."""
+    kl = (np.exp(base) * (base - logp)).sum(-1).mean()
+    top1 = (logp.argmax(-1) == base.argmax(-1)).mean()
+    return {"kl": float(kl), "top1": float(top1)}
 
 
 def main() -> int:
@@ -150,8 +169,12 @@ def main() -> int:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--llama-threads", type=int, default=None, help="llama.cpp's threads (default: --threads)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    llama_threads = args.llama_threads or args.threads
     from gptforge.conversion.gguf_export import export_gguf
     from gptforge.conversion.tokenizer_files import load_tokenizer_from
     from gptforge.modeling.io import read_config
@@ -170,6 +193,7 @@ def main() -> int:
         T = min(128, cfg.block_size)
         windows = [ids[i * T : (i + 1) * T] for i in range(min(args.windows, len(ids) // T))]
         rows = []
+        logps: dict[str, np.ndarray] = {}  # llama.cpp's log-probabilities per type
         for dtype in args.types.split(","):
             path = tmp / f"model-{dtype}.gguf"
             notes: list[str] = []
@@ -184,9 +208,14 @@ def main() -> int:
             if cfg.arch == "gpt":
                 row["torch_ppl"] = torch_ppl(dequantized_model(run, path), windows)
             if llama_py is not None:
-                row.update(llama_cpp_row(llama_py, path, windows, args.new_tokens, args.threads))
+                row.update(llama_cpp_row(llama_py, path, windows, args.new_tokens, llama_threads))
+                logps[dtype] = np.load(path.with_suffix(".npy"))
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
+    if "f16" in logps:
+        for row in rows:
+            if row["type"] in logps:
+                row.update(against_f16(logps[row["type"]], logps["f16"]))
     print_table(rows, sum(map(len, windows)), llama_py is not None)
     return 0
 
@@ -197,20 +226,30 @@ def print_table(rows: list[dict], n_tokens: int, with_llama: bool) -> None:
     head = (
         "| type | file MiB | x f16 | tensors not at the type | ppl (dequantized, PyTorch) | x f16 |"
     )
-    head += " llama.cpp ppl | llama.cpp decode tok/s |" if with_llama else ""
+    if with_llama:
+        head += (
+            " llama.cpp ppl | x f16 | KL vs f16 (llama.cpp) | top-1 = f16 |"
+            " decode tok/s (wall) | decode tok/CPU-s |"
+        )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
+    nan = float("nan")
     for r in rows:
         if "error" in r:
             print(f"| {r['type']} | {r['error']} |")
             continue
         size = r["bytes"] / 2**20
-        ratio = r["bytes"] / base["bytes"] if base else float("nan")
-        ppl = r.get("torch_ppl", float("nan"))
-        pratio = ppl / base["torch_ppl"] if base and "torch_ppl" in base else float("nan")
+        ratio = r["bytes"] / base["bytes"] if base else nan
+        ppl = r.get("torch_ppl", nan)
+        pratio = ppl / base["torch_ppl"] if base and "torch_ppl" in base else nan
         line = f"| {r['type']} | {size:.2f} | {ratio:.2f} | {r['fallbacks']} | {ppl:.3f} | {pratio:.4f} |"
         if with_llama:
-            line += f" {r.get('ppl', float('nan')):.3f} | {r.get('tok_s', float('nan')):.0f} |"
+            lppl = r.get("ppl", nan)
+            lratio = lppl / base["ppl"] if base and "ppl" in base else nan
+            line += (
+                f" {lppl:.3f} | {lratio:.4f} | {r.get('kl', nan):.2e} | {r.get('top1', nan):.1%} |"
+                f" {r.get('tok_s', nan):.0f} | {r.get('tok_cpu_s', nan):.0f} |"
+            )
         print(line)
 
 

@@ -90,7 +90,7 @@ def test_kquants_by_llama_cpp_report_their_fallbacks(
     # rows of 256 take K-types; ffn_down's rows of 1024 too; the 64-wide model falls back
     run = make_run_dir(tmp_path / "run", "debug", tokenizer_dir, n_embd=256, n_head=4)
     lines: list[str] = []
-    export_gguf(run, tmp_path / "m.gguf", dtype=dtype, report=lines.append)  # type: ignore[arg-type]
+    export_gguf(run, tmp_path / "m.gguf", dtype=dtype, report=lines.append, modelfile=False)  # type: ignore[arg-type]
     types = _types(tmp_path / "m.gguf")
     assert types["position_embd.weight"] == "F32" and types["blk.0.attn_norm.weight"] == "F32"
     assert "output.weight" not in types
@@ -100,7 +100,7 @@ def test_kquants_by_llama_cpp_report_their_fallbacks(
     assert lines == []
     small = make_run_dir(tmp_path / "small", "debug", tokenizer_dir)
     lines = []
-    export_gguf(small, tmp_path / "s.gguf", dtype=dtype, report=lines.append)  # type: ignore[arg-type]
+    export_gguf(small, tmp_path / "s.gguf", dtype=dtype, report=lines.append, modelfile=False)  # type: ignore[arg-type]
     reported = {line.split(":")[0] for line in lines}
     assert "blk.0.attn_qkv.weight" in reported and "blk.0.ffn_down.weight" not in reported
 

@@ -18,6 +18,7 @@ layers that get more bits, K-type fallbacks for rows not a multiple of 256) is l
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +133,15 @@ def kquantize(src: Path, out: Path, dtype: str, threads: int = 0) -> dict[str, s
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    # llama-cpp-python prints llama.cpp's log through this logger; the quantizer's line per tensor
+    # would bury the fallback report below, so only its errors get through.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    finally:
+        log.setLevel(level)
     if rc != 0:
         raise ConversionError(
             f"llama.cpp's quantizer failed on {str(src)!r} (code {rc}) for {dtype!r}"
