@@ -315,9 +315,8 @@ class FinetuneConfig(LoopConfig):
     truncate: bool = False
     skip_long: bool = False
     max_samples: int | None = None
-    # Measured on the demo's `tiny` model (docs/training.md): 500 steps at lr 1e-3 take the
-    # default task mix from 0 % to 41-53 % held-out exact match in ~100 CPU-seconds (400 steps:
-    # 35-49 %); 3e-3 and 1e-2 learn less.
+    # Chosen by measurement on the demo's `tiny` model (docs/training.md): 500 steps at lr 1e-3
+    # learn the default task mix best; fewer steps learn less, and 3e-3 and 1e-2 learn less.
     max_steps: int = 500
     batch_size: int = 32
     lr: float = 1e-3
