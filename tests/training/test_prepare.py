@@ -255,6 +255,21 @@ class ListTokenizer:
         return self.tok.encode_batch(texts, **kwargs)
 
 
+def test_a_failed_prepare_drops_the_queued_batches_instead_of_waiting_for_them():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    running = pool.submit(release.wait)
+    queued = [pool.submit(int) for _ in range(3)]
+    with pytest.raises(KeyboardInterrupt), prepare_module._running(pool):
+        raise KeyboardInterrupt  # a plain `with pool:` would block here until release is set
+    assert all(f.cancelled() for f in queued)
+    release.set()
+    assert running.result(timeout=5) is True
+
+
 @pytest.mark.parametrize("how", ["fork", "spawn", "threads"])
 def test_every_encoding_pool_gives_the_ids_of_one_process(
     how, tmp_path, tok, tokenizer_dir, texts, monkeypatch

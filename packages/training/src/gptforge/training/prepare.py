@@ -107,6 +107,20 @@ def _encoding_pool(
     return pool, _encode_in_worker
 
 
+@contextlib.contextmanager
+def _running(pool: Executor | None) -> Iterator[None]:
+    """Shut ``pool`` down after the work: waiting for it on success, and on an error or
+    Ctrl-C dropping the batches still queued, so a failed prepare stops at once."""
+    try:
+        yield
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    if pool is not None:
+        pool.shutdown()
+
+
 def _assemble(
     batch: list[Segment], arrays: list[np.ndarray], tok: Any, dtype: np.dtype
 ) -> np.ndarray:
@@ -311,10 +325,7 @@ def _encode_into(
 
     n_docs, max_id = 0, int(tok.eot_token)
     pool, encode = _encoding_pool(tok, tokenizer_dir, workers)
-    with (
-        pool or contextlib.nullcontext(),
-        tqdm(desc="documents", unit="doc", disable=not progress) as bar,
-    ):
+    with _running(pool), tqdm(desc="documents", unit="doc", disable=not progress) as bar:
         batches = _batches(segments, batch_bytes)
         for batch, arrays in _ordered_map(encode, batches, pool, 2 * workers):
             ids = _assemble(batch, arrays, tok, dtype)
