@@ -9,7 +9,7 @@ import torch
 from gptforge.conversion import export_hf
 from gptforge.conversion.peft_adapter import load_adapter, merge_adapter, save_adapter
 from gptforge.modeling.io import load_model_dir
-from gptforge.modeling.lora import LoraConfig, apply_lora, lora_modules
+from gptforge.modeling.lora import LoraConfig, add_trainable_tokens, apply_lora, lora_modules
 
 from tests.conversion.conftest import make_run_dir
 
@@ -19,23 +19,36 @@ transformers = pytest.importorskip("transformers")
 CASES = [("debug", {}), ("llama-debug", {}), ("llama-debug", {"tie_embeddings": True})]
 
 
-def _adapted(base_dir: Path, targets: tuple[str, ...]) -> torch.nn.Module:
+def _adapted(base_dir: Path, targets: tuple[str, ...], tokens: bool = False) -> torch.nn.Module:
     model = load_model_dir(base_dir)
     apply_lora(model, LoraConfig(rank=4, alpha=8, targets=targets))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # B starts at zero; give it values so the update shows
         for m in lora_modules(model).values():
             m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.05)
+        if tokens:  # rows of a template's special tokens, trained to values of their own
+            vocab = model.config.vocab_size
+            rows = add_trainable_tokens(model, [vocab - 1, 3, vocab - 2]).token_rows
+            rows.copy_(torch.randn(rows.shape, generator=g))
     return model.eval()
 
 
 @pytest.mark.parametrize(("preset", "overrides"), CASES)
-@pytest.mark.parametrize("targets", [("attn", "mlp", "head"), ("attn",)])
+@pytest.mark.parametrize(
+    ("targets", "tokens"),
+    [(("attn", "mlp", "head"), False), (("attn",), False), (("attn", "mlp", "head"), True),
+     (("attn",), True)],
+)  # fmt: skip
 def test_peft_loads_our_adapter_with_equal_logits(
-    tmp_path: Path, tokenizer_dir: Path, preset: str, overrides: dict, targets: tuple[str, ...]
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    preset: str,
+    overrides: dict,
+    targets: tuple[str, ...],
+    tokens: bool,
 ) -> None:
     base = make_run_dir(tmp_path / "base", preset, tokenizer_dir, **overrides)
-    model = _adapted(base, targets)
+    model = _adapted(base, targets, tokens)
     adapter = save_adapter(model, tmp_path / "adapter", base=str(tmp_path / "hf"))
     hf_dir = export_hf(base, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -53,11 +66,12 @@ def test_peft_loads_our_adapter_with_equal_logits(
 
 
 @pytest.mark.parametrize(("preset", "overrides"), CASES)
+@pytest.mark.parametrize("targets", [("attn", "mlp", "head"), ("mlp",)])
 def test_merge_adapter_keeps_logits_and_exports(
-    tmp_path: Path, tokenizer_dir: Path, preset: str, overrides: dict
+    tmp_path: Path, tokenizer_dir: Path, preset: str, overrides: dict, targets: tuple[str, ...]
 ) -> None:
     base = make_run_dir(tmp_path / "base", preset, tokenizer_dir, **overrides)
-    model = _adapted(base, ("attn", "mlp", "head"))
+    model = _adapted(base, targets, tokens=True)
     save_adapter(model, tmp_path / "adapter")
     merged = merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
     idx = torch.randint(

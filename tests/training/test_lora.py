@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from gptforge.sampling.templates import SPECIAL_TOKENS
+from gptforge.tokenizer import Tokenizer
 from safetensors.torch import load_file
 
 from tests.training.helpers import StopRun, debug_config, stop_at
@@ -51,7 +53,15 @@ def test_lora_trains_only_adapters_and_writes_a_peft_dir(tmp_path, base_run):
     assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["peft_type"] == "LORA"
     adapter = load_file(run / "adapter_model.safetensors")
     assert any(k.endswith("lm_head.lora_B.weight") for k in adapter)
+    rows = adapter.pop("base_model.model.transformer.wte.token_adapter.trainable_tokens_delta")
     assert all(k.startswith("base_model.model.transformer.h.") or "lm_head" in k for k in adapter)
+    # the template's special tokens' rows trained, listed for PEFT by their ids
+    tokenizer = Tokenizer.from_dir(run / "tokenizer")
+    ids = [tokenizer.special_tokens[t] for t in SPECIAL_TOKENS]
+    assert config["trainable_token_indices"] == {"wte": ids}
+    base = load_file(run / "base" / "model.safetensors")
+    base_rows = base.get("wte.weight", base.get("lm_head.weight"))[ids]  # a tied pair: one name
+    assert rows.shape == base_rows.shape and not torch.allclose(rows, base_rows)
     assert not (run / "model.safetensors").exists()  # no merged copy without --merge
     # the frozen base in the checkpoint equals the saved base: nothing but adapters moved
     base = load_file(run / "base" / "model.safetensors")

@@ -24,7 +24,14 @@ from gptforge.conversion.hf_gpt2 import HF_GPT2_WEIGHT_MAP
 from gptforge.conversion.hf_llama import HF_LLAMA_WEIGHT_MAP
 from gptforge.conversion.mapping import invert, map_key
 from gptforge.fileio import atomic_write, atomic_write_json
-from gptforge.modeling.lora import LoraConfig, apply_lora, lora_modules, merge_lora
+from gptforge.modeling.lora import (
+    LoraConfig,
+    add_trainable_tokens,
+    apply_lora,
+    lora_modules,
+    merge_lora,
+    trainable_tokens,
+)
 from torch import nn
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"  # PEFT's trainable token rows
 _HF_MAPS = {"gpt": HF_GPT2_WEIGHT_MAP, "llama": HF_LLAMA_WEIGHT_MAP}
 
 
@@ -100,6 +108,11 @@ def save_adapter(model: nn.Module, out: str | os.PathLike[str], *, base: str = "
             b = b[:vocab]
         tensors[f"{prefix}.lora_A.weight"] = m.lora_A.weight.detach().float().cpu().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b.float().cpu().contiguous()
+    token_indices = {}
+    for name, m in trainable_tokens(model).items():
+        hf_name = hf_module_name(arch, name)
+        tensors[PEFT_PREFIX + hf_name + TOKENS_SUFFIX] = m.token_rows.detach().float().cpu()
+        token_indices[hf_name.rpartition(".")[2]] = m.token_ids.tolist()
     first = next(iter(modules.values()))
     rank = first.lora_A.out_features
     dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
@@ -120,6 +133,7 @@ def save_adapter(model: nn.Module, out: str | os.PathLike[str], *, base: str = "
         "use_rslora": False,
         "use_dora": False,
         "modules_to_save": None,
+        "trainable_token_indices": token_indices or None,
         "layers_to_transform": None,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -155,6 +169,7 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike[str]) -> nn.Module
             f"{adapter_dir / ADAPTER_CONFIG} describes {config.get('peft_type')!r} adapters with "
             "options gptforge does not read; only plain LoRA (no DoRA, no per-layer ranks) merges"
         )
+    rows = {k: tensors.pop(k) for k in list(tensors) if k.endswith(TOKENS_SUFFIX)}
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         hf_name, _, part = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
@@ -175,7 +190,32 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike[str]) -> nn.Module
         with torch.no_grad():
             m.lora_A.weight.copy_(parts["A.weight"])
             m.lora_B.weight.copy_(b)
+    for key, value in rows.items():
+        _load_token_rows(model, arch, key, value, config.get("trainable_token_indices"))
     return model
+
+
+def _load_token_rows(
+    model: nn.Module, arch: str, key: str, rows: torch.Tensor, indices: Any
+) -> None:
+    """Put PEFT's trainable token rows ``key`` into ``model`` (see ``add_trainable_tokens``)."""
+    hf_name = key.removeprefix(PEFT_PREFIX).removesuffix(TOKENS_SUFFIX)
+    name = our_module_name(arch, hf_name)
+    if isinstance(indices, dict):  # {module name: ids}, PEFT matching the name's last part
+        indices = next((v for k, v in indices.items() if hf_name.endswith(k)), None)
+    if name != getattr(model, "token_embedding_name", "wte") or not indices:
+        raise ConversionError(
+            f"adapter tensor {key!r} gives trainable rows of {hf_name!r} without their token "
+            "ids in trainable_token_indices, or for a module that is not the token embedding"
+        )
+    tokens = add_trainable_tokens(model, [int(i) for i in indices])
+    if rows.shape != tokens.token_rows.shape:
+        raise ConversionError(
+            f"adapter tensor {key!r} has shape {tuple(rows.shape)}, but {len(indices)} rows "
+            f"of width {tokens.embedding_dim} were expected; was it trained on another base?"
+        )
+    with torch.no_grad():
+        tokens.token_rows.copy_(rows)
 
 
 def lora_base_dir(run: str | os.PathLike[str]) -> Path:

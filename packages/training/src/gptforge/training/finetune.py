@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 from gptforge.conversion.peft_adapter import save_adapter
-from gptforge.modeling.lora import apply_lora, merge_lora
+from gptforge.modeling.lora import add_trainable_tokens, apply_lora, merge_lora
 from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
 from gptforge.training.config import FinetuneConfig
@@ -61,10 +61,14 @@ def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple
 
 
 def _add_adapters(
-    model: torch.nn.Module, cfg: FinetuneConfig, run_dir: Path, tok_dir: Path, *, write_base: bool
+    model: torch.nn.Module, cfg: FinetuneConfig, tokenizer: Any, *, write_base: bool
 ) -> None:
     """Freeze ``model`` and add the LoRA adapters of ``cfg`` (seeded, so every rank and a
-    resumed run start from the same ones); rank 0 of a fresh run saves the base first."""
+    resumed run start from the same ones); rank 0 of a fresh run saves the base first.
+
+    With the ``inst`` template the rows of its special tokens train too: the base never saw
+    those tokens, and adapters on linear layers cannot move their embedding rows (a model
+    adapted on attn,mlp alone never learns to emit ``</RESP>``)."""
     from gptforge.modeling.io import save_model_dir
 
     arch = getattr(model.config, "arch", None)
@@ -73,12 +77,17 @@ def _add_adapters(
             f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
             f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
         )
+    run_dir = Path(cfg.out)
     if write_base:
-        save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=tok_dir)
+        save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=run_dir / "tokenizer")
     torch.manual_seed(cfg.seed)
     names = apply_lora(model, cfg.lora_config())
+    rows = ""
+    if cfg.template == "inst":
+        add_trainable_tokens(model, [tokenizer.special_tokens[t] for t in SPECIAL_TOKENS])
+        rows = f" (with the embedding rows of {', '.join(SPECIAL_TOKENS)})"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"LoRA: {len(names)} layers adapted, {trainable:,} trainable parameters")
+    print(f"LoRA: {len(names)} layers adapted, {trainable:,} trainable parameters{rows}")
 
 
 def fit_examples(
@@ -250,7 +259,7 @@ def finetune(
                 f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}"
             )
         if cfg.lora_rank:
-            _add_adapters(model, cfg, run_dir, tok_dir, write_base=info.is_main and not resume)
+            _add_adapters(model, cfg, tokenizer, write_base=info.is_main and not resume)
         loop = train_loop(
             cfg,
             model,
