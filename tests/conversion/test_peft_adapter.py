@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from gptforge.conversion import export_hf
+from gptforge.conversion.errors import ConversionError
 from gptforge.conversion.peft_adapter import load_adapter, merge_adapter, save_adapter
 from gptforge.modeling.io import load_model_dir
 from gptforge.modeling.lora import LoraConfig, add_trainable_tokens, apply_lora, lora_modules
@@ -66,12 +68,20 @@ def test_peft_loads_our_adapter_with_equal_logits(
 
 
 @pytest.mark.parametrize(("preset", "overrides"), CASES)
-@pytest.mark.parametrize("targets", [("attn", "mlp", "head"), ("mlp",)])
+@pytest.mark.parametrize(
+    ("targets", "tokens"),
+    [(("attn", "mlp", "head"), False), (("attn", "mlp", "head"), True), (("mlp",), True)],
+)
 def test_merge_adapter_keeps_logits_and_exports(
-    tmp_path: Path, tokenizer_dir: Path, preset: str, overrides: dict, targets: tuple[str, ...]
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    preset: str,
+    overrides: dict,
+    targets: tuple[str, ...],
+    tokens: bool,
 ) -> None:
     base = make_run_dir(tmp_path / "base", preset, tokenizer_dir, **overrides)
-    model = _adapted(base, targets, tokens=True)
+    model = _adapted(base, targets, tokens)
     save_adapter(model, tmp_path / "adapter")
     merged = merge_adapter(base, tmp_path / "adapter", tmp_path / "merged")
     idx = torch.randint(
@@ -103,3 +113,15 @@ def test_converting_an_unmerged_lora_run_points_to_merge_lora(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ConversionError, match="convert merge-lora --run"):
         detect_layout(tmp_path)
+
+
+def test_token_rows_for_another_vocabulary_are_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
+    base = make_run_dir(tmp_path / "base", "debug", tokenizer_dir)
+    save_adapter(_adapted(base, ("attn",), tokens=True), tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["trainable_token_indices"] = {"wte": [3, 4, 10**6]}  # past the vocabulary
+    config_file.write_text(json.dumps(config))
+    model = load_model_dir(base)
+    with pytest.raises(ConversionError, match="another base"):
+        load_adapter(model, tmp_path / "adapter")

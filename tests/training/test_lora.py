@@ -165,3 +165,44 @@ def test_full_finetune_starts_from_a_hugging_face_export(tmp_path, base_run):
     finetune(_cfg(tmp_path / "hf", tmp_path / "sft", lora_rank=0, lora_dropout=0.0))
     assert (tmp_path / "sft" / "model.safetensors").is_file()
     assert (tmp_path / "sft" / "tokenizer").is_dir()
+
+
+def test_token_rows_need_a_head_that_can_learn_them(tmp_path):
+    from gptforge.modeling import build_model, get_config
+    from gptforge.training.finetune import _trains_token_rows
+
+    untied = build_model(get_config("llama-debug"))
+    cfg = _cfg(tmp_path, tmp_path / "sft", lora_targets="attn,mlp")
+    with pytest.raises(ValueError, match="untied head frozen"):
+        _trains_token_rows(cfg, untied, resume=False)
+    assert _trains_token_rows(_cfg(tmp_path, tmp_path / "sft"), untied, resume=False)
+    tied = build_model(get_config("debug"))
+    assert _trains_token_rows(cfg, tied, resume=False)  # a tied head reads the trained rows
+    assert not _trains_token_rows(
+        _cfg(tmp_path, tmp_path / "a", template="alpaca"), tied, resume=False
+    )
+
+
+def test_resuming_a_run_of_adapters_alone_keeps_them_alone(tmp_path):
+    from gptforge.modeling import build_model, get_config
+    from gptforge.training.finetune import _trains_token_rows
+
+    model, cfg = build_model(get_config("debug")), _cfg(tmp_path, tmp_path / "sft")
+    step = tmp_path / "sft" / "checkpoints" / "step_3"
+    step.mkdir(parents=True)
+    (step / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    assert not _trains_token_rows(cfg, model, resume=True)
+    assert _trains_token_rows(cfg, model, resume=False)
+
+
+def test_token_rows_are_not_decayed():
+    from gptforge.modeling import build_model, get_config
+    from gptforge.modeling.lora import LoraConfig, add_trainable_tokens, apply_lora
+    from gptforge.training.optim import param_groups
+
+    model = build_model(get_config("debug"))
+    apply_lora(model, LoraConfig(rank=4))
+    rows = add_trainable_tokens(model, [1, 2]).token_rows
+    decayed, plain = param_groups(model, weight_decay=0.1)
+    assert any(p is rows for p in plain["params"])
+    assert not any(p is rows for p in decayed["params"]) and decayed["params"]

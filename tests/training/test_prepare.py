@@ -259,15 +259,23 @@ def test_a_failed_prepare_drops_the_queued_batches_instead_of_waiting_for_them()
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(timeout=30)
+
     pool = ThreadPoolExecutor(1)
-    running = pool.submit(release.wait)
-    queued = [pool.submit(int) for _ in range(3)]
-    with pytest.raises(KeyboardInterrupt), prepare_module._running(pool):
-        raise KeyboardInterrupt  # a plain `with pool:` would block here until release is set
-    assert all(f.cancelled() for f in queued)
-    release.set()
-    assert running.result(timeout=5) is True
+    try:
+        running = pool.submit(hold)
+        queued = [pool.submit(int) for _ in range(3)]
+        assert started.wait(timeout=30)
+        with pytest.raises(KeyboardInterrupt), prepare_module._running(pool):
+            raise KeyboardInterrupt  # a plain `with pool:` would block here until release
+        assert all(f.cancelled() for f in queued)
+    finally:
+        release.set()
+    assert running.result(timeout=30) is True
 
 
 @pytest.mark.parametrize("how", ["fork", "spawn", "threads"])

@@ -202,18 +202,21 @@ def _load_token_rows(
     hf_name = key.removeprefix(PEFT_PREFIX).removesuffix(TOKENS_SUFFIX)
     name = our_module_name(arch, hf_name)
     if isinstance(indices, dict):  # {module name: ids}, PEFT matching the name's last part
-        indices = next((v for k, v in indices.items() if hf_name.endswith(k)), None)
+        indices = next((v for k, v in indices.items() if f".{hf_name}".endswith(f".{k}")), None)
     if name != getattr(model, "token_embedding_name", "wte") or not indices:
         raise ConversionError(
             f"adapter tensor {key!r} gives trainable rows of {hf_name!r} without their token "
             "ids in trainable_token_indices, or for a module that is not the token embedding"
         )
-    tokens = add_trainable_tokens(model, [int(i) for i in indices])
-    if rows.shape != tokens.token_rows.shape:
+    vocab = int(cast(Any, model).config.vocab_size)
+    width = cast(Any, model).get_submodule(name).embedding_dim
+    if rows.shape != (len(indices), width) or max(indices) >= vocab:
         raise ConversionError(
-            f"adapter tensor {key!r} has shape {tuple(rows.shape)}, but {len(indices)} rows "
-            f"of width {tokens.embedding_dim} were expected; was it trained on another base?"
+            f"adapter tensor {key!r} holds rows {tuple(rows.shape)} for token ids up to "
+            f"{max(indices)}, which do not fit the model ({vocab} tokens of width {width}); "
+            "was it trained on another base?"
         )
+    tokens = add_trainable_tokens(model, [int(i) for i in indices])
     with torch.no_grad():
         tokens.token_rows.copy_(rows)
 

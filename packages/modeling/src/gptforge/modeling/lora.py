@@ -246,6 +246,11 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, names: list[str] | None = None
     >>> names[:2], sum(p.numel() for p in model.parameters() if p.requires_grad)
     (['h.0.attn.c_attn', 'h.0.attn.c_proj'], 3072)
     """
+    if trainable_tokens(model):
+        raise ValueError(
+            "apply_lora must come before add_trainable_tokens (it freezes every parameter, "
+            "the token rows included)"
+        )
     names = target_names(model, cfg.targets) if names is None else names
     if not names:
         raise ValueError(

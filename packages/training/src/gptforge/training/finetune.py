@@ -60,8 +60,33 @@ def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
+def _trains_token_rows(cfg: FinetuneConfig, model: torch.nn.Module, *, resume: bool) -> bool:
+    """Whether the ``inst`` template's token rows train: always in a new run; on resume only
+    if the run's checkpoints have them (runs of earlier versions trained adapters alone)."""
+    if cfg.template != "inst":
+        return False
+    emb, head = model.get_submodule(getattr(model, "token_embedding_name", "wte")), model.lm_head
+    if head.weight is not emb.weight and "head" not in cfg.lora_config().targets:
+        raise ValueError(
+            f"--lora-targets {cfg.lora_targets} leaves this model's untied head frozen, so its "
+            "new rows for the template's tokens stay equal and it cannot learn to end an "
+            "answer; add head (--lora-targets attn,mlp,head) or use --template alpaca"
+        )
+    saved = list((Path(cfg.out) / "checkpoints").glob("*/adapter_config.json"))
+    return (
+        not resume
+        or not saved
+        or bool(json.loads(saved[0].read_text()).get("trainable_token_indices"))
+    )
+
+
 def _add_adapters(
-    model: torch.nn.Module, cfg: FinetuneConfig, tokenizer: Any, *, write_base: bool
+    model: torch.nn.Module,
+    cfg: FinetuneConfig,
+    tokenizer: Any,
+    *,
+    write_base: bool,
+    resume: bool,
 ) -> None:
     """Freeze ``model`` and add the LoRA adapters of ``cfg`` (seeded, so every rank and a
     resumed run start from the same ones); rank 0 of a fresh run saves the base first.
@@ -77,13 +102,14 @@ def _add_adapters(
             f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
             f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
         )
+    token_rows = _trains_token_rows(cfg, model, resume=resume)
     run_dir = Path(cfg.out)
     if write_base:
         save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=run_dir / "tokenizer")
     torch.manual_seed(cfg.seed)
     names = apply_lora(model, cfg.lora_config())
     rows = ""
-    if cfg.template == "inst":
+    if token_rows:
         add_trainable_tokens(model, [tokenizer.special_tokens[t] for t in SPECIAL_TOKENS])
         rows = f" (with the embedding rows of {', '.join(SPECIAL_TOKENS)})"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -259,7 +285,9 @@ def finetune(
                 f"held-out exact match before fine-tuning: {before['accuracy']:.1%} {before['per_task']}"
             )
         if cfg.lora_rank:
-            _add_adapters(model, cfg, tokenizer, write_base=info.is_main and not resume)
+            _add_adapters(
+                model, cfg, tokenizer, write_base=info.is_main and not resume, resume=resume
+            )
         loop = train_loop(
             cfg,
             model,

@@ -10,9 +10,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split parameters into a decayed group (Linear-style matrices) and a non-decayed group.
 
     Biases, normalisation weights (1-D) and embedding tables (``nn.Embedding``, including an LM
-    head tied to one) are not decayed. Shared (tied) parameters appear once.
+    head tied to one and LoRA's trainable token rows) are not decayed. Shared (tied) parameters
+    appear once.
     """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embedding_params = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding)
+        for p in m.parameters(recurse=False)
+    }
     decay, no_decay, seen = [], [], set()
     for _, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
