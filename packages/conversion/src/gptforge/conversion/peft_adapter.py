@@ -109,10 +109,10 @@ def save_adapter(model: nn.Module, out: str | os.PathLike[str], *, base: str = "
         tensors[f"{prefix}.lora_A.weight"] = m.lora_A.weight.detach().float().cpu().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = b.float().cpu().contiguous()
     token_indices = {}
-    for name, m in trainable_tokens(model).items():
+    for name, rows in trainable_tokens(model).items():
         hf_name = hf_module_name(arch, name)
-        tensors[PEFT_PREFIX + hf_name + TOKENS_SUFFIX] = m.token_rows.detach().float().cpu()
-        token_indices[hf_name.rpartition(".")[2]] = m.token_ids.tolist()
+        tensors[PEFT_PREFIX + hf_name + TOKENS_SUFFIX] = rows.token_rows.detach().float().cpu()
+        token_indices[hf_name.rpartition(".")[2]] = rows.token_ids.tolist()
     first = next(iter(modules.values()))
     rank = first.lora_A.out_features
     dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0

@@ -140,6 +140,8 @@ class TrainableTokens(nn.Embedding):
     difference); ``weight`` stays the base's Parameter, so ties survive.
     """
 
+    token_ids: Tensor  # (n,) the rows that train, a buffer that moves with the module
+
     def __init__(self, base: nn.Embedding, token_ids: Sequence[int]) -> None:
         nn.Module.__init__(self)  # take over base's weight instead of allocating a new one
         self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
@@ -282,9 +284,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, TrainableTokens):
             m.weight[m.token_ids] = m.token_rows.to(m.weight.dtype)  # in place: ties see them
-            plain = nn.Embedding(m.num_embeddings, m.embedding_dim, device="meta")
-            plain.weight = m.weight
-            _set_module(model, name, plain)
+            emb = nn.Embedding(m.num_embeddings, m.embedding_dim, device="meta")
+            emb.weight = m.weight
+            _set_module(model, name, emb)
         elif isinstance(m, TiedHead):
             head = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
             head.weight, head.bias = m.weight, m.bias

@@ -65,7 +65,8 @@ def _trains_token_rows(cfg: FinetuneConfig, model: torch.nn.Module, *, resume: b
     if the run's checkpoints have them (runs of earlier versions trained adapters alone)."""
     if cfg.template != "inst":
         return False
-    emb, head = model.get_submodule(getattr(model, "token_embedding_name", "wte")), model.lm_head
+    emb = model.get_submodule(getattr(model, "token_embedding_name", "wte"))
+    head = cast(Any, model).lm_head
     if head.weight is not emb.weight and "head" not in cfg.lora_config().targets:
         raise ValueError(
             f"--lora-targets {cfg.lora_targets} leaves this model's untied head frozen, so its "
