@@ -143,33 +143,55 @@ def test_ddp_resume_with_dropout_restores_every_ranks_generator(tmp_path, data_d
         torch.testing.assert_close(w_full[key], w_cut[key], atol=1e-6, rtol=0)
 
 
-def test_fsdp_finetune_matches_one_process(tmp_path, data_dir):
-    # Rank 0 loads the base model on the CPU, rank 1 only describes it on the meta device;
-    # the sharded fine-tune must end where one process with the same global batch does (the
-    # response-only loss is weighted by each rank's share of the counted tokens).
+def _pretrained(tmp_path, data_dir):
     from gptforge.training.pretrain import pretrain
 
     from tests.training.helpers import debug_config
 
     base = tmp_path / "base"
     pretrain(debug_config(data_dir, base, max_steps=4, context_length=64, eval_interval=0))
+    return base
 
-    def finetune(out, nproc: int, batch: int, *extra: str) -> None:
-        cmd = [
-            PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "gptforge.cli", "finetune", "--from-run", str(base), "--out", str(out),
-            "--max-steps", "3", "--batch-size", str(batch), "--num-examples", "60",
-            "--eval-examples", "4", "--eval-interval", "0", "--max-length", "65",
-            "--no-progress", "--device", "cpu", *extra,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
-    finetune(tmp_path / "one", 1, 4)
-    finetune(tmp_path / "fsdp", 2, 2, "--parallel", "fsdp")
-    assert (tmp_path / "fsdp" / "chat.json").is_file()
-    w1 = load_file(tmp_path / "one" / "model.safetensors")
-    w2 = load_file(tmp_path / "fsdp" / "model.safetensors")
+def _finetune(base, out, nproc: int, batch: int, *extra: str) -> None:
+    cmd = [
+        PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "gptforge.cli", "finetune", "--from-run", str(base), "--out", str(out),
+        "--max-steps", "3", "--batch-size", str(batch), "--num-examples", "60",
+        "--eval-examples", "4", "--eval-interval", "0", "--max-length", "65",
+        "--no-progress", "--device", "cpu", *extra,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def _assert_same_tensors(one, two) -> None:
+    w1, w2 = load_file(one), load_file(two)
     assert sorted(w1) == sorted(w2)
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], atol=1e-4, rtol=0)
+
+
+def test_fsdp_finetune_matches_one_process(tmp_path, data_dir):
+    # Rank 0 loads the base model on the CPU, rank 1 only describes it on the meta device;
+    # the sharded fine-tune must end where one process with the same global batch does (the
+    # response-only loss is weighted by each rank's share of the counted tokens).
+    base = _pretrained(tmp_path, data_dir)
+    _finetune(base, tmp_path / "one", 1, 4)
+    _finetune(base, tmp_path / "fsdp", 2, 2, "--parallel", "fsdp")
+    assert (tmp_path / "fsdp" / "chat.json").is_file()
+    _assert_same_tensors(
+        tmp_path / "one" / "model.safetensors", tmp_path / "fsdp" / "model.safetensors"
+    )
+
+
+def test_ddp_lora_finetune_matches_one_process(tmp_path, data_dir):
+    # DDP replicates the frozen base; only the adapters' and token rows' gradients are reduced.
+    base = _pretrained(tmp_path, data_dir)
+    lora = ("--lora-rank", "4")
+    _finetune(base, tmp_path / "one", 1, 4, *lora)
+    _finetune(base, tmp_path / "ddp", 2, 2, *lora, "--parallel", "ddp")
+    adapter = "adapter_model.safetensors"
+    rows = load_file(tmp_path / "ddp" / adapter)
+    assert any(k.endswith("trainable_tokens_delta") for k in rows)
+    _assert_same_tensors(tmp_path / "one" / adapter, tmp_path / "ddp" / adapter)
