@@ -169,15 +169,17 @@ def test_full_finetune_starts_from_a_hugging_face_export(tmp_path, base_run):
 
 def test_token_rows_need_a_head_that_can_learn_them(tmp_path):
     from gptforge.modeling import build_model, get_config
-    from gptforge.training.finetune import _trains_token_rows
+    from gptforge.training.finetune import _check_lora_head, _trains_token_rows
 
     untied = build_model(get_config("llama-debug"))
     cfg = _cfg(tmp_path, tmp_path / "sft", lora_targets="attn,mlp")
     with pytest.raises(ValueError, match="untied head frozen"):
-        _trains_token_rows(cfg, untied, resume=False)
-    assert _trains_token_rows(_cfg(tmp_path, tmp_path / "sft"), untied, resume=False)
+        _check_lora_head(cfg, untied)
+    _check_lora_head(_cfg(tmp_path, tmp_path / "sft"), untied)  # head in the targets
+    _check_lora_head(_cfg(tmp_path, tmp_path / "a", lora_targets="attn", template="alpaca"), untied)
     tied = build_model(get_config("debug"))
-    assert _trains_token_rows(cfg, tied, resume=False)  # a tied head reads the trained rows
+    _check_lora_head(cfg, tied)  # a tied head reads the trained rows
+    assert _trains_token_rows(cfg, tied, resume=False)
     assert not _trains_token_rows(
         _cfg(tmp_path, tmp_path / "a", template="alpaca"), tied, resume=False
     )

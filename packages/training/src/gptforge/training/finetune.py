@@ -60,19 +60,24 @@ def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
-def _trains_token_rows(cfg: FinetuneConfig, model: torch.nn.Module, *, resume: bool) -> bool:
-    """Whether the ``inst`` template's token rows train: always in a new run; on resume only
-    if the run's checkpoints have them (runs of earlier versions trained adapters alone)."""
-    if cfg.template != "inst":
-        return False
+def _check_lora_head(cfg: FinetuneConfig, model: torch.nn.Module) -> None:
+    """Refuse LoRA targets that leave an untied head unable to emit the template's tokens."""
     emb = model.get_submodule(getattr(model, "token_embedding_name", "wte"))
     head = cast(Any, model).lm_head
-    if head.weight is not emb.weight and "head" not in cfg.lora_config().targets:
+    tied = head.weight is emb.weight
+    if cfg.template == "inst" and not tied and "head" not in cfg.lora_config().targets:
         raise ValueError(
             f"--lora-targets {cfg.lora_targets} leaves this model's untied head frozen, so its "
             "new rows for the template's tokens stay equal and it cannot learn to end an "
             "answer; add head (--lora-targets attn,mlp,head) or use --template alpaca"
         )
+
+
+def _trains_token_rows(cfg: FinetuneConfig, model: torch.nn.Module, *, resume: bool) -> bool:
+    """Whether the ``inst`` template's token rows train: always in a new run; on resume only
+    if the run's checkpoints have them (runs of earlier versions trained adapters alone)."""
+    if cfg.template != "inst":
+        return False
     saved = list((Path(cfg.out) / "checkpoints").glob("*/adapter_config.json"))
     return (
         not resume
@@ -189,6 +194,8 @@ def _load_model(cfg: FinetuneConfig, info: DistInfo, device: torch.device) -> tu
             "sharded for a few trainable adapters); use --parallel ddp, which replicates "
             "the base and all-reduces only the adapters' gradients"
         )
+    if cfg.lora_rank:
+        _check_lora_head(cfg, model)
     model.train()
     return model, tokenizer
 
