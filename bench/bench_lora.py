@@ -105,7 +105,7 @@ def base_models(work: Path, args: argparse.Namespace) -> dict[str, Path]:
                 progress=False,
             )
         )
-    big = work / "gpt2-random"
+    big = work / f"gpt2-random-{vocab}"
     if not quick and not (big / "model.safetensors").exists():
         torch.manual_seed(0)
         n_vocab = Tokenizer.from_dir(tok_dir).n_vocab

@@ -177,24 +177,28 @@ def test_token_rows_need_a_head_that_can_learn_them(tmp_path):
         _check_lora_head(cfg, untied)
     _check_lora_head(_cfg(tmp_path, tmp_path / "sft"), untied)  # head in the targets
     _check_lora_head(_cfg(tmp_path, tmp_path / "a", lora_targets="attn", template="alpaca"), untied)
-    tied = build_model(get_config("debug"))
-    _check_lora_head(cfg, tied)  # a tied head reads the trained rows
-    assert _trains_token_rows(cfg, tied, resume=False)
-    assert not _trains_token_rows(
-        _cfg(tmp_path, tmp_path / "a", template="alpaca"), tied, resume=False
-    )
+    _check_lora_head(cfg, build_model(get_config("debug")))  # a tied head reads the rows
+    with pytest.raises(ValueError, match="gpt and llama families"):
+        _check_lora_head(_cfg(tmp_path, tmp_path / "m"), build_model(get_config("mmrec-debug")))
+    assert _trains_token_rows(cfg, resume=False)
+    assert not _trains_token_rows(_cfg(tmp_path, tmp_path / "a", template="alpaca"), resume=False)
 
 
 def test_resuming_a_run_of_adapters_alone_keeps_them_alone(tmp_path):
-    from gptforge.modeling import build_model, get_config
     from gptforge.training.finetune import _trains_token_rows
+    from safetensors.torch import save_file
 
-    model, cfg = build_model(get_config("debug")), _cfg(tmp_path, tmp_path / "sft")
-    step = tmp_path / "sft" / "checkpoints" / "step_3"
-    step.mkdir(parents=True)
-    (step / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
-    assert not _trains_token_rows(cfg, model, resume=True)
-    assert _trains_token_rows(cfg, model, resume=False)
+    cfg = _cfg(tmp_path, tmp_path / "sft")
+    assert _trains_token_rows(cfg, resume=True)  # no checkpoint yet: as a new run
+    for step, keys in ((3, ["wte.token_rows", "wte.weight"]), (6, ["wte.weight"])):
+        ckpt = tmp_path / "sft" / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "manifest.json").write_text(json.dumps({"step": step}))
+        save_file({k: torch.zeros(2) for k in keys}, ckpt / "model.safetensors")
+    assert not _trains_token_rows(cfg, resume=True)  # the newest one decides
+    (ckpt / "model.safetensors").write_bytes(b"damaged")
+    assert _trains_token_rows(cfg, resume=True)  # past a damaged one, as resume goes
+    assert _trains_token_rows(cfg, resume=False)
 
 
 def test_token_rows_are_not_decayed():

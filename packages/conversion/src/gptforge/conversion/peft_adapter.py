@@ -210,7 +210,7 @@ def _load_token_rows(
         )
     vocab = int(cast(Any, model).config.vocab_size)
     width = cast(Any, model).get_submodule(name).embedding_dim
-    if rows.shape != (len(indices), width) or max(indices) >= vocab:
+    if rows.shape != (len(indices), width) or not 0 <= min(indices) <= max(indices) < vocab:
         raise ConversionError(
             f"adapter tensor {key!r} holds rows {tuple(rows.shape)} for token ids up to "
             f"{max(indices)}, which do not fit the model ({vocab} tokens of width {width}); "

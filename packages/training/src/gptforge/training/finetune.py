@@ -15,6 +15,7 @@ from gptforge.conversion.peft_adapter import save_adapter
 from gptforge.modeling.lora import add_trainable_tokens, apply_lora, merge_lora
 from gptforge.modeling.protocol import LanguageModel
 from gptforge.sampling.templates import SPECIAL_TOKENS, encode_record
+from gptforge.training.checkpoint import CheckpointManager
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.distributed import DistInfo, init_distributed, shutdown
 from gptforge.training.instruct import (
@@ -61,7 +62,14 @@ def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple
 
 
 def _check_lora_head(cfg: FinetuneConfig, model: torch.nn.Module) -> None:
-    """Refuse LoRA targets that leave an untied head unable to emit the template's tokens."""
+    """Refuse a family without Hugging Face layer names (PEFT's layout needs them), and LoRA
+    targets that leave an untied head unable to emit the template's tokens."""
+    arch = getattr(model.config, "arch", None)
+    if arch not in ("gpt", "llama"):
+        raise ValueError(
+            f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
+            f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
+        )
     emb = model.get_submodule(getattr(model, "token_embedding_name", "wte"))
     head = cast(Any, model).lm_head
     tied = head.weight is emb.weight
@@ -73,17 +81,22 @@ def _check_lora_head(cfg: FinetuneConfig, model: torch.nn.Module) -> None:
         )
 
 
-def _trains_token_rows(cfg: FinetuneConfig, model: torch.nn.Module, *, resume: bool) -> bool:
-    """Whether the ``inst`` template's token rows train: always in a new run; on resume only
-    if the run's checkpoints have them (runs of earlier versions trained adapters alone)."""
+def _trains_token_rows(cfg: FinetuneConfig, *, resume: bool) -> bool:
+    """Whether the ``inst`` template's token rows train: always in a new run; on resume as
+    the newest readable checkpoint did (a run whose checkpoints hold no rows goes on without)."""
+    from safetensors import safe_open
+
     if cfg.template != "inst":
         return False
-    saved = list((Path(cfg.out) / "checkpoints").glob("*/adapter_config.json"))
-    return (
-        not resume
-        or not saved
-        or bool(json.loads(saved[0].read_text()).get("trainable_token_indices"))
-    )
+    if not resume:
+        return True
+    for info in reversed(CheckpointManager(cfg.out, warn=lambda _: None).list()):
+        try:
+            with safe_open(str(info.path / "model.safetensors"), "pt") as weights:
+                return any(key.endswith(".token_rows") for key in weights.keys())  # noqa: SIM118
+        except Exception:  # unreadable: resume falls back past it, and so does this
+            continue
+    return True
 
 
 def _add_adapters(
@@ -102,13 +115,7 @@ def _add_adapters(
     adapted on attn,mlp alone never learns to emit ``</RESP>``)."""
     from gptforge.modeling.io import save_model_dir
 
-    arch = getattr(model.config, "arch", None)
-    if arch not in ("gpt", "llama"):
-        raise ValueError(
-            f"--lora-rank supports the gpt and llama families (adapters in PEFT's layout need "
-            f"Hugging Face layer names); this model is {arch!r}: fine-tune it without --lora-rank"
-        )
-    token_rows = _trains_token_rows(cfg, model, resume=resume)
+    token_rows = _trains_token_rows(cfg, resume=resume)
     run_dir = Path(cfg.out)
     if write_base:
         save_model_dir(model, run_dir / BASE_DIR, tokenizer_dir=run_dir / "tokenizer")
@@ -162,7 +169,9 @@ def fit_examples(
     return out
 
 
-def _load_model(cfg: FinetuneConfig, info: DistInfo, device: torch.device) -> tuple[Any, Any]:
+def _load_model(
+    cfg: FinetuneConfig, info: DistInfo, device: torch.device, *, resume: bool
+) -> tuple[Any, Any]:
     """The model of ``cfg.from_run`` and its tokenizer, grown by the template's special tokens."""
     from gptforge.conversion import load_any
     from gptforge.modeling import build_model
@@ -194,7 +203,7 @@ def _load_model(cfg: FinetuneConfig, info: DistInfo, device: torch.device) -> tu
             "sharded for a few trainable adapters); use --parallel ddp, which replicates "
             "the base and all-reduces only the adapters' gradients"
         )
-    if cfg.lora_rank:
+    if cfg.lora_rank and not resume:  # a resumed run goes on as it began
         _check_lora_head(cfg, model)
     model.train()
     return model, tokenizer
@@ -272,7 +281,7 @@ def finetune(
     try:
         device = resolve_device(cfg.device, info)
         run_dir = Path(cfg.out)
-        model, tokenizer = _load_model(cfg, info, device)
+        model, tokenizer = _load_model(cfg, info, device, resume=resume)
         block = int(model.config.block_size)
         train_items, held_items = _split_items(cfg)
         encoded = {
