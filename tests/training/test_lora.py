@@ -212,3 +212,20 @@ def test_token_rows_are_not_decayed():
     decayed, plain = param_groups(model, weight_decay=0.1)
     assert any(p is rows for p in plain["params"])
     assert not any(p is rows for p in decayed["params"]) and decayed["params"]
+
+
+def test_trainable_token_rows_embed_and_learn_like_the_merged_matrix():
+    from gptforge.modeling.lora import TrainableTokens
+
+    base = torch.nn.Embedding(50, 8).requires_grad_(False)  # as apply_lora leaves it
+    tokens = TrainableTokens(base, [7, 3, 49])
+    with torch.no_grad():
+        tokens.token_rows.normal_()
+    idx = torch.tensor([[3, 1, 49, 7, 7, 0]])
+    got = tokens(idx)
+    want = torch.nn.functional.embedding(idx, tokens.merged_weight())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (got * torch.arange(8.0)).sum().backward()
+    grad = tokens.token_rows.grad
+    assert torch.equal(grad[0], 2 * torch.arange(8.0)) and torch.equal(grad[1], torch.arange(8.0))
+    assert torch.equal(grad[2], torch.arange(8.0)) and base.weight.grad is None

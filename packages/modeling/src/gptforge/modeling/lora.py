@@ -141,6 +141,7 @@ class TrainableTokens(nn.Embedding):
     """
 
     token_ids: Tensor  # (n,) the rows that train, a buffer that moves with the module
+    slots: Tensor  # (vocab,)
 
     def __init__(self, base: nn.Embedding, token_ids: Sequence[int]) -> None:
         nn.Module.__init__(self)  # take over base's weight instead of allocating a new one
@@ -150,6 +151,11 @@ class TrainableTokens(nn.Embedding):
         self.weight = base.weight
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=base.weight.device)
         self.register_buffer("token_ids", ids, persistent=False)
+        # token id -> its row in token_rows, -1 for a frozen one: the forward gathers through
+        # it instead of copying the whole (vocab, C) matrix, which a large vocabulary cannot afford
+        slots = torch.full((self.num_embeddings,), -1, dtype=torch.long, device=ids.device)
+        slots[ids] = torch.arange(len(ids), device=ids.device)
+        self.register_buffer("slots", slots, persistent=False)
         self.token_rows = nn.Parameter(base.weight.detach()[ids].float().clone())
 
     def merged_weight(self) -> Tensor:
@@ -157,7 +163,10 @@ class TrainableTokens(nn.Embedding):
         return self.weight.index_copy(0, self.token_ids, self.token_rows.to(self.weight.dtype))
 
     def forward(self, idx: Tensor) -> Tensor:
-        return F.embedding(idx, self.merged_weight())  # (B, T, C)
+        frozen = F.embedding(idx, self.weight)  # (B, T, C)
+        slot = self.slots[idx]  # (B, T)
+        trained = self.token_rows.to(frozen.dtype)[slot.clamp(min=0)]  # (B, T, C)
+        return torch.where((slot >= 0).unsqueeze(-1), trained, frozen)
 
 
 class TiedHead(nn.Linear):
