@@ -169,17 +169,19 @@ def test_full_finetune_starts_from_a_hugging_face_export(tmp_path, base_run):
 
 def test_token_rows_need_a_head_that_can_learn_them(tmp_path):
     from gptforge.modeling import build_model, get_config
-    from gptforge.training.finetune import _check_lora_head, _trains_token_rows
+    from gptforge.training.finetune import _check_lora_model, _trains_token_rows
 
     untied = build_model(get_config("llama-debug"))
     cfg = _cfg(tmp_path, tmp_path / "sft", lora_targets="attn,mlp")
     with pytest.raises(ValueError, match="untied head frozen"):
-        _check_lora_head(cfg, untied)
-    _check_lora_head(_cfg(tmp_path, tmp_path / "sft"), untied)  # head in the targets
-    _check_lora_head(_cfg(tmp_path, tmp_path / "a", lora_targets="attn", template="alpaca"), untied)
-    _check_lora_head(cfg, build_model(get_config("debug")))  # a tied head reads the rows
+        _check_lora_model(cfg, untied)
+    _check_lora_model(_cfg(tmp_path, tmp_path / "sft"), untied)  # head in the targets
+    _check_lora_model(
+        _cfg(tmp_path, tmp_path / "a", lora_targets="attn", template="alpaca"), untied
+    )
+    _check_lora_model(cfg, build_model(get_config("debug")))  # a tied head reads the rows
     with pytest.raises(ValueError, match="gpt and llama families"):
-        _check_lora_head(_cfg(tmp_path, tmp_path / "m"), build_model(get_config("mmrec-debug")))
+        _check_lora_model(_cfg(tmp_path, tmp_path / "m"), build_model(get_config("mmrec-debug")))
     assert _trains_token_rows(cfg, resume=False)
     assert not _trains_token_rows(_cfg(tmp_path, tmp_path / "a", template="alpaca"), resume=False)
 

@@ -61,7 +61,7 @@ def split_records(records: Sequence[T], val_fraction: float, seed: int) -> tuple
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
-def _check_lora_head(cfg: FinetuneConfig, model: torch.nn.Module) -> None:
+def _check_lora_model(cfg: FinetuneConfig, model: torch.nn.Module) -> None:
     """Refuse a family without Hugging Face layer names (PEFT's layout needs them), and LoRA
     targets that leave an untied head unable to emit the template's tokens."""
     arch = getattr(model.config, "arch", None)
@@ -204,7 +204,7 @@ def _load_model(
             "the base and all-reduces only the adapters' gradients"
         )
     if cfg.lora_rank and not resume:  # a resumed run goes on as it began
-        _check_lora_head(cfg, model)
+        _check_lora_model(cfg, model)
     model.train()
     return model, tokenizer
 

@@ -110,7 +110,8 @@ def _encoding_pool(
 @contextlib.contextmanager
 def _running(pool: Executor | None) -> Iterator[None]:
     """Shut ``pool`` down after the work: waiting for it on success, and on an error or
-    Ctrl-C dropping the batches still queued, so a failed prepare stops at once."""
+    Ctrl-C dropping the batches no worker has started, so a failed prepare does not wait
+    for them."""
     try:
         yield
     except BaseException:
